@@ -1,0 +1,247 @@
+"""Typed configuration: ``configs/<name>.yaml`` -> :class:`Config`.
+
+One small dataclass per stage, a comment per field (nanoGPT style). Unknown keys and
+wrong types are rejected with a message naming the file and the key, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import paths
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed, or has unknown/mistyped keys."""
+
+
+DEFAULT_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" (generated here) or "coco" (a COCO-format folder you supply)
+    name: str = ""  # dataset folder under data/; empty = the config's name
+    root: str = ""  # coco only: folder holding images/{train,val} dirs and annotations/ (real COCO 2017 layout)
+    train_images: str = "train2017"  # coco only: image folder name (under root/ or root/images/)
+    val_images: str = "val2017"  # coco only
+    train_json: str = "annotations/instances_train2017.json"  # coco only: relative to root
+    val_json: str = "annotations/instances_val2017.json"  # coco only
+    img_size: int = 192  # generated image side (px) and network input size
+    n_train: int = 1500  # synthetic: number of training images
+    n_val: int = 300  # synthetic: number of validation images
+    seed: int = 0  # synthetic: generator seed (same seed -> byte-identical dataset)
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))  # synthetic: object classes
+    min_objects: int = 1  # synthetic: objects on the easiest image
+    max_objects: int = 40  # synthetic: objects on the hardest image
+    workers: int = 2  # synthetic: generator processes
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "yolo"  # "yolo" (two cascaded ultralytics detectors)
+    family: str = "yolov8"  # ultralytics family: yolov8 | yolo11
+    scale: str = "n"  # n | s | m
+
+
+@dataclass
+class TrainConfig:
+    """Step 1: both detectors jointly, min L1 + L2 (authors' schedule as defaults)."""
+
+    epochs: int = 15  # training epochs
+    batch: int = 16  # images per step
+    optimizer: str = "SGD"  # SGD (nesterov) | AdamW
+    lr0: float = 0.01  # initial learning rate
+    lrf: float = 0.1  # final lr = lr0 * lrf (cosine)
+    momentum: float = 0.937  # SGD momentum / Adam beta1
+    weight_decay: float = 5e-4  # applied to conv weights only (not BN, not biases)
+    warmup_epochs: float = 1.0  # linear warm-up (authors: 3 of 300)
+    warmup_bias_lr: float = 0.1  # bias lr at the start of warm-up
+    ema: bool = True  # keep an exponential moving average of the weights
+    mosaic: float = 1.0  # mosaic probability
+    mixup: float = 0.0  # mixup probability
+    close_mosaic: int = 3  # turn mosaic off for the last N epochs
+    workers: int = 2  # dataloader workers (CPU runs use the main process when 0)
+    seed: int = 0  # training seed
+    val_every: int = 1  # validate both detectors every N epochs (and at the end)
+
+
+@dataclass
+class RouterConfig:
+    """Step 2: freeze both detectors, train the router only."""
+
+    loss: str = "adaptive_offset"  # naive | naive_lambda | adaptive_offset
+    lam: float = 0.0  # naive_lambda: weight of the lambda * phi penalty
+    delta: str = "median"  # adaptive_offset: "median" (whole train set, paper) | "running" (authors' code)
+    views: int = 2  # augmented views of the training set stored in the cache (authors: 2 epochs)
+    epochs: int = 20  # router epochs over the cache
+    batch: int = 64  # images per router step (authors: 64 accumulated)
+    lr: float = 1e-3  # AdamW learning rate (constant)
+    weight_decay: float = 0.0  # AdamW weight decay
+    cached: bool = True  # train on the per-image cache (fast) or run the detectors every step (direct)
+    hsv_h: float = 0.015  # augmentation of the cache views (authors: no mosaic/mixup)
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    translate: float = 0.2
+    scale: float = 0.9
+    fliplr: float = 0.5
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.2, 0.5])  # 04_router_losses sweep
+
+
+@dataclass
+class EvalConfig:
+    fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 0.9, 1.0])  # table rows (/0 ... /100)
+    sweep: int = 11  # points of the dense hard-fraction sweep for curves
+    batch: int = 8  # batched latency / evaluation batch size
+    conf: float = 0.001  # NMS confidence threshold for AP
+    iou: float = 0.7  # NMS IoU threshold
+    max_det: int = 300  # detections kept per image
+    latency_repeats: int = 20  # timed repeats per latency figure
+    latency_warmup: int = 5  # untimed warm-up runs
+    random_seeds: int = 5  # seeds of the random-routing baseline
+    static_scales: list[str] = field(default_factory=lambda: ["n", "s"])  # static ultralytics baselines
+    static_epochs: int = 0  # epochs for static baselines; 0 = same as train.epochs
+
+
+@dataclass
+class Config:
+    name: str = "quick"  # config name (= file stem); names the dataset and results folders
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:0"
+    source: str = ""  # file the config was read from (filled by load_config)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data.name or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def section_hash(self, *sections: str) -> str:
+        """Short hash of some sections, used to key cached stages (same inputs -> same folder)."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+_CHOICES = {
+    ("data", "source"): {"synthetic", "coco"},
+    ("model", "kind"): {"yolo"},
+    ("model", "family"): {"yolov8", "yolo11"},
+    ("model", "scale"): {"n", "s", "m", "l", "x"},
+    ("train", "optimizer"): {"SGD", "AdamW"},
+    ("router", "loss"): {"naive", "naive_lambda", "adaptive_offset"},
+    ("router", "delta"): {"median", "running"},
+}
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} ({value!r})")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for t in typing.get_args(tp):
+            try:
+                return _check_type(value, t, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got bool ({value!r})")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: section '{where}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - ({"source"} if cls is Config else set())
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown} in section '{where or 'top level'}'. Valid keys: {sorted(names)}"
+        )
+    kwargs = {}
+    for key, value in raw.items():
+        tp = hints[key]
+        path = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path, source)
+            continue
+        try:
+            value = _check_type(value, tp, path)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        allowed = _CHOICES.get((where, key))
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{source}: {path} = {value!r} is not one of {sorted(allowed)}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """Resolve a config name (``quick``) or a path (``configs/quick.yaml``) to a file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    return paths.CONFIGS_DIR / f"{name_or_path}.yaml"
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a config.
+
+    Args:
+        name_or_path: a name under ``configs/`` (``"smoke"``) or a YAML path.
+        overrides: nested dict merged over the file, e.g. ``{"train": {"epochs": 1}}``.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown key, wrong type or value.
+    """
+    path = config_path(name_or_path)
+    if not path.is_file():
+        avail = sorted(p.stem for p in paths.CONFIGS_DIR.glob("*.yaml"))
+        raise ConfigError(f"config file not found: {path} (available configs: {avail})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    raw.setdefault("name", path.stem)
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {})
+            raw[section] = {**raw[section], **values}
+        else:
+            raw[section] = values
+    cfg = _build(Config, raw, "", str(path))
+    cfg.source = str(path)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint)."""
+    return _build(Config, dict(d), "", source)
