@@ -1,0 +1,36 @@
+# Two commands matter (see README.md):
+#   make reproduce [CONFIG=quick|standard|smoke|coco]   the main job
+#   make test                                           the test suite
+CONFIG ?= quick
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: reproduce test bench lint data venv clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m dynamicdet.cli reproduce --config $(CONFIG)
+
+data: $(STAMP)
+	$(PY) -m dynamicdet.cli data --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m ruff check dynamicdet tests bench
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m dynamicdet.bench --config $(CONFIG)
+
+lint: $(STAMP)
+	$(PY) -m ruff check dynamicdet tests bench
+	$(PY) -m ruff format --check dynamicdet tests bench

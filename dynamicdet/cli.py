@@ -1,0 +1,103 @@
+"""Command line: ``dynamicdet {data,train,speed,reproduce} --config NAME``.
+
+Also runs as ``python -m dynamicdet.cli``; under ``torchrun`` the ``train`` command
+starts one DDP process per rank (nccl on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import ConfigError, load_config
+
+
+def _cmd_data(args) -> int:
+    from .data.coco import prepare_dataset
+    from .data.synthetic import generate_from_config, summarize
+
+    cfg = load_config(args.config)
+    if cfg.data.source == "synthetic":
+        generate_from_config(cfg)
+    info = prepare_dataset(cfg)
+    if cfg.data.source == "synthetic":
+        print(summarize(info.root).to_string())
+    for split, rep in info.reports.items():
+        print(f"{split}: {rep}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from .train import train_step1, train_step2
+
+    cfg = load_config(args.config)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+    try:
+        if args.step == 1:
+            path = train_step1(cfg, resume=args.resume)
+        else:
+            if world > 1:
+                raise SystemExit("step 2 trains a tiny router on a cache: run it in one process")
+            path = train_step2(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    print(path)
+    return 0
+
+
+def _cmd_speed(args) -> int:
+    from .speed import measure_config
+
+    cfg = load_config(args.config)
+    res = measure_config(cfg, batch=args.batch)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from .pipeline import reproduce
+
+    reproduce(args.config, notebooks=not args.no_notebooks)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dynamicdet", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="generate (synthetic) / convert (coco) the dataset and print statistics")
+    d.add_argument("--config", default="quick")
+    d.set_defaults(fn=_cmd_data)
+    t = sub.add_parser("train", help="step 1 (joint detectors) or step 2 (router)")
+    t.add_argument("--config", default="quick")
+    t.add_argument("--step", type=int, choices=(1, 2), required=True)
+    t.add_argument("--resume", action="store_true", help="continue an interrupted step-1 run")
+    t.set_defaults(fn=_cmd_train)
+    s = sub.add_parser("speed", help="latency of the easy route, the hard route and the router")
+    s.add_argument("--config", default="quick")
+    s.add_argument("--batch", type=int, default=None, help="batched figure's batch size (default: eval.batch)")
+    s.set_defaults(fn=_cmd_speed)
+    r = sub.add_parser("reproduce", help="the whole pipeline, then every notebook into results/<config>/")
+    r.add_argument("--config", default="quick")
+    r.add_argument("--no-notebooks", action="store_true")
+    r.set_defaults(fn=_cmd_reproduce)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Cost accounting: parameters and GFLOPs of each part, each route, and a dynamic mix.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the full-size input
+(it counts conv/matmul FLOPs = 2 x MACs, the convention of ultralytics' GFLOPs). A
+dynamic model at hard fraction k costs the linear mix, as in the authors' table:
+
+    GFLOPs(k) = (1 - k) * GFLOPs_easy + k * GFLOPs_hard
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .model import DynamicDetector, run_layers
+
+EASY = "easy route (B1+router+H1)"
+HARD = "hard route (B1+router+links+B2+H2)"
+
+
+def _gflops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def _params(module_or_params) -> int:
+    ps = module_or_params.parameters() if hasattr(module_or_params, "parameters") else module_or_params
+    return sum(p.numel() for p in ps)
+
+
+def _split_params(det, n_backbone: int) -> tuple[int, int]:
+    backbone = sum(_params(m) for m in det.model[:n_backbone])
+    return backbone, _params(det) - backbone
+
+
+@torch.no_grad()
+def cost_table(model: DynamicDetector, img_size: int) -> pd.DataFrame:
+    """Params (M) and GFLOPs of B1, H1, links, B2, H2, router, and of the easy and hard routes.
+
+    Args:
+        model: the dynamic detector (put in eval mode for the count, restored after).
+        img_size: square input side in pixels.
+
+    Returns:
+        DataFrame indexed by part with columns ``params_M`` and ``GFLOPs``.
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, model.ch, img_size, img_size, device=next(model.parameters()).device)
+    y1 = model.backbone1(x)
+    f1 = model.taps(y1)
+    links = model.links(f1)
+    inject = dict(zip(model.spec.downsample, links, strict=True))
+
+    def b2():
+        run_layers(model.det2, x, 0, model.spec.n_backbone, [], inject=inject)
+
+    y2 = model.backbone2(x, f1)
+    nb = model.spec.n_backbone
+    p_b1, p_h1 = _split_params(model.det1, nb)
+    p_b2, p_h2 = _split_params(model.det2, nb)
+    rows = {
+        "B1": (p_b1, _gflops(lambda: model.backbone1(x))),
+        "H1": (p_h1, _gflops(lambda: model.head1(y1))),
+        "links": (_params(model.links), _gflops(lambda: model.links(f1))),
+        "B2": (p_b2, _gflops(b2)),
+        "H2": (p_h2, _gflops(lambda: model.head2(y2))),
+        "router": (_params(model.router), _gflops(lambda: model.router(f1))),
+    }
+    df = pd.DataFrame(rows, index=["params", "GFLOPs"]).T
+    easy = df.loc[["B1", "router", "H1"]].sum()
+    hard = df.loc[["B1", "router", "links", "B2", "H2"]].sum()
+    df.loc[EASY] = easy
+    df.loc[HARD] = hard
+    df["params_M"] = df.pop("params") / 1e6
+    model.train(was_training)
+    return df[["params_M", "GFLOPs"]]
+
+
+def dynamic_gflops(easy: float, hard: float, k: float) -> float:
+    """GFLOPs of a dynamic model sending a fraction k of images to the hard route."""
+    # GFLOPs(k) = (1 - k) GFLOPs_easy + k GFLOPs_hard
+    return (1.0 - k) * easy + k * hard
+
+
+def route_gflops(model: DynamicDetector, img_size: int) -> tuple[float, float]:
+    """(easy, hard) route GFLOPs at ``img_size``."""
+    t = cost_table(model, img_size)
+    return float(t.loc[EASY, "GFLOPs"]), float(t.loc[HARD, "GFLOPs"])

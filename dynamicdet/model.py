@@ -1,0 +1,320 @@
+"""The dynamic architecture: two cascaded YOLO detectors, composite links and a router.
+
+::
+
+    image ──► B1 ──┬──────────────► H1 ──► detections   (easy route: B1 + router + H1)
+                   │ F1 = {P3, P4, P5}
+                   ├──► router ──► phi (difficulty)
+                   └──► links ─┐
+    image ──► B2 (+ links) ────┴──► H2 ──► detections   (hard route: B1 + router + B2 + H2)
+
+Detector 1 = backbone B1 + neck/head H1 and detector 2 = backbone B2 + neck/head H2
+are two ultralytics ``DetectionModel`` s of the same family and scale (identical
+structure, separate weights). B2 reads the image itself and, as in CBNet and the
+authors' code, also receives B1's multi-scale features through composite links.
+
+Sign convention: ``phi`` is the **difficulty** (high = hard = send to detector 2), as in
+the paper. The authors' code outputs ``1 - phi``; we never do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+
+import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where to cut an ultralytics YOLO family into backbone and neck/head.
+
+    Attributes:
+        taps: layer indices of the backbone outputs P3, P4, P5 (fed to the neck, the
+            router and the composite links).
+        downsample: layer indices of the stride-2 convs that open the P3, P4, P5 stages;
+            B2 receives the links' output right after each of them.
+        n_backbone: number of backbone layers (layers ``[0, n_backbone)``).
+    """
+
+    taps: tuple[int, ...]
+    downsample: tuple[int, ...]
+    n_backbone: int
+
+
+# The only place that knows ultralytics' layer numbering (see DESIGN.md section 3).
+FAMILIES: dict[str, FamilySpec] = {
+    "yolov8": FamilySpec(taps=(4, 6, 9), downsample=(3, 5, 7), n_backbone=10),
+    "yolo11": FamilySpec(taps=(4, 6, 10), downsample=(3, 5, 7), n_backbone=11),
+}
+SCALES = ("n", "s", "m", "l", "x")
+
+Features = list  # per-layer outputs of a backbone: list[Tensor | None], indexed by layer number
+
+
+def build_detector(family: str, scale: str, nc: int, ch: int = 3) -> DetectionModel:
+    """A plain ultralytics detector built from its YAML, no weights (nothing is downloaded)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; supported: {sorted(FAMILIES)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown model scale {scale!r}; supported: {SCALES}")
+    return DetectionModel(f"{family}{scale}.yaml", ch=ch, nc=nc, verbose=False)
+
+
+def run_layers(det: DetectionModel, x, start: int, stop: int, y: Features, inject: dict | None = None):
+    """Run layers ``[start, stop)`` of an ultralytics model, as ``BaseModel._predict_once`` does.
+
+    Args:
+        det: the ultralytics model.
+        x: input of layer ``start`` (ignored by layers that read earlier outputs).
+        start, stop: layer range.
+        y: outputs of layers ``[0, start)``; extended in place.
+        inject: optional ``{layer index: tensor}`` added to that layer's output (the
+            composite links' entry points).
+
+    Returns:
+        The output of layer ``stop - 1``.
+    """
+    for m in det.model[start:stop]:
+        if m.f != -1:  # input from earlier layers
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = m(x)
+        if inject is not None and m.i in inject:
+            x = x + inject[m.i]
+        y.append(x if m.i in det.save else None)
+    return x
+
+
+def select(y: Features, idx: torch.Tensor) -> Features:
+    """The same per-layer features restricted to the images ``idx`` of the batch."""
+    return [t[idx] if t is not None else None for t in y]
+
+
+class CompositeLinks(nn.Module):
+    """Composite backbone links (the authors' CBLinear + CBFuse).
+
+    For each B1 level i a 1x1 conv (bias, no BN, no activation) projects f1_i to the
+    channel widths of the B2 levels it feeds: B2 level j receives B1 levels i >= j (the
+    same level and every deeper one). Each projection is resized with nearest-neighbour
+    interpolation to B2 level j's size and all are summed:
+
+        link_j = sum_{i >= j} resize(W_i^{(j)} f1_i + b_i^{(j)}, size(f2_j))
+
+    and ``link_j`` is added to B2's feature right after its stride-2 downsampling conv j.
+    """
+
+    def __init__(self, src_channels: list[int], dst_channels: list[int]):
+        super().__init__()
+        if len(src_channels) != len(dst_channels):
+            raise ValueError("need one destination level per source level")
+        self.splits = [list(dst_channels[: i + 1]) for i in range(len(src_channels))]
+        self.proj = nn.ModuleList(
+            nn.Conv2d(c, sum(s), kernel_size=1, bias=True) for c, s in zip(src_channels, self.splits, strict=True)
+        )
+
+    def forward(self, feats1: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Args: feats1: B1 levels, (B, C1_i, H_i, W_i). Returns: one (B, C2_j, H_j, W_j) tensor per B2 level."""
+        parts = [conv(f).split(s, dim=1) for conv, f, s in zip(self.proj, feats1, self.splits, strict=True)]
+        out = []
+        for j, f in enumerate(feats1):  # B2 level j has B1 level j's resolution
+            size = f.shape[-2:]
+            out.append(sum(F.interpolate(parts[i][j], size=size, mode="nearest") for i in range(j, len(feats1))))
+        return out
+
+
+class AdaptiveRouter(nn.Module):
+    """The adaptive router: a difficulty score per image from B1's multi-scale features.
+
+    Sign convention: the output ``phi`` in (0, 1) is the image's **difficulty**; high
+    phi = hard image = route to detector 2 (the paper's convention; the authors' code
+    returns ``1 - phi``).
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 4):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels, in_channels // reduction)
+        self.fc2 = nn.Linear(in_channels // reduction, 1)
+
+    @staticmethod
+    def pool(feats1: list[torch.Tensor]) -> torch.Tensor:
+        """F~ = Concat(GAP(f_1), ..., GAP(f_L)): (B, C_i, H_i, W_i) per level -> (B, sum C_i)."""
+        return torch.cat([f.mean(dim=(2, 3)) for f in feats1], dim=1)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The router on pooled features (also what step 2 trains on the cache): (B, C) -> (B,)."""
+        # phi = sigmoid(W2 relu(W1 F~ + b1) + b2)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(pooled)))).squeeze(1)
+
+    def forward(self, feats1: list[torch.Tensor]) -> torch.Tensor:
+        """Args: feats1: B1 levels, (B, C_i, H_i, W_i). Returns: phi, (B,)."""
+        return self.head(self.pool(feats1))
+
+
+@dataclass
+class RouteOutput:
+    """Result of :meth:`DynamicDetector.route`.
+
+    Attributes:
+        preds: (B, 4 + nc, A) raw detections (xywh pixels + class probabilities) in input
+            order, each image from the route it took; feed to NMS.
+        hard: (B,) bool, True where the image took the hard route (detector 2).
+        phi: (B,) difficulty scores.
+    """
+
+    preds: torch.Tensor
+    hard: torch.Tensor
+    phi: torch.Tensor
+
+
+class DynamicDetector(nn.Module):
+    """Two cascaded ultralytics detectors with composite links and an adaptive router.
+
+    Args:
+        family: ultralytics family, ``"yolov8"`` or ``"yolo11"``.
+        scale: ``"n"``, ``"s"``, ``"m"`` (``"l"``, ``"x"`` also build).
+        nc: number of classes.
+        ch: input channels.
+
+    Forward modes:
+        - ``model(images)`` (train mode): ``{"out1", "out2", "phi"}`` with both heads' raw
+          training outputs (ultralytics dicts: ``boxes``, ``scores``, ``feats``).
+        - :meth:`score`: phi only (B1 + router).
+        - :meth:`first` / :meth:`second`: one route for all images.
+        - :meth:`route`: batched dynamic inference.
+    """
+
+    def __init__(self, family: str = "yolov8", scale: str = "n", nc: int = 80, ch: int = 3):
+        super().__init__()
+        self.family, self.scale, self.nc, self.ch = family, scale, nc, ch
+        self.det1 = build_detector(family, scale, nc, ch)
+        self.det2 = build_detector(family, scale, nc, ch)
+        self.spec = FAMILIES[family]
+        self.stride = self.det1.stride
+        # Channel widths of every backbone layer, read off a dry run (backbones are sequential).
+        widths = {}
+        with torch.no_grad():
+            x = torch.zeros(1, ch, 64, 64)
+            for m in self.det1.model[: self.spec.n_backbone]:
+                x = m(x)
+                widths[m.i] = x.shape[1]
+        self.tap_channels = [widths[i] for i in self.spec.taps]
+        self.link_channels = [widths[i] for i in self.spec.downsample]
+        self.links = CompositeLinks(self.tap_channels, self.link_channels)
+        self.router = AdaptiveRouter(sum(self.tap_channels))
+
+    # ---------------------------------------------------------------- building blocks
+    def config(self) -> dict:
+        """What a checkpoint must match to load into this model."""
+        return {"family": self.family, "scale": self.scale, "nc": self.nc, "ch": self.ch}
+
+    def backbone1(self, x: torch.Tensor) -> Features:
+        """B1: (B, 3, H, W) -> per-layer outputs (the P3/P4/P5 taps among them)."""
+        y: Features = []
+        run_layers(self.det1, x, 0, self.spec.n_backbone, y)
+        return y
+
+    def taps(self, y: Features) -> list[torch.Tensor]:
+        """B1's multi-scale features F1 = [P3, P4, P5] from its per-layer outputs."""
+        return [y[i] for i in self.spec.taps]
+
+    def backbone2(self, x: torch.Tensor, feats1: list[torch.Tensor]) -> Features:
+        """B2 reading the image and receiving B1's features through the composite links."""
+        links = self.links(feats1)
+        inject = dict(zip(self.spec.downsample, links, strict=True))
+        y: Features = []
+        run_layers(self.det2, x, 0, self.spec.n_backbone, y, inject=inject)
+        return y
+
+    def head1(self, y1: Features):
+        """H1 (neck + Detect of detector 1) on B1's outputs."""
+        return run_layers(self.det1, y1[-1], self.spec.n_backbone, len(self.det1.model), list(y1))
+
+    def head2(self, y2: Features):
+        """H2 (neck + Detect of detector 2) on B2's outputs."""
+        return run_layers(self.det2, y2[-1], self.spec.n_backbone, len(self.det2.model), list(y2))
+
+    @staticmethod
+    def _inference(out) -> torch.Tensor:
+        """Detect's eval output is ``(y, raw)``; keep y: (B, 4 + nc, A)."""
+        return out[0] if isinstance(out, tuple) else out
+
+    # ---------------------------------------------------------------- forward modes
+    def forward(self, x: torch.Tensor) -> dict:
+        """Step-1 forward: both detectors on every image.
+
+        Args:
+            x: (B, 3, H, W) images in [0, 1].
+
+        Returns:
+            ``{"out1": raw head output of detector 1, "out2": of detector 2, "phi": (B,)}``.
+            phi is computed on detached features: no step-1 gradient reaches the router.
+        """
+        y1 = self.backbone1(x)
+        f1 = self.taps(y1)
+        phi = self.router([f.detach() for f in f1])
+        out1 = self.head1(y1)
+        out2 = self.head2(self.backbone2(x, f1))
+        return {"out1": out1, "out2": out2, "phi": phi}
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """phi (difficulty) only: B1 + router. (B, 3, H, W) -> (B,)."""
+        return self.router(self.taps(self.backbone1(x)))
+
+    def router_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled B1 features, the router's input: (B, 3, H, W) -> (B, sum C_i)."""
+        return AdaptiveRouter.pool(self.taps(self.backbone1(x)))
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """Easy route for all images (no router): (B, 3, H, W) -> (B, 4 + nc, A) in eval mode."""
+        return self._inference(self.head1(self.backbone1(x)))
+
+    def second(self, x: torch.Tensor) -> torch.Tensor:
+        """Hard route for all images (no router, no H1): (B, 3, H, W) -> (B, 4 + nc, A)."""
+        y1 = self.backbone1(x)
+        return self._inference(self.head2(self.backbone2(x, self.taps(y1))))
+
+    def route(self, x: torch.Tensor, threshold: float) -> RouteOutput:
+        """Batched dynamic inference.
+
+        B1 and the router run on the whole batch; H1 runs on the easy subset only
+        (phi < threshold), B2 + H2 on the hard subset only (phi >= threshold), with those
+        images' B1 features feeding the links. Outputs are merged back in input order.
+        A route that no image takes costs nothing.
+
+        Args:
+            x: (B, 3, H, W) images in [0, 1].
+            threshold: tau; images with phi >= tau take the hard route.
+        """
+        y1 = self.backbone1(x)
+        f1 = self.taps(y1)
+        phi = self.router(f1)
+        hard = phi >= threshold
+        n_hard = int(hard.sum())
+        if n_hard == 0:  # every image easy: no subset, no copy
+            return RouteOutput(preds=self._inference(self.head1(y1)), hard=hard, phi=phi)
+        if n_hard == len(hard):  # every image hard: H1 never runs
+            return RouteOutput(preds=self._inference(self.head2(self.backbone2(x, f1))), hard=hard, phi=phi)
+        hard_idx, easy_idx = hard.nonzero().squeeze(1), (~hard).nonzero().squeeze(1)
+        p1 = self._inference(self.head1(select(y1, easy_idx)))
+        p2 = self._inference(self.head2(self.backbone2(x[hard_idx], [f[hard_idx] for f in f1])))
+        preds = p1.new_empty((x.shape[0], *p1.shape[1:]))
+        preds[easy_idx] = p1
+        preds[hard_idx] = p2
+        return RouteOutput(preds=preds, hard=hard, phi=phi)
+
+    # ---------------------------------------------------------------- utilities
+    def fuse(self) -> DynamicDetector:
+        """Fold BN into convs in both detectors (ultralytics' fuse), for inference."""
+        self.det1.fuse(verbose=False)
+        self.det2.fuse(verbose=False)
+        return self
+
+    def detector_parameters(self):
+        """Parameters trained in step 1 (both detectors and the links)."""
+        for name, p in self.named_parameters():
+            if not name.startswith("router."):
+                yield p
