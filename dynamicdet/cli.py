@@ -68,7 +68,7 @@ def _cmd_speed(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .pipeline import reproduce
 
-    reproduce(args.config, notebooks=not args.no_notebooks)
+    reproduce(args.config, run_notebooks=not args.no_notebooks)
     return 0
 
 

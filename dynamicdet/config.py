@@ -60,6 +60,7 @@ class TrainConfig:
 
     epochs: int = 15  # training epochs
     batch: int = 16  # images per step
+    nbs: int = 64  # nominal batch size: gradients accumulate over nbs / batch steps (ultralytics, authors: 64)
     optimizer: str = "SGD"  # SGD (nesterov) | AdamW
     lr0: float = 0.01  # initial learning rate
     lrf: float = 0.1  # final lr = lr0 * lrf (cosine)

@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic COCO-format generator and the dataloaders."""

@@ -1,0 +1,99 @@
+"""Dataloaders on ultralytics' YOLO dataset and augmentation pipeline.
+
+We use ultralytics' ``build_yolo_dataset`` (mosaic, random perspective, HSV, flip,
+letterbox, label handling) and its ``collate_fn``, inside a plain torch ``DataLoader``
+whose shuffling and augmentation randomness are seeded per epoch, so that an epoch's
+batches depend only on (seed, epoch): an interrupted run resumes bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from ultralytics.cfg import get_cfg
+from ultralytics.data.build import build_yolo_dataset
+
+import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
+
+
+def hyp_namespace(img_size: int, **aug: Any):
+    """ultralytics' hyperparameter namespace (augmentation settings) with our overrides."""
+    overrides = {"imgsz": img_size, "task": "detect", "mode": "train", "cache": False, "rect": False, **aug}
+    return get_cfg(overrides=overrides)
+
+
+def build_dataset(data: dict, split: str, img_size: int, augment: bool, batch: int = 16, **aug: Any):
+    """An ultralytics ``YOLODataset`` for ``split`` ("train" or "val").
+
+    Args:
+        data: ultralytics data dict (``check_det_dataset`` output, see ``coco.prepare_dataset``).
+        split: key of ``data`` holding the image folder.
+        img_size: network input side.
+        augment: ultralytics train-mode augmentation (mosaic etc., set through ``aug``)
+            or val-mode letterbox only.
+        aug: ultralytics hyperparameters (``mosaic``, ``mixup``, ``hsv_h``, ``translate``...).
+    """
+    hyp = hyp_namespace(img_size, **aug)
+    mode = "train" if augment else "val"
+    dataset = build_yolo_dataset(hyp, data[split], batch, data, mode=mode, rect=False, stride=32)
+    dataset.dd_hyp = hyp  # kept for close_mosaic(), which rebuilds the transforms from it
+    return dataset
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def make_loader(
+    dataset,
+    batch: int,
+    shuffle: bool,
+    seed: int,
+    workers: int = 0,
+    distributed: bool = False,
+) -> DataLoader:
+    """A DataLoader whose order and augmentation depend only on ``seed``.
+
+    Call it once per epoch with ``seed = base_seed + epoch``. With ``workers == 0`` the
+    augmentation draws from the global RNGs, which are reseeded here; with workers each
+    worker is seeded from the loader's generator.
+    """
+    g = torch.Generator()
+    g.manual_seed(seed)
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=g)
+    else:
+        sampler = SequentialSampler(dataset)
+    seed_everything(seed)
+    return DataLoader(
+        dataset,
+        batch_size=min(batch, len(dataset)),
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=dataset.collate_fn,
+        worker_init_fn=_seed_worker,
+        generator=g,
+        drop_last=False,
+    )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move tensors to ``device`` and scale images from uint8 to [0, 1] floats (ultralytics' preprocess)."""
+    out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    out["img"] = out["img"].float() / 255
+    return out

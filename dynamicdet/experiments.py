@@ -1,0 +1,325 @@
+"""The paper's experiments as cached stages that the notebooks call.
+
+Each stage stores its output in the run folder (keyed by config), so re-running a
+notebook does not retrain or re-measure. Stages:
+
+- :func:`route_detections`: val detections of both routes (for the baselines).
+- :func:`latencies`: route latencies at batch 1 and ``eval.batch``.
+- :func:`static_baselines`: plain ultralytics models trained by ultralytics' own trainer.
+- :func:`tradeoff`: the /0 /10 /50 /90 /100 table, the dense sweep and every baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import routing
+from .checkpoint import save_atomic
+from .config import Config
+from .cost import dynamic_gflops, route_gflops
+from .data.coco import prepare_dataset
+from .data.loaders import build_dataset, make_loader
+from .evaluate import coco_evaluate, detections_to_coco, per_image_ap
+from .predict import predict
+from .speed import environment, plain_latency, route_latencies
+from .train import load_model, resolve_device, router_dir, run_dir, train_step2
+
+
+@dataclass
+class Trained:
+    """Everything the evaluation stages need about a trained config."""
+
+    cfg: Config
+    info: object
+    model: torch.nn.Module
+    device: torch.device
+    val_scores: pd.DataFrame  # image_id, phi, L1, L2 on val
+
+    @property
+    def folder(self) -> Path:
+        return router_dir(self.cfg)
+
+
+def trained(cfg: Config, progress: bool = True) -> Trained:
+    """Train (or reuse) steps 1 and 2 of a config and load the result."""
+    train_step2(cfg, progress=progress)
+    device = resolve_device(cfg.device)
+    info = prepare_dataset(cfg)
+    model = load_model(cfg, step=2, device=device)
+    scores = pd.read_csv(router_dir(cfg) / "val_scores.csv")
+    return Trained(cfg, info, model, device, scores)
+
+
+def val_loader(t: Trained):
+    ds = build_dataset(t.info.data, "val", t.cfg.data.img_size, augment=False)
+    return make_loader(ds, t.cfg.eval.batch, False, 0)
+
+
+def _predict(t: Trained, fn, desc: str, progress: bool):
+    e = t.cfg.eval
+    return predict(
+        fn,
+        val_loader(t),
+        t.info.file_to_image_id["val"],
+        t.device,
+        e.conf,
+        e.iou,
+        e.max_det,
+        desc=desc,
+        progress=progress,
+    )
+
+
+def evaluate_dets(t: Trained, dets: dict) -> dict:
+    """COCO AP, AP50, AP75, APs, APm, APl of val detections."""
+    return coco_evaluate(t.info.gt_json["val"], detections_to_coco(dets, t.info.class_to_cat))
+
+
+def route_detections(t: Trained, progress: bool = True) -> tuple[dict, dict]:
+    """Val detections of detector 1 and detector 2 for every image (cached)."""
+    path = t.folder / "val_dets.pt"
+    if path.exists():
+        d = torch.load(path, weights_only=False)
+        return d["det1"], d["det2"]
+    dets1, _ = _predict(t, t.model.first, "val det1", progress)
+    dets2, _ = _predict(t, t.model.second, "val det2", progress)
+    save_atomic({"det1": dets1, "det2": dets2}, path)
+    return dets1, dets2
+
+
+def latencies(t: Trained, refresh: bool = False) -> dict:
+    """Route latencies (ms) at batch 1 and ``eval.batch``, with the environment (cached)."""
+    path = t.folder / "latency.json"
+    if path.exists() and not refresh:
+        return json.loads(path.read_text())
+    e = t.cfg.eval
+    out = {"env": environment()}
+    for b in sorted({1, e.batch}):
+        r = route_latencies(t.model, t.cfg.data.img_size, b, t.device, e.latency_warmup, e.latency_repeats)
+        r.pop("detail")
+        out[f"batch{b}"] = r
+    path.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def timed_route(t: Trained, tau: float, batch: int, n_batches: int = 3) -> float:
+    """Measured latency (ms per image) of ``route()`` on real val images at threshold tau."""
+    from .speed import prepare_for_timing, time_fn
+
+    m = prepare_for_timing(t.model, t.device)
+    ds = build_dataset(t.info.data, "val", t.cfg.data.img_size, augment=False)
+    loader = make_loader(ds, batch, False, 0)
+    dtype = torch.float16 if t.device.type == "cuda" else torch.float32
+    imgs = []
+    for i, b in enumerate(loader):
+        if i >= n_batches:
+            break
+        imgs.append(b["img"].to(t.device, dtype) / 255)
+    e = t.cfg.eval
+    total = 0.0
+    for x in imgs:
+        total += time_fn(
+            lambda x=x: m.route(x, tau), t.device, max(1, e.latency_warmup // 2), max(3, e.latency_repeats // 2)
+        )["median_ms"]
+    return total / sum(len(x) for x in imgs)
+
+
+def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) -> dict[str, pd.DataFrame]:
+    """The variable-speed table and every baseline at the same hard fractions.
+
+    Returns:
+        ``{"table": /0 /10 /50 /90 /100 rows of the learned router (route() for real),
+        "sweep": dense sweep of all routers (AP vs k, latency), "baselines": per k and
+        router: AP and capture ratio}``. Also written as CSV in the step-2 folder.
+    """
+    cfg, e = t.cfg, t.cfg.eval
+    path = t.folder / "tradeoff.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    scores = t.val_scores.set_index("image_id")
+    ids = list(scores.index)
+    phi = scores["phi"].to_numpy()
+    dets1, dets2 = route_detections(t, progress)
+    ap1 = evaluate_dets(t, dets1)
+    ap2 = evaluate_dets(t, dets2)
+    g_easy, g_hard = route_gflops(t.model, cfg.data.img_size)
+    lat = latencies(t)
+    lat1 = lat["batch1"]
+    # confidence escalation's hard route runs H1 too: + (lat_easy - lat_score)
+    h1_cost = max(lat1["easy"] - lat1["score"], 0.0)
+
+    # per-image benefit of detector 2, for the oracles
+    pa1 = per_image_ap(t.info.gt_json["val"], detections_to_coco(dets1, t.info.class_to_cat))
+    pa2 = per_image_ap(t.info.gt_json["val"], detections_to_coco(dets2, t.info.class_to_cat))
+    ap_gain = np.array([np.nan_to_num(pa2.get(i, np.nan)) - np.nan_to_num(pa1.get(i, np.nan)) for i in ids])
+    loss_gain = (scores["L1"] - scores["L2"]).to_numpy()
+    conf_unc = routing.confidence_escalation_score(dets1, ids)
+
+    def ap_of(mask: np.ndarray) -> dict:
+        return evaluate_dets(t, routing.compose(dets1, dets2, dict(zip(ids, mask, strict=True))))
+
+    fractions = sorted(set(e.fractions) | set(np.linspace(0, 1, e.sweep).round(4).tolist()))
+    rows, table = [], []
+    for k in tqdm(fractions, desc="trade-off sweep", disable=not progress):
+        tau = routing.threshold_for_fraction(phi, k)
+        dets, hard = _predict(t, lambda x, tau=tau: t.model.route(x, tau), f"route k={k:.2f}", False)
+        m = evaluate_dets(t, dets)
+        k_meas = float(np.mean([hard[i] for i in ids]))
+        row = {
+            "router": "learned",
+            "k": k,
+            "k_measured": k_meas,
+            "tau": tau,
+            **m,
+            "GFLOPs": dynamic_gflops(g_easy, g_hard, k_meas),
+            "latency_ms": lat1["easy"] + k_meas * (lat1["hard"] - lat1["easy"]),
+        }
+        rows.append(row)
+        if k in e.fractions:
+            trow = dict(row)
+            if measure_latency:
+                for b in sorted({1, e.batch}):
+                    trow[f"latency_ms_b{b}"] = timed_route(t, tau, b, n_batches=max(1, 8 // b))
+                trow["FPS_b1"] = 1000.0 / trow["latency_ms_b1"]
+            table.append(trow)
+        lat_k = lat1["easy"] + k * (lat1["hard"] - lat1["easy"])
+        for name, mask in (
+            ("oracle (L1-L2)", routing.top_fraction(loss_gain, k)),
+            ("oracle (AP gain)", routing.top_fraction(ap_gain, k)),
+            ("confidence escalation", routing.top_fraction(conf_unc, k)),
+        ):
+            extra = k * h1_cost if name == "confidence escalation" else 0.0
+            rows.append(
+                {
+                    "router": name,
+                    "k": k,
+                    "k_measured": float(mask.mean()),
+                    **ap_of(mask),
+                    "GFLOPs": dynamic_gflops(g_easy, g_hard, k),
+                    "latency_ms": lat_k + extra,
+                }
+            )
+        rand = [ap_of(routing.random_route(len(ids), k, seed))["AP"] for seed in range(e.random_seeds)]
+        rows.append(
+            {
+                "router": "random",
+                "k": k,
+                "k_measured": k,
+                "AP": float(np.mean(rand)),
+                "AP_std": float(np.std(rand)),
+                "GFLOPs": dynamic_gflops(g_easy, g_hard, k),
+                "latency_ms": lat_k,
+            }
+        )
+    sweep = pd.DataFrame(rows)
+    sweep["capture"] = [routing.capture_ratio(a, ap1["AP"], ap2["AP"]) for a in sweep["AP"]]
+    table = pd.DataFrame(table)
+    table.insert(0, "model", [f"Dy /{round(100 * k)}" for k in table["k"]])
+    out = {
+        "table": table,
+        "sweep": sweep,
+        "ap1": ap1,
+        "ap2": ap2,
+        "latency": lat,
+        "gflops": {"easy": g_easy, "hard": g_hard},
+    }
+    save_atomic(out, path)
+    table.to_csv(t.folder / "tradeoff_table.csv", index=False)
+    sweep.to_csv(t.folder / "tradeoff_sweep.csv", index=False)
+    return out
+
+
+# ------------------------------------------------------------------------ static baselines
+def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
+    """Plain ultralytics models of the same family, trained by ultralytics' own trainer.
+
+    Same data, same epochs (``eval.static_epochs`` or ``train.epochs``), the same
+    optimiser settings; evaluated with the same pycocotools code and latency harness.
+    One row per scale in ``eval.static_scales``; cached in the run folder.
+    """
+    from ultralytics import YOLO
+
+    from .cost import _gflops
+
+    folder = run_dir(cfg) / "static"
+    info = prepare_dataset(cfg)
+    device = resolve_device(cfg.device)
+    t, e = cfg.train, cfg.eval
+    epochs = e.static_epochs or t.epochs
+    rows = []
+    for scale in e.static_scales:
+        out = folder / f"{cfg.model.family}{scale}.json"
+        if out.exists():
+            rows.append(json.loads(out.read_text()))
+            continue
+        t0 = time.time()
+        yolo = YOLO(f"{cfg.model.family}{scale}.yaml", task="detect")
+        yolo.train(
+            data=str(info.yaml_path),
+            epochs=epochs,
+            imgsz=cfg.data.img_size,
+            batch=t.batch,
+            device=str(device),
+            workers=t.workers,
+            optimizer=t.optimizer,
+            lr0=t.lr0,
+            lrf=t.lrf,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            nbs=t.nbs,
+            warmup_epochs=t.warmup_epochs,
+            close_mosaic=t.close_mosaic,
+            mosaic=t.mosaic,
+            mixup=t.mixup,
+            cos_lr=True,
+            seed=t.seed,
+            deterministic=False,
+            amp=False,
+            project=str(folder),
+            name=scale,
+            exist_ok=True,
+            plots=False,
+            verbose=False,
+            pretrained=False,
+            val=False,
+        )
+        wall = time.time() - t0
+        det = torch.load(folder / scale / "weights" / "last.pt", map_location="cpu", weights_only=False)
+        det = (det.get("ema") or det["model"]).float().eval()
+        ds = build_dataset(info.data, "val", cfg.data.img_size, augment=False)
+        loader = make_loader(ds, e.batch, False, 0)
+        dets, _ = predict(
+            lambda x, det=det: det(x)[0],
+            loader,
+            info.file_to_image_id["val"],
+            device,
+            e.conf,
+            e.iou,
+            e.max_det,
+            desc=f"val {cfg.model.family}{scale}",
+            progress=progress,
+        )
+        m = coco_evaluate(info.gt_json["val"], detections_to_coco(dets, info.class_to_cat))
+        x = torch.zeros(1, 3, cfg.data.img_size, cfg.data.img_size)
+        fused = det.fuse(verbose=False) if hasattr(det, "fuse") else det
+        row = {
+            "model": f"{cfg.model.family}{scale} (static)",
+            **m,
+            "GFLOPs": _gflops(lambda fused=fused, x=x: fused(x)),
+            "latency_ms_b1": plain_latency(det, cfg.data.img_size, 1, device, e.latency_warmup, e.latency_repeats),
+            "epochs": epochs,
+            "train_wall_s": round(wall, 1),
+        }
+        row["FPS_b1"] = 1000.0 / row["latency_ms_b1"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(row, indent=2))
+        rows.append(row)
+    return pd.DataFrame(rows)

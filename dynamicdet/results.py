@@ -1,0 +1,89 @@
+"""Writing tables and figures into ``results/<config>/``, with provenance.
+
+Notebooks save every table and figure through :func:`save_table` and
+:func:`save_figure`, so everything they produce lands in one folder, and
+:func:`provenance` records how it was made (git SHA, config, versions, device, times).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from . import paths
+
+STYLE = {"context": "notebook", "style": "whitegrid", "palette": "deep"}
+
+
+def use_style() -> None:
+    """The one figure style of every notebook (seaborn whitegrid, readable at README size)."""
+    import seaborn as sns
+
+    sns.set_theme(**STYLE)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight", "axes.titleweight": "bold"})
+
+
+def out_dir(config: str) -> Path:
+    d = paths.results_dir(config)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save_table(df: pd.DataFrame, name: str, config: str, floatfmt: str = ".4g", index: bool = False) -> Path:
+    """Write ``<name>.csv`` and ``<name>.md`` into ``results/<config>/``; returns the CSV path."""
+    d = out_dir(config)
+    df.to_csv(d / f"{name}.csv", index=index)
+    (d / f"{name}.md").write_text(df.to_markdown(index=index, floatfmt=floatfmt) + "\n")
+    return d / f"{name}.csv"
+
+
+def save_figure(fig, name: str, config: str) -> Path:
+    """Write ``<name>.png`` into ``results/<config>/``."""
+    path = out_dir(config) / f"{name}.png"
+    fig.savefig(path)
+    return path
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=paths.REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None) -> Path:
+    """Merge a record into ``results/<config>/provenance.json`` (git SHA, config, env, times)."""
+    from .speed import environment
+
+    path = out_dir(config) / "provenance.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(
+        {
+            "git_sha": git_sha(),
+            "config": cfg_dict,
+            "environment": environment(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(record.get(k), dict):
+            record[k].update(v)
+        else:
+            record[k] = v
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path

@@ -1,0 +1,66 @@
+"""Shared fixtures. Every test runs with the network blocked (loopback excepted)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Keep test artefacts out of the repository's runs/ and data/ folders.
+_TMP = Path(tempfile.mkdtemp(prefix="dynamicdet-tests-"))
+os.environ.setdefault("DYNAMICDET_HOME", str(_TMP / "home"))
+os.environ.setdefault("DYNAMICDET_DATA", str(_TMP / "data"))
+os.environ.setdefault("DYNAMICDET_RESULTS", str(_TMP / "results"))
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _is_loopback(host) -> bool:
+    if host in (None, "localhost", "", b"localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host if isinstance(host, str) else host.decode()).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Make any non-loopback connection or DNS lookup raise: proves the offline path."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(host):
+            raise NetworkBlocked(f"network access attempted: connect({address!r})")
+        return real_connect(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback(host):
+            raise NetworkBlocked(f"network access attempted: getaddrinfo({host!r})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    """The smoke config with its dataset generated and converted (once per session)."""
+    from dynamicdet.data.coco import prepare_dataset
+
+    from dynamicdet.config import load_config
+    from dynamicdet.data.synthetic import generate_from_config
+
+    cfg = load_config("smoke")
+    generate_from_config(cfg)
+    prepare_dataset(cfg)
+    return cfg

@@ -1,0 +1,123 @@
+"""Every notebook end to end at the smoke config (papermill), then ``pytest --nbval-lax`` on the results.
+
+The committed notebooks in ``notebooks/`` show the reference (standard) results. Here
+papermill injects ``config = "smoke"`` into each one's ``parameters`` cell and runs it
+into a temporary results folder; nbval then re-runs those executed copies and compares
+the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` (the checks cells).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dynamicdet import paths
+from dynamicdet.pipeline import notebook_paths, run_notebook
+
+NOTEBOOKS = notebook_paths()
+
+
+def test_there_are_notebooks_in_paper_order():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names[:8] == [
+        "00_dataset",
+        "01_architecture",
+        "02_joint_training",
+        "03_loss_difference",
+        "04_router_losses",
+        "05_variable_speed",
+        "06_tradeoffs",
+        "07_easy_hard",
+    ]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_shape(nb):
+    cells = nbformat.read(nb, as_version=4).cells
+    params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{nb.name}: {len(params)} cells tagged 'parameters' (want exactly 1)"
+    # plain values only: every statement is `name = literal`
+    import ast
+
+    for node in ast.parse(params[0].source).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.dump(node)
+    src = params[0].source
+    assert "config =" in src and "home =" in src
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# ")
+    assert "NBVAL_CHECK_OUTPUT" in cells[-1].source and "assert" in cells[-1].source
+    for c in cells:  # nbval fails on cells that keep outputs but lost their execution count
+        if c.cell_type == "code" and c.get("outputs"):
+            assert c.execution_count is not None, f"{nb.name}: a cell has outputs but no execution count"
+    # nothing in a notebook defines a model or a loss
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    assert "class " not in code and "nn.Module" not in code
+
+
+def _tree(root: Path) -> set[str]:
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True, text=True
+    ).stdout
+    return set(out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def executed(smoke_cfg):
+    """Run every notebook at smoke with papermill; check nothing is written outside results/."""
+    results = paths.results_dir("smoke")
+    before = _tree(paths.REPO_ROOT)
+    outs = []
+    for nb in NOTEBOOKS:
+        out, _ = run_notebook(nb, "smoke", progress=False)
+        outs.append(out)
+    after = _tree(paths.REPO_ROOT)
+    assert after == before, f"notebooks wrote into the repository: {sorted(after - before)}"
+    return results, outs
+
+
+def test_notebooks_run_and_write_only_results(executed):
+    results, outs = executed
+    assert all(o.is_relative_to(results) for o in outs)
+    for o in outs:
+        nb = json.loads(o.read_text())
+        last = nb["cells"][-1]
+        text = "".join("".join(x.get("text", "")) for x in last.get("outputs", []))
+        assert "checks passed" in text, f"{o.name}: checks cell did not pass"
+    produced = {p.name for p in results.iterdir()}
+    for name in (
+        "dataset_stats.csv",
+        "dataset_samples.png",
+        "architecture_cost.md",
+        "joint_training.csv",
+        "training_curves.png",
+        "loss_difference.png",
+        "router_losses.csv",
+        "router_scores.png",
+        "variable_speed.csv",
+        "target_latency.csv",
+        "tradeoff.png",
+        "capture_ratio.csv",
+        "static_models.csv",
+        "easy_hard.png",
+        "difficulty_correlation.csv",
+    ):
+        assert name in produced, f"missing {name}"
+
+
+def test_nbval_lax_on_executed_notebooks(executed):
+    results, outs = executed
+    env = {**os.environ}
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", *[str(o) for o in outs]],
+        cwd=results,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert r.returncode == 0, r.stdout[-4000:]

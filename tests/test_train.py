@@ -1,0 +1,186 @@
+"""Training on the smoke dataset: step 1, step 2 (cached == direct), resume after a kill, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dynamicdet.checkpoint import read_checkpoint
+from dynamicdet.config import load_config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.train import (
+    build_model,
+    build_router_cache,
+    fit_router,
+    fit_router_direct,
+    router_dir,
+    run_dir,
+    train_step2,
+)
+
+
+@pytest.fixture(scope="module")
+def step2(smoke_cfg):
+    """Steps 1 and 2 of the smoke config (trained once for the module)."""
+    train_step2(smoke_cfg, progress=False)
+    return smoke_cfg
+
+
+def test_step1_artefacts_and_metrics_of_both_detectors(step2):
+    cfg = step2
+    folder = run_dir(cfg)
+    metrics = pd.read_csv(folder / "step1_metrics.csv")
+    assert list(metrics["epoch"]) == list(range(1, cfg.train.epochs + 1))
+    for det in ("det1", "det2"):
+        assert metrics[f"{det}_AP"].between(0, 1).all() and metrics[f"{det}_AP50"].between(0, 1).all()
+    for tag in ("L1", "L2"):
+        assert (metrics[[f"{tag}_box", f"{tag}_cls", f"{tag}_dfl"]] >= 0).all().all()
+    ckpt = read_checkpoint(folder / "step1.pt")
+    assert ckpt["model_config"]["family"] == cfg.model.family
+    assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["epochs"] == cfg.train.epochs
+
+
+def test_step2_artefacts(step2):
+    cfg = step2
+    out = router_dir(cfg)
+    losses = pd.read_csv(out / "train_losses.csv")
+    assert list(losses.columns) == ["image_id", "view", "L1", "L2", "L1_minus_L2"]
+    assert len(losses) == cfg.router.views * cfg.data.n_train
+    assert (losses["L1_minus_L2"] - (losses["L1"] - losses["L2"])).abs().max() < 1e-5
+    scores = pd.read_csv(out / "val_scores.csv")
+    assert len(scores) == cfg.data.n_val and scores["phi"].between(0, 1).all()
+    hist = pd.read_csv(out / "router_metrics.csv")
+    assert len(hist) == cfg.router.epochs and "delta" in hist
+    ckpt = read_checkpoint(out / "step2.pt")
+    assert ckpt["loss"] == cfg.router.loss
+
+
+def test_finished_stages_are_reused(step2):
+    path1, path2 = run_dir(step2) / "step1.pt", router_dir(step2) / "step2.pt"
+    m1, m2 = path1.stat().st_mtime_ns, path2.stat().st_mtime_ns
+    t0 = time.time()
+    assert train_step2(step2, progress=False) == path2
+    assert path1.stat().st_mtime_ns == m1 and path2.stat().st_mtime_ns == m2
+    assert time.time() - t0 < 5
+    changed = load_config("smoke", overrides={"router": {"lr": 0.123}})
+    assert router_dir(changed) != router_dir(step2) and run_dir(changed) == run_dir(step2)
+
+
+def test_cached_and_direct_router_training_agree(step2):
+    cfg = load_config("smoke", overrides={"router": {"views": 2, "epochs": 2}})
+    info = prepare_dataset(cfg)
+    model = build_model(cfg, nc=len(info.names))
+    model.load_state_dict(read_checkpoint(run_dir(step2) / "step1.pt")["model"])
+    for delta_mode in ("median", "running"):
+        cfg.router.delta = delta_mode
+        cache = build_router_cache(model, cfg, info, "cpu", progress=False)
+        cached = fit_router(cache, cfg)
+        direct = fit_router_direct(model, cfg, info, "cpu", progress=False)
+        assert cached.delta == pytest.approx(direct.delta, abs=1e-6)
+        for a, b in zip(cached.router.state_dict().values(), direct.router.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        # and training actually moved the router
+        fresh = fit_router(cache, cfg, epochs=0).router
+        assert not torch.equal(fresh.fc2.bias, cached.router.fc2.bias)
+
+
+def test_naive_loss_collapses_and_offset_balances(step2):
+    """On the cached smoke data: naive (1) pushes every phi up when L2 < L1 on most images."""
+    from dynamicdet.train import step_caches
+
+    cache, _ = step_caches(step2)
+    frac_better2 = float(((cache["l1"] - cache["l2"]) > 0).float().mean())
+    naive = fit_router(cache, step2, kind="naive", epochs=30)
+    offset = fit_router(cache, step2, kind="adaptive_offset", epochs=30)
+    if frac_better2 > 0.5:
+        assert naive.history["mean_phi"].iloc[-1] > offset.history["mean_phi"].iloc[-1]
+    else:
+        assert naive.history["mean_phi"].iloc[-1] < offset.history["mean_phi"].iloc[-1]
+
+
+# ---------------------------------------------------------------------- resume after a real kill
+def _cfg_file(tmp_path: Path, epochs: int) -> Path:
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "smoke.yaml").read_text())
+    cfg["train"]["epochs"] = epochs
+    cfg["data"]["name"] = "smoke"  # share the session's generated smoke dataset
+    p = tmp_path / "resume.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _train_cmd(cfg_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dynamicdet.cli", "train", "--config", str(cfg_path), "--step", "1", *extra]
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "DYNAMICDET_HOME": str(home), "OMP_NUM_THREADS": "1"}
+
+
+def test_resume_after_kill_matches_uninterrupted_run(smoke_cfg, tmp_path):
+    cfg_path = _cfg_file(tmp_path, epochs=4)
+    cfg = load_config(cfg_path)
+    # uninterrupted reference
+    ref_home = tmp_path / "ref"
+    subprocess.run(_train_cmd(cfg_path), env=_env(ref_home), check=True, capture_output=True)
+    rel = run_dir(cfg).relative_to(Path(os.environ["DYNAMICDET_HOME"]))
+    ref = read_checkpoint(ref_home / rel / "step1.pt")["model"]
+
+    # interrupted run: SIGKILL as soon as the first epoch's checkpoint exists
+    home = tmp_path / "killed"
+    last = home / rel / "step1_last.pt"
+    proc = subprocess.Popen(_train_cmd(cfg_path), env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (home / rel / "step1.pt").exists(), "the run finished before it could be killed"
+    killed_at = read_checkpoint(last)["epoch"]
+    assert 1 <= killed_at < cfg.train.epochs
+
+    subprocess.run(_train_cmd(cfg_path, "--resume"), env=_env(home), check=True, capture_output=True)
+    resumed = read_checkpoint(home / rel / "step1.pt")["model"]
+    for k in ref:
+        torch.testing.assert_close(resumed[k], ref[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    metrics = pd.read_csv(home / rel / "step1_metrics.csv")
+    assert list(metrics["epoch"]) == list(range(1, cfg.train.epochs + 1))
+
+
+# ---------------------------------------------------------------------- DDP with 2 gloo processes
+def test_ddp_two_gloo_ranks_hold_identical_weights(smoke_cfg, tmp_path):
+    cfg_path = _cfg_file(tmp_path, epochs=1)
+    home = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "dynamicdet.cli",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--step",
+        "1",
+    ]
+    env = {**_env(home), "DYNAMICDET_DUMP_RANK_WEIGHTS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = load_config(cfg_path)
+    rel = run_dir(cfg).relative_to(Path(os.environ["DYNAMICDET_HOME"]))
+    w0 = torch.load(home / rel / "rank0_weights.pt", weights_only=True)
+    w1 = torch.load(home / rel / "rank1_weights.pt", weights_only=True)
+    assert w0.keys() == w1.keys() and len(w0) > 100
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=f"{k} differs between ranks")
+    assert (home / rel / "step1.pt").exists()
