@@ -28,6 +28,7 @@ from .cost import dynamic_gflops, route_gflops
 from .data.coco import prepare_dataset
 from .data.loaders import build_dataset, make_loader
 from .evaluate import coco_evaluate, detections_to_coco, per_image_ap
+from .offline import same_threads
 from .predict import predict
 from .speed import environment, plain_latency, route_latencies
 from .train import load_model, resolve_device, router_dir, run_dir, train_step2
@@ -141,7 +142,7 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
         router: AP and capture ratio}``. Also written as CSV in the step-2 folder.
     """
     cfg, e = t.cfg, t.cfg.eval
-    path = t.folder / "tradeoff.pt"
+    path = t.folder / ("tradeoff.pt" if measure_latency else "tradeoff-no-latency.pt")
     if path.exists():
         return torch.load(path, weights_only=False)
     scores = t.val_scores.set_index("image_id")
@@ -262,35 +263,36 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
             continue
         t0 = time.time()
         yolo = YOLO(f"{cfg.model.family}{scale}.yaml", task="detect")
-        yolo.train(
-            data=str(info.yaml_path),
-            epochs=epochs,
-            imgsz=cfg.data.img_size,
-            batch=t.batch,
-            device=str(device),
-            workers=t.workers,
-            optimizer=t.optimizer,
-            lr0=t.lr0,
-            lrf=t.lrf,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            nbs=t.nbs,
-            warmup_epochs=t.warmup_epochs,
-            close_mosaic=t.close_mosaic,
-            mosaic=t.mosaic,
-            mixup=t.mixup,
-            cos_lr=True,
-            seed=t.seed,
-            deterministic=False,
-            amp=False,
-            project=str(folder),
-            name=scale,
-            exist_ok=True,
-            plots=False,
-            verbose=False,
-            pretrained=False,
-            val=False,
-        )
+        with same_threads():
+            yolo.train(
+                data=str(info.yaml_path),
+                epochs=epochs,
+                imgsz=cfg.data.img_size,
+                batch=t.batch,
+                device=str(device),
+                workers=t.workers,
+                optimizer=t.optimizer,
+                lr0=t.lr0,
+                lrf=t.lrf,
+                momentum=t.momentum,
+                weight_decay=t.weight_decay,
+                nbs=t.nbs,
+                warmup_epochs=t.warmup_epochs,
+                close_mosaic=t.close_mosaic,
+                mosaic=t.mosaic,
+                mixup=t.mixup,
+                cos_lr=True,
+                seed=t.seed,
+                deterministic=False,
+                amp=False,
+                project=str(folder),
+                name=scale,
+                exist_ok=True,
+                plots=False,
+                verbose=False,
+                pretrained=False,
+                val=False,
+            )
         wall = time.time() - t0
         det = torch.load(folder / scale / "weights" / "last.pt", map_location="cpu", weights_only=False)
         det = (det.get("ema") or det["model"]).float().eval()

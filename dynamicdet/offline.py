@@ -28,6 +28,9 @@ def configure() -> Path:
     if _DONE:
         return cfg_dir
     cfg_dir.mkdir(parents=True, exist_ok=True)
+    # ultralytics sets OMP_NUM_THREADS=1 on import when it is unset, which would leave torch on one
+    # core for everything (inference, our training loop); keep torch's default of all cores instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     os.environ["YOLO_OFFLINE"] = "1"  # is_online() returns False without any DNS probe
     os.environ["YOLO_AUTOINSTALL"] = "False"  # never pip-install at run time
     os.environ["YOLO_VERBOSE"] = os.environ.get("YOLO_VERBOSE", "False")
@@ -50,3 +53,29 @@ def configure() -> Path:
         SETTINGS.update({"sync": False})
     _DONE = True
     return cfg_dir
+
+
+class same_threads:
+    """Context manager: make ultralytics' trainer use as many CPU threads as the rest of the project.
+
+    On CPU, ultralytics' ``select_device`` calls ``torch.set_num_threads(NUM_THREADS)`` with
+    NUM_THREADS = cores - 1 (1 on a 2-core machine). Comparisons with its trainer (static
+    baselines, throughput benchmarks) should run at the same thread count as ours.
+    """
+
+    def __enter__(self):
+        import torch
+        from ultralytics.utils import torch_utils
+
+        self._threads = torch.get_num_threads()
+        self._saved = torch_utils.NUM_THREADS
+        torch_utils.NUM_THREADS = self._threads
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        from ultralytics.utils import torch_utils
+
+        torch_utils.NUM_THREADS = self._saved
+        torch.set_num_threads(self._threads)
+        return False

@@ -172,6 +172,7 @@ def train_step1(
     resume: bool = False,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    validate: bool = True,
 ) -> Path:
     """Step 1: train both detectors jointly, min L1 + L2.
 
@@ -185,6 +186,7 @@ def train_step1(
         resume: continue from ``step1_last.pt`` if present.
         progress: tqdm bars.
         stop_after_epoch: stop (as if killed) after this many epochs; for tests.
+        validate: compute val AP of both detectors (off for throughput benchmarks).
 
     Returns:
         Path of the final checkpoint ``step1.pt`` (EMA weights). If it already exists for
@@ -281,7 +283,7 @@ def train_step1(
         for tag, part in (("L1", mean[:3]), ("L2", mean[3:])):
             row.update({f"{tag}_box": float(part[0]), f"{tag}_cls": float(part[1]), f"{tag}_dfl": float(part[2])})
         if rank == 0:
-            if (epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs:
+            if validate and ((epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs):
                 eval_model = ema.ema if ema is not None else model
                 row.update(evaluate_routes(eval_model, cfg, info, device, progress))
                 model.train()

@@ -1,0 +1,443 @@
+"""Benchmark suite: the performance goals, measured side by side in one process.
+
+``make bench CONFIG=quick`` (or ``python -m dynamicdet.bench --config quick``) measures,
+on this machine and in one run, and merges into ``results/bench.json`` / ``results/bench.md``:
+
+1. routing overhead: router (pool + MLP) latency / easy-route latency (goal <= 2%);
+2. batched routing vs ideal: ``route()`` at hard fraction k vs (1-k) lat_easy + k lat_hard,
+   batch 1 and batch 8 (goal within 5%); and a batch of 8 through ``route()`` vs the
+   authors' one-image-at-a-time loop (expect a clear speed-up);
+3. wrapper overhead: our easy route vs the plain ultralytics model (goal <= 1.05);
+4. step-2 cost: cached vs direct router training for the same views and epochs (goal >= 10x),
+   and the authors' recipe (batch 1, both detectors every step);
+5. step-1 throughput: img/s of joint training vs ultralytics' trainer on one plain detector;
+6. threshold controller: achieved / target latency for k in {0.1, 0.5, 0.9} (goal within 5%);
+7. data generation speed (images/s at 256 px).
+
+Latencies are medians over repeats after a warm-up, alternating the compared variants
+so that machine noise hits both. A benchmark reports; it exits 0 whether goals pass or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import paths
+from .config import DEFAULT_CLASSES, Config, load_config
+from .offline import same_threads
+
+
+def measure_datagen(n: int = 400, size: int = 256, workers: int = 2) -> dict:
+    """Generate ``n`` images of side ``size`` into a temporary folder; images per second."""
+    from .data.synthetic import generate
+
+    with tempfile.TemporaryDirectory(prefix="bench_datagen_") as tmp:
+        t0 = time.perf_counter()
+        stats = generate(
+            Path(tmp),
+            n_train=n,
+            n_val=0,
+            img_size=size,
+            seed=0,
+            classes=list(DEFAULT_CLASSES),
+            workers=workers,
+            progress=False,
+        )
+        seconds = time.perf_counter() - t0
+    return {
+        "n": n,
+        "size": size,
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(n / seconds, 1),
+        "annotations": stats["train"]["n_annotations"],
+    }
+
+
+def _median_ms(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms of several zero-argument callables, timed in alternation (round robin)."""
+    with torch.inference_mode():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+@contextmanager
+def _temporary_home():
+    old = os.environ.get("DYNAMICDET_HOME")
+    with tempfile.TemporaryDirectory(prefix="bench_home_") as tmp:
+        os.environ["DYNAMICDET_HOME"] = tmp
+        try:
+            yield Path(tmp)
+        finally:
+            if old is None:
+                os.environ.pop("DYNAMICDET_HOME")
+            else:
+                os.environ["DYNAMICDET_HOME"] = old
+
+
+def _goal(value: float, goal: float, higher_is_better: bool) -> str:
+    ok = value >= goal if higher_is_better else value <= goal
+    return "PASS" if ok else "MISS"
+
+
+def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
+    """Items 1-3: router overhead, route() vs ideal (batch 1 and 8) and vs a batch-1 loop, wrapper overhead."""
+    from .speed import prepare_for_timing
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = prepare_for_timing(model, device)
+    plain = prepare_for_timing(model.det1, device)
+    size = cfg.data.img_size
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    rows = []
+    for b in (1, 8):
+        x = torch.rand(b, 3, size, size, device=device, dtype=dtype)
+        with torch.inference_mode():
+            f1 = m.taps(m.backbone1(x))
+        t = _median_ms(
+            {
+                "easy": lambda x=x: m.route(x, float("inf")),
+                "hard": lambda x=x: m.route(x, float("-inf")),
+                "plain": lambda x=x: plain(x),
+                "router": lambda f1=f1: m.router(f1),
+            },
+            warmup,
+            repeats,
+        )
+        rows.append(
+            {
+                "item": f"1. router / easy route, batch {b}",
+                "value": t["router"] / t["easy"],
+                "goal": "<= 0.02",
+                "mark": _goal(t["router"] / t["easy"], 0.02, False),
+                "detail": f"router {t['router']:.3f} ms, easy {t['easy']:.2f} ms",
+            }
+        )
+        rows.append(
+            {
+                "item": f"3. easy route / plain ultralytics {cfg.model.family}{cfg.model.scale}, batch {b}",
+                "value": t["easy"] / t["plain"],
+                "goal": "<= 1.05",
+                "mark": _goal(t["easy"] / t["plain"], 1.05, False),
+                "detail": f"easy {t['easy']:.2f} ms, plain {t['plain']:.2f} ms",
+            }
+        )
+        # route() at hard fraction k: batch 1 = a stream of images, each on its own route;
+        # batch 8 = one batch split between the routes.
+        n_img = 20 if b == 1 else 8
+        xs = torch.rand(n_img, 3, size, size, device=device, dtype=dtype)
+        for k in (0.0, 0.1, 0.5, 0.9, 1.0):
+            n_hard = round(k * n_img)
+            hard = torch.zeros(n_img, dtype=torch.bool)
+            hard[:n_hard] = True
+            # a threshold of +-inf per image reproduces the split exactly (route() code path unchanged)
+            if b == 1:
+                taus = [float("-inf") if h else float("inf") for h in hard]
+
+                def stream(xs=xs, taus=taus):
+                    for i in range(len(taus)):
+                        m.route(xs[i : i + 1], taus[i])
+
+                t_route = _median_ms({"r": stream}, max(1, warmup // 2), max(3, repeats // 2))["r"] / n_img
+                k_real = n_hard / n_img
+                ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
+            else:
+                # phi of the first n_hard images pushed above tau by construction: order the batch by score
+                with torch.inference_mode():
+                    phi = m.score(xs)
+                order = torch.argsort(phi, descending=True)
+                xb = xs[order]
+                tau = float("inf") if n_hard == 0 else float(phi[order][n_hard - 1]) - 1e-12
+                if n_hard == n_img:
+                    tau = float("-inf")
+                t_route = _median_ms({"r": lambda xb=xb, tau=tau: m.route(xb, tau)}, warmup, repeats)["r"]
+                k_real = n_hard / n_img
+                ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
+            rows.append(
+                {
+                    "item": f"2. route() / ideal mix, batch {b}, k={k_real:.3f}",
+                    "value": t_route / ideal,
+                    "goal": "0.95-1.05",
+                    "mark": "PASS" if 0.95 <= t_route / ideal <= 1.05 else "MISS",
+                    "detail": f"route {t_route:.2f} ms, ideal {ideal:.2f} ms",
+                }
+            )
+        if b == 8:
+            with torch.inference_mode():
+                tau = float(torch.quantile(m.score(x), 0.5))
+
+            def loop(x=x, tau=tau):
+                for i in range(len(x)):
+                    m.route(x[i : i + 1], tau)
+
+            t2 = _median_ms({"batched": lambda x=x, tau=tau: m.route(x, tau), "loop": loop}, warmup, repeats)
+            rows.append(
+                {
+                    "item": "2. batch of 8 at k~0.5: one-at-a-time loop / batched route()",
+                    "value": t2["loop"] / t2["batched"],
+                    "goal": "> 1 (speed-up)",
+                    "mark": _goal(t2["loop"] / t2["batched"], 1.0, True),
+                    "detail": f"loop {t2['loop']:.1f} ms, batched {t2['batched']:.1f} ms",
+                }
+            )
+    return rows
+
+
+def bench_step2(cfg: Config) -> list[dict]:
+    """Item 4: router training with the cache vs the direct path vs the authors' recipe."""
+    from .checkpoint import load_into
+    from .data.coco import prepare_dataset
+    from .data.loaders import to_device
+    from .losses import DetectionLoss
+    from .train import (
+        _router_batch,
+        _view_dataset,
+        _view_loader,
+        build_model,
+        build_router_cache,
+        fit_router,
+        fit_router_direct,
+        train_step1,
+    )
+
+    device = torch.device("cpu")
+    info = prepare_dataset(cfg)
+    model = build_model(cfg, nc=len(info.names))
+    load_into(model, train_step1(cfg, progress=False))
+    epochs = cfg.router.epochs
+    t0 = time.perf_counter()
+    cache = build_router_cache(model, cfg, info, device, progress=False)
+    t_cache = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_router(cache, cfg)
+    t_fit = time.perf_counter() - t0
+    one = copy.deepcopy(cfg)
+    one.router.epochs = 1
+    t0 = time.perf_counter()
+    fit_router_direct(model, one, info, device, progress=False)
+    t_direct1 = time.perf_counter() - t0  # median pass + one epoch
+    t_direct = t_direct1 + (epochs - 1) * t_cache  # each further epoch = one more pass over the views
+    # the authors' loop shape: batch 1, both detectors every step, router backward, V views x N images
+    crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
+    router = copy.deepcopy(model.router).train().requires_grad_(True)
+    opt = torch.optim.AdamW(router.parameters(), lr=1e-5)
+    ds = _view_dataset(cfg, info)
+    n_time, seen = 16, 0
+    one_img = copy.deepcopy(cfg)
+    one_img.router.batch = 1
+    t0 = time.perf_counter()
+    for batch in _view_loader(one_img, ds, 0):
+        pooled, l1, l2 = _router_batch(model, crit1, crit2, to_device(batch, device))
+        phi = router.head(pooled)
+        loss = ((1 - phi) * l1 + phi * l2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        seen += 1
+        if seen >= n_time:
+            break
+    per_img = (time.perf_counter() - t0) / seen
+    n_views = cfg.router.views * len(ds)
+    t_authors = per_img * n_views
+    t_cached = t_cache + t_fit
+    return [
+        {
+            "item": f"4. step 2, direct / cached ({cfg.router.views} views x {len(ds)} images, {epochs} epochs)",
+            "value": t_direct / t_cached,
+            "goal": ">= 10",
+            "mark": _goal(t_direct / t_cached, 10, True),
+            "detail": f"cached {t_cached:.1f} s (cache {t_cache:.1f} s + fit {t_fit:.2f} s); direct {t_direct:.1f} s "
+            f"(measured 1 epoch + median pass {t_direct1:.1f} s, + {epochs - 1} x one pass)",
+        },
+        {
+            "item": "4. step 2, authors' recipe (batch 1, both detectors per step, 1 pass of the views) / cached",
+            "value": t_authors / t_cached,
+            "goal": "report",
+            "mark": "-",
+            "detail": f"authors {t_authors:.1f} s ({per_img * 1e3:.0f} ms/img timed on {seen} images x {n_views}); "
+            f"cached {t_cached:.1f} s incl. {epochs} router epochs",
+        },
+    ]
+
+
+def bench_step1(cfg: Config) -> list[dict]:
+    """Item 5: one epoch of joint training vs ultralytics' trainer on one plain detector (no validation)."""
+    from ultralytics import YOLO
+
+    from .data.coco import prepare_dataset
+    from .train import train_step1
+
+    info = prepare_dataset(cfg)
+    one = copy.deepcopy(cfg)
+    one.train.epochs = 1
+    n = cfg.data.n_train if cfg.data.source == "synthetic" else None
+    with _temporary_home():
+        t0 = time.perf_counter()
+        train_step1(one, progress=False, validate=False)
+        ours = time.perf_counter() - t0
+    t = cfg.train
+    with _temporary_home() as home, same_threads():
+        t0 = time.perf_counter()
+        YOLO(f"{cfg.model.family}{cfg.model.scale}.yaml", task="detect").train(
+            data=str(info.yaml_path),
+            epochs=1,
+            imgsz=cfg.data.img_size,
+            batch=t.batch,
+            device="cpu",
+            workers=t.workers,
+            optimizer=t.optimizer,
+            lr0=t.lr0,
+            nbs=t.nbs,
+            warmup_epochs=t.warmup_epochs,
+            close_mosaic=0,
+            val=False,
+            plots=False,
+            amp=False,
+            verbose=False,
+            project=str(home),
+            name="u",
+            pretrained=False,
+        )
+        theirs = time.perf_counter() - t0
+    ratio = theirs / ours
+    return [
+        {
+            "item": "5. step-1 img/s: joint (2 detectors) / ultralytics trainer (1 detector)",
+            "value": ratio,
+            "goal": "report (~0.45 expected)",
+            "mark": "-",
+            "detail": f"ours {n / ours:.1f} img/s ({ours:.1f} s), ultralytics {n / theirs:.1f} img/s ({theirs:.1f} s), "
+            f"{n} images, 1 epoch incl. setup",
+        }
+    ]
+
+
+def bench_controller(cfg: Config) -> list[dict]:
+    """Item 6: threshold from a target latency, then measured route() latency on val images."""
+    from . import routing
+    from .experiments import latencies, timed_route, trained
+
+    tr = trained(cfg, progress=False)
+    lat = latencies(tr, refresh=True)["batch1"]
+    phi = tr.val_scores["phi"].to_numpy()
+    rows = []
+    for k in (0.1, 0.5, 0.9):
+        target = lat["easy"] + k * (lat["hard"] - lat["easy"])
+        tau = routing.threshold_for_latency(phi, target, lat["easy"], lat["hard"])
+        n = min(len(phi), 60)
+        achieved = timed_route(tr, tau, batch=1, n_batches=n)
+        rows.append(
+            {
+                "item": f"6. achieved / target latency, k={k}",
+                "value": achieved / target,
+                "goal": "0.95-1.05",
+                "mark": "PASS" if 0.95 <= achieved / target <= 1.05 else "MISS",
+                "detail": f"target {target:.2f} ms, achieved {achieved:.2f} ms on {n} val images",
+            }
+        )
+    return rows
+
+
+def run(config: str = "quick", quick_timing: bool = False) -> dict:
+    """Measure everything for ``config`` and merge it into ``results/bench.{json,md}``."""
+    from .speed import environment
+    from .train import build_model
+
+    cfg = load_config(config)
+    warmup, repeats = (2, 5) if quick_timing else (cfg.eval.latency_warmup, max(cfg.eval.latency_repeats, 20))
+    t_start = time.time()
+    model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80).eval()
+    rows = []
+    rows += bench_routes(cfg, model, warmup, repeats)
+    rows += bench_step2(cfg)
+    rows += bench_step1(cfg)
+    rows += bench_controller(cfg)
+    g = measure_datagen(n=100 if quick_timing else 400)
+    rows.append(
+        {
+            "item": "7. data generation, 256 px, 2 processes (images/s)",
+            "value": g["images_per_s"],
+            "goal": ">= 100",
+            "mark": _goal(g["images_per_s"], 100, True),
+            "detail": f"{g['n']} images",
+        }
+    )
+    from .results import git_sha
+
+    record = {
+        "config": config,
+        "img_size": cfg.data.img_size,
+        "model": f"{cfg.model.family}{cfg.model.scale}",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "git_sha": git_sha(),
+        "env": environment(),
+        "wall_s": round(time.time() - t_start, 1),
+        "rows": rows,
+    }
+    root = paths.results_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "bench.json"
+    allrec = json.loads(path.read_text()) if path.exists() else {}
+    allrec[config] = record
+    path.write_text(json.dumps(allrec, indent=2))
+    (root / "bench.md").write_text(render(allrec))
+    return record
+
+
+def render(allrec: dict) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Measured by `make bench CONFIG=<config>` (`python -m dynamicdet.bench`); "
+        "each section is one process run on one machine.",
+        "",
+    ]
+    for config, r in allrec.items():
+        e = r["env"]
+        lines += [
+            f"## {config} ({r['model']}, {r['img_size']} px)",
+            "",
+            f"{r['date']}, git {r['git_sha']}, {e['device']}, {e['threads']} threads, torch {e['torch']}, "
+            f"ultralytics {e['ultralytics']}; bench wall time {r['wall_s']} s.",
+            "",
+            "| measure | value | goal | | detail |",
+            "|---|---|---|---|---|",
+        ]
+        for row in r["rows"]:
+            lines.append(f"| {row['item']} | {row['value']:.3f} | {row['goal']} | {row['mark']} | {row['detail']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dynamicdet.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="quick")
+    p.add_argument("--fast", action="store_true", help="few repeats (for the test suite)")
+    args = p.parse_args(argv)
+    rec = run(args.config, quick_timing=args.fast)
+    print(render({args.config: rec}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Routed evaluation and its baselines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dynamicdet import routing
+from dynamicdet.evaluate import coco_evaluate, detections_to_coco, per_image_ap
+
+
+@pytest.fixture(scope="module")
+def trained_smoke(smoke_cfg):
+    from dynamicdet.experiments import trained
+
+    return trained(smoke_cfg, progress=False)
+
+
+def test_routed_eval_reproduces_both_detectors_at_k0_and_k1(trained_smoke):
+    from dynamicdet.experiments import _predict, evaluate_dets, route_detections
+
+    t = trained_smoke
+    dets1, dets2 = route_detections(t, progress=False)
+    phi = t.val_scores["phi"].to_numpy()
+    for k, ref in ((0.0, dets1), (1.0, dets2)):
+        tau = routing.threshold_for_fraction(phi, k)
+        dets, hard = _predict(t, lambda x, tau=tau: t.model.route(x, tau), "route", False)
+        assert all(hard[i] == (k == 1.0) for i in hard)
+        assert evaluate_dets(t, dets) == evaluate_dets(t, ref)
+    # a split threshold: route() gives, image by image, the detections of the route it took
+    tau = routing.threshold_for_fraction(phi, 0.5)
+    dets, hard = _predict(t, lambda x: t.model.route(x, tau), "route", False)
+    assert 0 < sum(hard.values()) < len(hard)
+    for i, d in dets.items():
+        want = (dets2 if hard[i] else dets1)[i]
+        assert d.shape == want.shape and np.allclose(d, want, atol=1e-2)
+
+
+def test_tradeoff_table_rows_and_fractions(trained_smoke, smoke_cfg):
+    from dynamicdet.experiments import tradeoff
+
+    res = tradeoff(trained_smoke, progress=False, measure_latency=False)
+    table, sweep = res["table"], res["sweep"]
+    assert list(table["k"]) == smoke_cfg.eval.fractions
+    n = len(trained_smoke.val_scores)
+    assert (abs(table["k_measured"] - table["k"]) <= 1 / n + 1e-9).all()
+    assert set(sweep["router"]) == {"learned", "random", "oracle (L1-L2)", "oracle (AP gain)", "confidence escalation"}
+    g = res["gflops"]
+    assert table["GFLOPs"].iloc[0] == pytest.approx(g["easy"]) and table["GFLOPs"].iloc[-1] == pytest.approx(g["hard"])
+
+
+def _gt(tmp_path, n_images=10):
+    images, anns = [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [20, 20, 40, 40], "area": 1600, "iscrowd": 0})
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    return path
+
+
+def test_oracle_is_never_below_random_on_a_known_case(tmp_path):
+    gt = _gt(tmp_path)
+    ids = list(range(1, 11))
+    good = np.array([[20, 20, 60, 60, 0.9, 0]], dtype=float)
+    bad = np.array([[70, 70, 95, 95, 0.9, 0]], dtype=float)  # a miss and a false positive
+    # detector 1 is right on images 1-5 only, detector 2 on all
+    dets1 = {i: good if i <= 5 else bad for i in ids}
+    dets2 = {i: good for i in ids}
+    pa1 = per_image_ap(str(gt), detections_to_coco(dets1, [1]))
+    pa2 = per_image_ap(str(gt), detections_to_coco(dets2, [1]))
+    gain = np.array([pa2[i] - pa1[i] for i in ids])
+
+    def ap(mask):
+        return coco_evaluate(str(gt), detections_to_coco(routing.compose(dets1, dets2, dict(zip(ids, mask))), [1]))[
+            "AP"
+        ]
+
+    for k in (0.1, 0.3, 0.5, 0.7, 1.0):
+        oracle = ap(routing.top_fraction(gain, k))
+        rand = [ap(routing.random_route(10, k, s)) for s in range(5)]
+        assert oracle >= max(rand) - 1e-12
+    assert ap(routing.top_fraction(gain, 0.5)) == pytest.approx(1.0)  # the oracle fixes exactly the 5 bad images
