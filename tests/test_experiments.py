@@ -74,9 +74,8 @@ def test_oracle_is_never_below_random_on_a_known_case(tmp_path):
     gain = np.array([pa2[i] - pa1[i] for i in ids])
 
     def ap(mask):
-        return coco_evaluate(str(gt), detections_to_coco(routing.compose(dets1, dets2, dict(zip(ids, mask))), [1]))[
-            "AP"
-        ]
+        routed = routing.compose(dets1, dets2, dict(zip(ids, mask, strict=True)))
+        return coco_evaluate(str(gt), detections_to_coco(routed, [1]))["AP"]
 
     for k in (0.1, 0.3, 0.5, 0.7, 1.0):
         oracle = ap(routing.top_fraction(gain, k))
