@@ -325,3 +325,29 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
         out.write_text(json.dumps(row, indent=2))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def variable_speed_table(res: dict, static: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """The trade-off table: dynamic rows /0 /10 /50 /90 /100 (route() for real) plus static models.
+
+    Columns: model, k (target hard fraction), k_measured, GFLOPs, latency at batch 1 and
+    ``batch`` (ms per image), FPS at batch 1, AP, AP50, AP75, APs, APm, APl.
+    """
+    cols = [
+        "model",
+        "k",
+        "k_measured",
+        "GFLOPs",
+        "latency_ms_b1",
+        f"latency_ms_b{batch}",
+        "FPS_b1",
+        "AP",
+        "AP50",
+        "AP75",
+        "APs",
+        "APm",
+        "APl",
+    ]
+    dyn = res["table"].reindex(columns=cols)
+    st = static.reindex(columns=cols)
+    return pd.concat([dyn, st], ignore_index=True)

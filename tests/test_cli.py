@@ -1,0 +1,41 @@
+"""The command line: data, speed, and clear errors for bad configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _run(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "dynamicdet.cli", *args],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_data_command_prints_split_statistics(smoke_cfg):
+    r = _run("data", "--config", "smoke")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "n_images" in r.stdout and "difficulty_mean" in r.stdout
+    assert "train" in r.stdout and "val" in r.stdout
+
+
+def test_speed_command_reports_routes_and_environment(smoke_cfg):
+    r = _run("speed", "--config", "smoke", "--batch", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout[r.stdout.index("{") :])
+    for b in ("batch1", "batch2"):
+        assert out[b]["hard"] > out[b]["router"] > 0 and out[b]["easy"] > 0
+    assert out["env"]["threads"] >= 1 and out["env"]["torch"].startswith("2.14.1")
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    r = _run("data", "--config", "nope")
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  img_sise: 64\n")
+    r = _run("train", "--config", str(bad), "--step", "1")
+    assert r.returncode == 2 and "bad.yaml" in r.stderr and "img_sise" in r.stderr
