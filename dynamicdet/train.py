@@ -418,13 +418,44 @@ def _new_router(in_channels: int, seed: int) -> AdaptiveRouter:
     return AdaptiveRouter(in_channels)
 
 
-def _router_step(router, opt, pooled, l1, l2, kind, lam, delta) -> tuple[float, torch.Tensor]:
-    phi = router.head(pooled)
-    loss = router_loss(phi, l1, l2, kind=kind, lam=lam, delta=delta)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return float(loss.detach()), phi.detach()
+def _train_router(
+    epoch_batches, in_channels: int, cfg: Config, kind: str, lam: float, delta: float, running, epochs: int
+) -> RouterFit:
+    """The router-training loop shared by the cached and the direct path.
+
+    Args:
+        epoch_batches: callable returning, for one epoch, an iterable of
+            ``(pooled (B, C), L1 (B,), L2 (B,))`` batches on the CPU.
+        delta: Delta of the adaptive offset (ignored by the naive losses); replaced by
+            ``running.update(L1 - L2)`` at every batch when ``running`` is a RunningMedian.
+    """
+    r = cfg.router
+    router = _new_router(in_channels, cfg.train.seed)
+    opt = torch.optim.AdamW(router.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    rows = []
+    for epoch in range(epochs):
+        losses, phis = [], []
+        for pooled, l1, l2 in epoch_batches():
+            if running is not None:
+                delta = running.update(l1 - l2)
+            phi = router.head(pooled)
+            loss = router_loss(phi, l1, l2, kind=kind, lam=lam, delta=delta)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            phis.append(phi.detach())
+        phi = torch.cat(phis)
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "delta": delta,
+                "mean_phi": float(phi.mean()),
+                "frac_hard": float((phi > 0.5).float().mean()),
+            }
+        )
+    return RouterFit(router=router.eval(), delta=delta, history=pd.DataFrame(rows))
 
 
 def fit_router(
@@ -444,33 +475,16 @@ def fit_router(
     r = cfg.router
     kind, lam = kind or r.loss, r.lam if lam is None else lam
     delta_mode, epochs = delta_mode or r.delta, r.epochs if epochs is None else epochs
-    router = _new_router(cache["pooled"].shape[1], cfg.train.seed)
-    opt = torch.optim.AdamW(router.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     # Delta = median over the training images of (L1 - L2), before router training (paper)
     delta = float(np.median((cache["l1"] - cache["l2"]).numpy()))
     running = RunningMedian() if delta_mode == "running" else None
     bounds = cache["batch_start"].tolist() + [len(cache["l1"])]
-    rows = []
-    for epoch in range(epochs):
-        losses, phis = [], []
+
+    def epoch_batches():
         for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-            l1, l2 = cache["l1"][s:e], cache["l2"][s:e]
-            if running is not None:
-                delta = running.update(l1 - l2)
-            loss, phi = _router_step(router, opt, cache["pooled"][s:e], l1, l2, kind, lam, delta)
-            losses.append(loss)
-            phis.append(phi)
-        phi = torch.cat(phis)
-        rows.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "delta": delta,
-                "mean_phi": float(phi.mean()),
-                "frac_hard": float((phi > 0.5).float().mean()),
-            }
-        )
-    return RouterFit(router=router.eval(), delta=delta, history=pd.DataFrame(rows))
+            yield cache["pooled"][s:e], cache["l1"][s:e], cache["l2"][s:e]
+
+    return _train_router(epoch_batches, cache["pooled"].shape[1], cfg, kind, lam, delta, running, epochs)
 
 
 def fit_router_direct(model: DynamicDetector, cfg: Config, info, device, progress: bool = True) -> RouterFit:
@@ -483,46 +497,21 @@ def fit_router_direct(model: DynamicDetector, cfg: Config, info, device, progres
     _frozen(model)
     crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
     dataset = _view_dataset(cfg, info)
-    router = _new_router(model.router.fc1.in_features, cfg.train.seed)
-    opt = torch.optim.AdamW(router.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    if r.delta == "median":  # the paper's Delta needs one pass over the training views first
-        diffs = []
+
+    def epoch_batches():
         for v in range(r.views):
-            for batch in _view_loader(cfg, dataset, v):
-                _, l1, l2 = _router_batch(model, crit1, crit2, to_device(batch, device))
-                diffs.append((l1 - l2).cpu())
-        delta = float(np.median(torch.cat(diffs).numpy()))
-        running = None
-    else:
-        running, delta = RunningMedian(), 0.0
-    rows = []
-    for epoch in range(r.epochs):
-        losses, phis = [], []
-        for v in range(r.views):
-            for batch in tqdm(
-                _view_loader(cfg, dataset, v),
-                desc=f"direct router epoch {epoch + 1} view {v + 1}",
-                leave=False,
-                disable=not progress,
-            ):
+            loader = _view_loader(cfg, dataset, v)
+            for batch in tqdm(loader, desc=f"direct router view {v + 1}", leave=False, disable=not progress):
                 pooled, l1, l2 = _router_batch(model, crit1, crit2, to_device(batch, device))
-                pooled, l1, l2 = pooled.float().cpu(), l1.float().cpu(), l2.float().cpu()
-                if running is not None:
-                    delta = running.update(l1 - l2)
-                loss, phi = _router_step(router, opt, pooled, l1, l2, r.loss, r.lam, delta)
-                losses.append(loss)
-                phis.append(phi)
-        phi = torch.cat(phis)
-        rows.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "delta": delta,
-                "mean_phi": float(phi.mean()),
-                "frac_hard": float((phi > 0.5).float().mean()),
-            }
-        )
-    return RouterFit(router=router.eval(), delta=delta, history=pd.DataFrame(rows))
+                yield pooled.float().cpu(), l1.float().cpu(), l2.float().cpu()
+
+    running, delta = None, 0.0
+    if r.delta == "median":  # the paper's Delta needs one pass over the training views first
+        diffs = [(l1 - l2) for _, l1, l2 in epoch_batches()]
+        delta = float(np.median(torch.cat(diffs).numpy()))
+    else:
+        running = RunningMedian()
+    return _train_router(epoch_batches, model.router.fc1.in_features, cfg, r.loss, r.lam, delta, running, r.epochs)
 
 
 def load_cache(path: Path) -> dict[str, torch.Tensor]:
