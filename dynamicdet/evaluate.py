@@ -311,3 +311,43 @@ __all__ = [
     "per_image_ap",
     "results_table",
 ]
+
+
+class RoutedEvaluator:
+    """COCO AP of any per-image choice between two detectors' outputs, without re-matching.
+
+    ``COCOeval.evaluate`` matches detections to ground truth image by image (its
+    ``evalImgs``); ``accumulate`` then pools the matches. A routing decision only picks,
+    per image, which detector's matches to pool, so we run ``evaluate`` once per detector
+    and, for each decision, splice the per-image entries and run ``accumulate`` +
+    ``summarize`` only. The result equals :func:`coco_evaluate` on the composed
+    detections exactly (tested), at a fraction of the cost: this is what makes the
+    random / oracle / confidence baselines of a dense sweep cheap.
+
+    Args:
+        gt: ground-truth json path or ``COCO``.
+        results1, results2: COCO result lists of detector 1 and detector 2 on the same images.
+    """
+
+    def __init__(self, gt: str | Path | COCO, results1: list[dict], results2: list[dict], iou_type: str = "bbox"):
+        self._evals = []
+        for results in (results1, results2):
+            ev = _cocoeval(gt, results, iou_type, None)
+            with contextlib.redirect_stdout(io.StringIO()):
+                ev.evaluate()
+            self._evals.append(ev)
+        self.image_ids = list(self._evals[0].params.imgIds)
+
+    def evaluate(self, hard: Mapping[int, bool]) -> dict[str, float]:
+        """Metrics of the routing ``hard`` (image id -> True for detector 2)."""
+        ev1, ev2 = self._evals
+        n_img = len(self.image_ids)
+        use2 = np.array([bool(hard[i]) for i in self.image_ids])
+        # evalImgs is laid out [category][area range][image]: the image index is position % n_img
+        pos = np.arange(len(ev1.evalImgs)) % n_img
+        ev = copy.copy(ev1)
+        ev.evalImgs = [e2 if use2[p] else e1 for e1, e2, p in zip(ev1.evalImgs, ev2.evalImgs, pos, strict=True)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.accumulate()
+            ev.summarize()
+        return {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:6], strict=True)}

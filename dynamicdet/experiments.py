@@ -27,7 +27,7 @@ from .config import Config
 from .cost import dynamic_gflops, route_gflops
 from .data.coco import prepare_dataset
 from .data.loaders import build_dataset, make_loader
-from .evaluate import coco_evaluate, detections_to_coco, per_image_ap
+from .evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco, per_image_ap
 from .offline import same_threads
 from .predict import predict
 from .speed import environment, plain_latency, route_latencies
@@ -164,8 +164,14 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     loss_gain = (scores["L1"] - scores["L2"]).to_numpy()
     conf_unc = routing.confidence_escalation_score(dets1, ids)
 
+    routed = RoutedEvaluator(
+        t.info.gt_json["val"],
+        detections_to_coco(dets1, t.info.class_to_cat),
+        detections_to_coco(dets2, t.info.class_to_cat),
+    )
+
     def ap_of(mask: np.ndarray) -> dict:
-        return evaluate_dets(t, routing.compose(dets1, dets2, dict(zip(ids, mask, strict=True))))
+        return routed.evaluate(dict(zip(ids, mask, strict=True)))
 
     fractions = sorted(set(e.fractions) | set(np.linspace(0, 1, e.sweep).round(4).tolist()))
     rows, table = [], []

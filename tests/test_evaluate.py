@@ -338,3 +338,63 @@ def test_results_table():
     assert list(df.columns) == list(METRIC_KEYS)
     assert df.loc["easy", "AP"] == 50.0 and df.loc["hard", "AP50"] == 25.0 and df.loc["hard", "APs"] == -1.0
     assert results_table(dict.fromkeys(METRIC_KEYS, 0.1234), percent=False, decimals=2).iloc[0]["AP"] == 0.12
+
+
+def test_routed_evaluator_equals_full_evaluation_of_composed_detections(tmp_path):
+    """Splicing per-image COCOeval results equals evaluating the composed detections from scratch."""
+    import json
+
+    from dynamicdet import routing
+    from dynamicdet.evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco
+
+    rng = np.random.default_rng(0)
+    images, anns, aid = [], [], 1
+    for i in range(1, 31):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 200})
+        for _ in range(rng.integers(0, 6)):
+            x, y = rng.uniform(0, 150, 2)
+            w, h = rng.uniform(5, 50, 2)
+            anns.append(
+                {
+                    "id": aid,
+                    "image_id": i,
+                    "category_id": int(rng.choice([1, 4])),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+            aid += 1
+    gt = tmp_path / "gt.json"
+    gt.write_text(
+        json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 4, "name": "b"}]}
+        )
+    )
+
+    def noisy(scale):
+        dets = {}
+        for i in range(1, 31):
+            rows = [
+                [
+                    a["bbox"][0] + rng.normal(0, scale),
+                    a["bbox"][1] + rng.normal(0, scale),
+                    a["bbox"][0] + a["bbox"][2] + rng.normal(0, scale),
+                    a["bbox"][1] + a["bbox"][3],
+                    rng.uniform(0.1, 1),
+                    0 if a["category_id"] == 1 else 1,
+                ]
+                for a in anns
+                if a["image_id"] == i
+            ]
+            rows += [[*rng.uniform(0, 100, 2), *rng.uniform(100, 200, 2), rng.uniform(0, 0.5), rng.integers(0, 2)]]
+            dets[i] = np.array(rows, dtype=float)
+        return dets
+
+    d1, d2 = noisy(8.0), noisy(1.0)
+    ev = RoutedEvaluator(str(gt), detections_to_coco(d1, [1, 4]), detections_to_coco(d2, [1, 4]))
+    for seed in range(3):
+        mask = routing.random_route(30, 0.4, seed)
+        hard = dict(zip(range(1, 31), mask, strict=True))
+        full = coco_evaluate(str(gt), detections_to_coco(routing.compose(d1, d2, hard), [1, 4]))
+        assert ev.evaluate(hard) == pytest.approx(full, abs=1e-12)
