@@ -38,7 +38,8 @@ def environment() -> dict:
     }
 
 
-def _sync(device: torch.device) -> None:
+def _sync(device: torch.device | str) -> None:
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
