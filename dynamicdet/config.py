@@ -85,7 +85,7 @@ class RouterConfig:
     lam: float = 0.0  # naive_lambda: weight of the lambda * phi penalty
     delta: str = "median"  # adaptive_offset: "median" (whole train set, paper) | "running" (authors' code)
     views: int = 2  # augmented views of the training set stored in the cache (authors: 2 epochs)
-    epochs: int = 20  # router epochs over the cache
+    epochs: int = 100  # router epochs over the cache
     batch: int = 64  # images per router step (authors: 64 accumulated)
     lr: float = 1e-3  # AdamW learning rate (constant)
     weight_decay: float = 0.0  # AdamW weight decay

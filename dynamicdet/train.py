@@ -14,6 +14,8 @@ new folder:
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
 import random
@@ -59,6 +61,17 @@ def run_dir(cfg: Config) -> Path:
 def router_dir(cfg: Config) -> Path:
     """Step-2 folder inside the run folder, keyed by the router section."""
     return run_dir(cfg) / f"router-{cfg.section_hash('router')}"
+
+
+# The router fields that shape the cached views (the rest: loss, lr, epochs... only shape router training).
+CACHE_FIELDS = ("views", "batch", "hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr")
+
+
+def cache_path(cfg: Config) -> Path:
+    """The step-2 cache of the training views, keyed by the fields that change its contents."""
+    r = cfg.to_dict()["router"]
+    key = hashlib.sha256(json.dumps({k: r[k] for k in CACHE_FIELDS}, sort_keys=True).encode()).hexdigest()[:10]
+    return run_dir(cfg) / f"router_cache-{key}.pt"
 
 
 def build_model(cfg: Config, nc: int) -> DynamicDetector:
@@ -537,18 +550,18 @@ def train_step2(cfg: Config, progress: bool = True) -> Path:
     if final.exists():
         return final
     device = resolve_device(cfg.device)
-    step1 = train_step1(cfg, progress=progress)
+    step1 = train_step1(cfg, progress=progress, resume=True)  # an interrupted step 1 continues
     info = prepare_dataset(cfg)
     model = build_model(cfg, nc=len(info.names))
     load_into(model, step1)
     model.to(device)
     folder = run_dir(cfg)
-    cache_path = folder / f"router_cache-{cfg.section_hash('router')}.pt"
-    if cache_path.exists():
-        cache = load_cache(cache_path)
+    views_path = cache_path(cfg)
+    if views_path.exists():
+        cache = load_cache(views_path)
     else:
         cache = build_router_cache(model, cfg, info, device, progress)
-        save_atomic(cache, cache_path)
+        save_atomic(cache, views_path)
     val_path = folder / "val_cache.pt"
     if val_path.exists():
         val = load_cache(val_path)
@@ -585,7 +598,7 @@ def train_step2(cfg: Config, progress: bool = True) -> Path:
 def step_caches(cfg: Config) -> tuple[dict, dict]:
     """The training-view cache and the val cache of a config (after :func:`train_step2`)."""
     folder = run_dir(cfg)
-    return load_cache(folder / f"router_cache-{cfg.section_hash('router')}.pt"), load_cache(folder / "val_cache.pt")
+    return load_cache(cache_path(cfg)), load_cache(folder / "val_cache.pt")
 
 
 __all__ = [
