@@ -25,7 +25,7 @@ data: $(STAMP)
 	$(PY) -m dynamicdet.cli data --config $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m ruff check dynamicdet tests bench
+	$(PY) -m ruff check --no-cache dynamicdet tests bench
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -37,5 +37,5 @@ notebooks: $(STAMP)
 	$(PY) -c "from dynamicdet.pipeline import refresh_committed_notebooks as r; print(r())"
 
 lint: $(STAMP)
-	$(PY) -m ruff check dynamicdet tests bench
+	$(PY) -m ruff check --no-cache dynamicdet tests bench
 	$(PY) -m ruff format --check dynamicdet tests bench

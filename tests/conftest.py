@@ -55,9 +55,8 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def smoke_cfg():
     """The smoke config with its dataset generated and converted (once per session)."""
-    from dynamicdet.data.coco import prepare_dataset
-
     from dynamicdet.config import load_config
+    from dynamicdet.data.coco import prepare_dataset
     from dynamicdet.data.synthetic import generate_from_config
 
     cfg = load_config("smoke")
