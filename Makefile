@@ -31,10 +31,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m dynamicdet.bench --config $(CONFIG)
 
-# Re-execute notebooks/ in place at the standard config (after `make reproduce CONFIG=standard`),
+# Copy the notebooks executed by `make reproduce CONFIG=standard` over notebooks/,
 # so that the committed notebooks show the reference results.
 notebooks: $(STAMP)
-	$(PY) -c "from dynamicdet.pipeline import refresh_committed_notebooks as r; print(r())"
+	$(PY) -c "from dynamicdet.pipeline import publish_notebooks as p; print(p('standard'))"
 
 lint: $(STAMP)
 	$(PY) -m ruff check --no-cache dynamicdet tests bench

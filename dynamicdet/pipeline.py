@@ -38,23 +38,26 @@ def run_notebook(nb: Path, config: str, progress: bool = True) -> tuple[Path, fl
     return out, time.time() - t0
 
 
-def refresh_committed_notebooks(progress: bool = True) -> dict[str, float]:
-    """Execute ``notebooks/*.ipynb`` in place at their default parameters (the ``standard`` config).
+def publish_notebooks(config: str = "standard") -> list[Path]:
+    """Copy the notebooks executed at ``config`` over ``notebooks/``, so the committed ones show its results.
 
-    This is how the committed notebooks come to show the reference results; the stages
-    they call must already be cached (run ``make reproduce CONFIG=standard`` first), so
-    this only re-reads them. Returns the wall time per notebook.
+    ``make reproduce CONFIG=standard`` executes every notebook into
+    ``results/standard/notebooks/``; their ``parameters`` defaults are the standard
+    config, so dropping papermill's ``injected-parameters`` cell leaves exactly the
+    notebook a reader would get by running it in JupyterLab.
     """
-    import papermill as pm
+    import nbformat
 
-    times = {}
+    written = []
     for nb in notebook_paths():
-        t0 = time.time()
-        pm.execute_notebook(
-            str(nb), str(nb), kernel_name="python3", cwd=str(paths.NOTEBOOKS_DIR), progress_bar=progress
-        )
-        times[nb.name] = round(time.time() - t0, 1)
-    return times
+        executed = out_dir(config) / "notebooks" / nb.name
+        if not executed.exists():
+            raise FileNotFoundError(f"{executed}: not executed yet; run `make reproduce CONFIG={config}` first")
+        doc = nbformat.read(executed, as_version=4)
+        doc.cells = [c for c in doc.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        nbformat.write(doc, nb)
+        written.append(nb)
+    return written
 
 
 def reproduce(config: str = "quick", run_notebooks: bool = True, progress: bool = True) -> None:
