@@ -162,12 +162,12 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                 k_real = n_hard / n_img
                 ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
             else:
-                # phi of the first n_hard images pushed above tau by construction: order the batch by score
+                # order the batch by router logit, so a threshold takes exactly the first n_hard images
                 with torch.inference_mode():
-                    phi = m.score(xs)
-                order = torch.argsort(phi, descending=True)
+                    z = m.score_logit(xs)
+                order = torch.argsort(z, descending=True)
                 xb = xs[order]
-                tau = float("inf") if n_hard == 0 else float(phi[order][n_hard - 1]) - 1e-12
+                tau = float("inf") if n_hard == 0 else float(z[order][n_hard - 1]) - 1e-6
                 if n_hard == n_img:
                     tau = float("-inf")
                 t_route = _median_ms({"r": lambda xb=xb, tau=tau: m.route(xb, tau)}, warmup, repeats)["r"]
@@ -184,7 +184,7 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
             )
         if b == 8:
             with torch.inference_mode():
-                tau = float(torch.quantile(m.score(x), 0.5))
+                tau = float(torch.quantile(m.score_logit(x), 0.5))
 
             def loop(x=x, tau=tau):
                 for i in range(len(x)):
@@ -339,12 +339,12 @@ def bench_controller(cfg: Config) -> list[dict]:
 
     tr = trained(cfg, progress=False)
     lat = latencies(tr, refresh=True)["batch1"]
-    phi = tr.val_scores["phi"].to_numpy()
+    z = tr.val_scores["logit"].to_numpy()
     rows = []
     for k in (0.1, 0.5, 0.9):
         target = lat["easy"] + k * (lat["hard"] - lat["easy"])
-        tau = routing.threshold_for_latency(phi, target, lat["easy"], lat["hard"])
-        n = min(len(phi), 60)
+        tau = routing.threshold_for_latency(z, target, lat["easy"], lat["hard"])
+        n = min(len(z), 60)
         achieved = timed_route(tr, tau, batch=1, n_batches=n)
         rows.append(
             {

@@ -42,7 +42,7 @@ class Trained:
     info: object
     model: torch.nn.Module
     device: torch.device
-    val_scores: pd.DataFrame  # image_id, phi, L1, L2 on val
+    val_scores: pd.DataFrame  # image_id, phi, logit, L1, L2 on val
 
     @property
     def folder(self) -> Path:
@@ -152,7 +152,7 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
         return torch.load(path, weights_only=False)
     scores = t.val_scores.set_index("image_id")
     ids = list(scores.index)
-    phi = scores["phi"].to_numpy()
+    z = scores["logit"].to_numpy()  # thresholds live on the router's logit (see DynamicDetector.route)
     dets1, dets2 = route_detections(t, progress)
     ap1 = evaluate_dets(t, dets1)
     ap2 = evaluate_dets(t, dets2)
@@ -181,7 +181,7 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     fractions = sorted(set(e.fractions) | set(np.linspace(0, 1, e.sweep).round(4).tolist()))
     rows, table = [], []
     for k in tqdm(fractions, desc="trade-off sweep", disable=not progress):
-        tau = routing.threshold_for_fraction(phi, k)
+        tau = routing.threshold_for_fraction(z, k)
         dets, hard = _predict(t, lambda x, tau=tau: t.model.route(x, tau), f"route k={k:.2f}", False)
         m = evaluate_dets(t, dets)
         k_meas = float(np.mean([hard[i] for i in ids]))

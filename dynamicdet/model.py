@@ -144,10 +144,14 @@ class AdaptiveRouter(nn.Module):
         """F~ = Concat(GAP(f_1), ..., GAP(f_L)): (B, C_i, H_i, W_i) per level -> (B, sum C_i)."""
         return torch.cat([f.mean(dim=(2, 3)) for f in feats1], dim=1)
 
+    def logit(self, pooled: torch.Tensor) -> torch.Tensor:
+        """z = W2 relu(W1 F~ + b1) + b2, the pre-sigmoid difficulty: (B, C) -> (B,)."""
+        return self.fc2(F.relu(self.fc1(pooled))).squeeze(1)
+
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """The router on pooled features (also what step 2 trains on the cache): (B, C) -> (B,)."""
         # phi = sigmoid(W2 relu(W1 F~ + b1) + b2)
-        return torch.sigmoid(self.fc2(F.relu(self.fc1(pooled)))).squeeze(1)
+        return torch.sigmoid(self.logit(pooled))
 
     def forward(self, feats1: list[torch.Tensor]) -> torch.Tensor:
         """Args: feats1: B1 levels, (B, C_i, H_i, W_i). Returns: phi, (B,)."""
@@ -162,12 +166,14 @@ class RouteOutput:
         preds: (B, 4 + nc, A) raw detections (xywh pixels + class probabilities) in input
             order, each image from the route it took; feed to NMS.
         hard: (B,) bool, True where the image took the hard route (detector 2).
-        phi: (B,) difficulty scores.
+        phi: (B,) difficulty scores, sigmoid(logit).
+        logit: (B,) the router's pre-sigmoid scores, on which the threshold is applied.
     """
 
     preds: torch.Tensor
     hard: torch.Tensor
     phi: torch.Tensor
+    logit: torch.Tensor
 
 
 class DynamicDetector(nn.Module):
@@ -264,6 +270,10 @@ class DynamicDetector(nn.Module):
         """phi (difficulty) only: B1 + router. (B, 3, H, W) -> (B,)."""
         return self.router(self.taps(self.backbone1(x)))
 
+    def score_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """The router's logit z (phi = sigmoid(z)), the scale thresholds live on: (B, 3, H, W) -> (B,)."""
+        return self.router.logit(AdaptiveRouter.pool(self.taps(self.backbone1(x))))
+
     def router_input(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled B1 features, the router's input: (B, 3, H, W) -> (B, sum C_i)."""
         return AdaptiveRouter.pool(self.taps(self.backbone1(x)))
@@ -281,30 +291,37 @@ class DynamicDetector(nn.Module):
         """Batched dynamic inference.
 
         B1 and the router run on the whole batch; H1 runs on the easy subset only
-        (phi < threshold), B2 + H2 on the hard subset only (phi >= threshold), with those
+        (z < threshold), B2 + H2 on the hard subset only (z >= threshold), with those
         images' B1 features feeding the links. Outputs are merged back in input order.
         A route that no image takes costs nothing.
 
+        The threshold applies to the router's logit z, phi = sigmoid(z): the same order
+        as phi, without float saturation (a trained router pushes many phi to exactly
+        1.0 in float32, and ties cannot be split by a threshold on phi). Use
+        ``math.log(tau / (1 - tau))`` to threshold at a phi value tau.
+
         Args:
             x: (B, 3, H, W) images in [0, 1].
-            threshold: tau; images with phi >= tau take the hard route.
+            threshold: on the logit; images with z >= threshold take the hard route
+                (``-inf``: all hard, ``+inf``: all easy).
         """
         y1 = self.backbone1(x)
         f1 = self.taps(y1)
-        phi = self.router(f1)
-        hard = phi >= threshold
+        z = self.router.logit(AdaptiveRouter.pool(f1))
+        phi = torch.sigmoid(z)
+        hard = z >= threshold
         n_hard = int(hard.sum())
         if n_hard == 0:  # every image easy: no subset, no copy
-            return RouteOutput(preds=self._inference(self.head1(y1)), hard=hard, phi=phi)
+            return RouteOutput(preds=self._inference(self.head1(y1)), hard=hard, phi=phi, logit=z)
         if n_hard == len(hard):  # every image hard: H1 never runs
-            return RouteOutput(preds=self._inference(self.head2(self.backbone2(x, f1))), hard=hard, phi=phi)
+            return RouteOutput(preds=self._inference(self.head2(self.backbone2(x, f1))), hard=hard, phi=phi, logit=z)
         hard_idx, easy_idx = hard.nonzero().squeeze(1), (~hard).nonzero().squeeze(1)
         p1 = self._inference(self.head1(select(y1, easy_idx)))
         p2 = self._inference(self.head2(self.backbone2(x[hard_idx], [f[hard_idx] for f in f1])))
         preds = p1.new_empty((x.shape[0], *p1.shape[1:]))
         preds[easy_idx] = p1
         preds[hard_idx] = p2
-        return RouteOutput(preds=preds, hard=hard, phi=phi)
+        return RouteOutput(preds=preds, hard=hard, phi=phi, logit=z)
 
     # ---------------------------------------------------------------- utilities
     def fuse(self) -> DynamicDetector:

@@ -543,7 +543,8 @@ def train_step2(cfg: Config, progress: bool = True) -> Path:
     Builds (or reuses) the per-image caches, trains the router with ``cfg.router.loss``
     (cached or direct path), and writes ``step2.pt``, ``router_metrics.csv``,
     ``train_losses.csv`` (image id, view, L1, L2, L1 - L2) and ``val_scores.csv``
-    (image id, phi, L1, L2). Returns the step-2 checkpoint path (reused if it exists).
+    (image id, phi, logit, L1, L2; thresholds are chosen on the logit, see ``route``).
+    Returns the step-2 checkpoint path (reused if it exists).
     """
     out = router_dir(cfg)
     final = out / "step2.pt"
@@ -587,9 +588,15 @@ def train_step2(cfg: Config, progress: bool = True) -> Path:
         }
     ).to_csv(out / "train_losses.csv", index=False)
     with torch.no_grad():
-        phi = model.router.head(val["pooled"].to(device)).cpu()
+        z = model.router.logit(val["pooled"].to(device)).cpu()
     pd.DataFrame(
-        {"image_id": val["image_id"].numpy(), "phi": phi.numpy(), "L1": val["l1"].numpy(), "L2": val["l2"].numpy()}
+        {
+            "image_id": val["image_id"].numpy(),
+            "phi": torch.sigmoid(z).numpy(),
+            "logit": z.numpy(),
+            "L1": val["l1"].numpy(),
+            "L2": val["l2"].numpy(),
+        }
     ).to_csv(out / "val_scores.csv", index=False)
     save_checkpoint(final, model, config=cfg.to_dict(), delta=fit.delta, loss=cfg.router.loss)
     return final

@@ -23,7 +23,7 @@ def test_routed_eval_reproduces_both_detectors_at_k0_and_k1(trained_smoke):
 
     t = trained_smoke
     dets1, dets2 = route_detections(t, progress=False)
-    phi = t.val_scores["phi"].to_numpy()
+    phi = t.val_scores["logit"].to_numpy()
     for k, ref in ((0.0, dets1), (1.0, dets2)):
         tau = routing.threshold_for_fraction(phi, k)
         dets, hard = _predict(t, lambda x, tau=tau: t.model.route(x, tau), "route", False)

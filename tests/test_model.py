@@ -117,8 +117,9 @@ def test_route_equals_per_image_routing(model, split):
     torch.manual_seed(2)
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
-        phi = model.score(x)
-        tau = {"mixed": float(phi.median()), "all_easy": float("inf"), "all_hard": float("-inf")}[split]
+        z = model.score_logit(x)
+        torch.testing.assert_close(torch.sigmoid(z), model.score(x))
+        tau = {"mixed": float(z.median()), "all_easy": float("inf"), "all_hard": float("-inf")}[split]
         r = model.route(x, tau)
         if split == "mixed":
             assert 0 < int(r.hard.sum()) < 4
