@@ -358,8 +358,11 @@ def bench_controller(cfg: Config) -> list[dict]:
     return rows
 
 
-def run(config: str = "quick", quick_timing: bool = False) -> dict:
-    """Measure everything for ``config`` and merge it into ``results/bench.{json,md}``."""
+PARTS = ("routes", "step2", "step1", "controller", "datagen")
+
+
+def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...] = PARTS) -> dict:
+    """Measure ``parts`` for ``config`` and merge them into ``results/bench.{json,md}``."""
     from .speed import environment
     from .train import build_model
 
@@ -367,21 +370,29 @@ def run(config: str = "quick", quick_timing: bool = False) -> dict:
     warmup, repeats = (2, 5) if quick_timing else (cfg.eval.latency_warmup, max(cfg.eval.latency_repeats, 20))
     t_start = time.time()
     model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80).eval()
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {sorted(unknown)}; choose from {PARTS}")
     rows = []
-    rows += bench_routes(cfg, model, warmup, repeats)
-    rows += bench_step2(cfg)
-    rows += bench_step1(cfg)
-    rows += bench_controller(cfg)
-    g = measure_datagen(n=100 if quick_timing else 400)
-    rows.append(
-        {
-            "item": "7. data generation, 256 px, 2 processes (images/s)",
-            "value": g["images_per_s"],
-            "goal": ">= 100",
-            "mark": _goal(g["images_per_s"], 100, True),
-            "detail": f"{g['n']} images",
-        }
-    )
+    if "routes" in parts:
+        rows += bench_routes(cfg, model, warmup, repeats)
+    if "step2" in parts:
+        rows += bench_step2(cfg)
+    if "step1" in parts:
+        rows += bench_step1(cfg)
+    if "controller" in parts:
+        rows += bench_controller(cfg)
+    if "datagen" in parts:
+        g = measure_datagen(n=100 if quick_timing else 400)
+        rows.append(
+            {
+                "item": "7. data generation, 256 px, 2 processes (images/s)",
+                "value": g["images_per_s"],
+                "goal": ">= 100",
+                "mark": _goal(g["images_per_s"], 100, True),
+                "detail": f"{g['n']} images",
+            }
+        )
     from .results import git_sha
 
     record = {
@@ -433,8 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dynamicdet.bench", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="quick")
     p.add_argument("--fast", action="store_true", help="few repeats (for the test suite)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = p.parse_args(argv)
-    rec = run(args.config, quick_timing=args.fast)
+    rec = run(args.config, quick_timing=args.fast, parts=tuple(args.parts.split(",")))
     print(render({args.config: rec}))
     return 0
 
