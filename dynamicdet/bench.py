@@ -29,7 +29,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import paths
@@ -66,19 +65,10 @@ def measure_datagen(n: int = 400, size: int = 256, workers: int = 2) -> dict:
 
 def _median_ms(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
     """Median ms of several zero-argument callables, timed in alternation (round robin)."""
-    with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        times = {k: [] for k in fns}
-        for _ in range(repeats):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    from .speed import time_interleaved
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {k: v["median_ms"] for k, v in time_interleaved(fns, device, warmup, repeats).items()}
 
 
 @contextmanager
@@ -151,16 +141,23 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
             hard = torch.zeros(n_img, dtype=torch.bool)
             hard[:n_hard] = True
             # a threshold of +-inf per image reproduces the split exactly (route() code path unchanged)
+            # route() is timed in alternation with the two pure routes it is compared with
             if b == 1:
                 taus = [float("-inf") if h else float("inf") for h in hard]
 
-                def stream(xs=xs, taus=taus):
+                def stream(xs, taus):
                     for i in range(len(taus)):
                         m.route(xs[i : i + 1], taus[i])
 
-                t_route = _median_ms({"r": stream}, max(1, warmup // 2), max(3, repeats // 2))["r"] / n_img
-                k_real = n_hard / n_img
-                ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
+                t_k = _median_ms(
+                    {
+                        "route": lambda xs=xs, taus=taus: stream(xs, taus),
+                        "easy": lambda xs=xs: stream(xs, [float("inf")] * len(xs)),
+                        "hard": lambda xs=xs: stream(xs, [float("-inf")] * len(xs)),
+                    },
+                    max(1, warmup // 2),
+                    max(3, repeats // 2),
+                )
             else:
                 # order the batch by router logit, so a threshold takes exactly the first n_hard images
                 with torch.inference_mode():
@@ -170,9 +167,18 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                 tau = float("inf") if n_hard == 0 else float(z[order][n_hard - 1]) - 1e-6
                 if n_hard == n_img:
                     tau = float("-inf")
-                t_route = _median_ms({"r": lambda xb=xb, tau=tau: m.route(xb, tau)}, warmup, repeats)["r"]
-                k_real = n_hard / n_img
-                ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
+                t_k = _median_ms(
+                    {
+                        "route": lambda xb=xb, tau=tau: m.route(xb, tau),
+                        "easy": lambda xb=xb: m.route(xb, float("inf")),
+                        "hard": lambda xb=xb: m.route(xb, float("-inf")),
+                    },
+                    warmup,
+                    repeats,
+                )
+            k_real = n_hard / n_img
+            t_route = t_k["route"]
+            ideal = (1 - k_real) * t_k["easy"] + k_real * t_k["hard"]
             rows.append(
                 {
                     "item": f"2. route() / ideal mix, batch {b}, k={k_real:.3f}",

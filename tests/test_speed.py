@@ -1,0 +1,59 @@
+"""The latency harness: alternation, statistics, and the inverted-range guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynamicdet import speed
+from dynamicdet.model import DynamicDetector
+
+
+def test_time_interleaved_calls_in_alternation_and_reports_stats():
+    calls = []
+    res = speed.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", warmup=1, repeats=4
+    )
+    # warm-up: a, b; then 4 rounds of (a, b)
+    assert calls == ["a", "b"] + ["a", "b"] * 4
+    for k in ("a", "b"):
+        r = res[k]
+        assert r["repeats"] == 4
+        assert 0 <= r["min_ms"] <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def _fake_times(easy, hard):
+    def fake(fns, device, warmup, repeats):
+        out = {k: {"median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0, "min_ms": 1.0, "repeats": repeats} for k in fns}
+        out["easy"] = dict(out["easy"], median_ms=easy)
+        out["hard"] = dict(out["hard"], median_ms=hard(repeats))
+        return out
+
+    return fake
+
+
+def test_route_latencies_remeasure_then_raise_on_inverted_range(monkeypatch):
+    model = DynamicDetector("yolov8", "n", nc=2)
+    seen = []
+
+    def hard(repeats):
+        seen.append(repeats)
+        return 5.0  # always faster than easy: noise that never goes away
+
+    monkeypatch.setattr(speed, "time_interleaved", _fake_times(10.0, hard))
+    with pytest.raises(speed.TimingError, match=r"hard route measured no slower.*5\.000 vs 10\.000 ms"):
+        speed.route_latencies(model, 32, batch=1, warmup=0, repeats=3, retries=2)
+    assert seen == [3, 6, 12]  # doubled repeats on each retry
+
+
+def test_route_latencies_accept_a_retry_that_restores_the_order(monkeypatch):
+    model = DynamicDetector("yolov8", "n", nc=2)
+    monkeypatch.setattr(speed, "time_interleaved", _fake_times(10.0, lambda r: 20.0 if r > 3 else 5.0))
+    r = speed.route_latencies(model, 32, batch=1, warmup=0, repeats=3)
+    assert r["easy"] == 10.0 and r["hard"] == 20.0
+
+
+def test_real_route_latencies_are_ordered_on_a_small_model():
+    torch.manual_seed(0)
+    r = speed.route_latencies(DynamicDetector("yolov8", "n", nc=2), 64, batch=1, warmup=1, repeats=5)
+    assert r["hard"] > r["easy"] > r["router"] > 0
