@@ -110,16 +110,43 @@ def masks_to_coco(
     if not len(m) == len(scores) == len(classes):
         raise ValueError(f"image {image_id}: {len(m)} masks, {len(scores)} scores, {len(classes)} classes")
     rles = mask_utils.encode(np.asfortranarray((m > 0.5).transpose(1, 2, 0).astype(np.uint8))) if len(m) else []
+    return rles_to_coco(rles, scores, classes, image_id, class_to_cat)
+
+
+def rles_to_coco(
+    rles: Sequence[dict],
+    scores: np.ndarray | torch.Tensor | Sequence[float],
+    classes: np.ndarray | torch.Tensor | Sequence[int],
+    image_id: int,
+    class_to_cat: Sequence[int],
+) -> list[dict]:
+    """Compressed RLEs (``pycocotools.mask.encode``) of one image -> COCO ``segm`` result dicts."""
+    scores, classes = _to_numpy(scores).reshape(-1), _to_numpy(classes).reshape(-1).astype(np.int64)
+    if not len(rles) == len(scores) == len(classes):
+        raise ValueError(f"image {image_id}: {len(rles)} masks, {len(scores)} scores, {len(classes)} classes")
     out = []
     for rle, score, c in zip(rles, scores.tolist(), classes.tolist(), strict=True):
+        counts = rle["counts"]
         out.append(
             {
                 "image_id": int(image_id),
                 "category_id": int(class_to_cat[c]),
-                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "segmentation": {
+                    "size": [int(v) for v in rle["size"]],
+                    "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+                },
                 "score": round(score, 5),
             }
         )
+    return out
+
+
+def segms_to_coco(dets: Mapping[int, np.ndarray], rles: Mapping[int, Sequence[dict]], class_to_cat) -> list[dict]:
+    """Every image's masks (from ``predict(..., masks_out=)``) as COCO ``segm`` results, scored as its boxes."""
+    out = []
+    for image_id, d in dets.items():
+        d = _to_numpy(d)
+        out += rles_to_coco(rles.get(image_id, []), d[:, 4], d[:, 5], image_id, class_to_cat)
     return out
 
 

@@ -33,8 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from PIL import Image
+from ultralytics.data.converter import merge_multi_segment
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
 
 from .. import paths  # importing the package first configures ultralytics for offline use
@@ -229,6 +231,26 @@ def yolo_line(cls: int, bbox: list[float], width: int, height: int) -> str:
     return f"{cls} {(x + bw / 2) / width:.6f} {(y + bh / 2) / height:.6f} {bw / width:.6f} {bh / height:.6f}"
 
 
+def segment_line(cls: int, bbox: list[float], segmentation: Any, width: int, height: int) -> str:
+    """One YOLO segment label line ``cls x1 y1 x2 y2 ...`` (normalised) for Mask R-CNN targets.
+
+    A polygon in several parts is joined into one outline (ultralytics' ``merge_multi_segment``);
+    an annotation without a polygon (missing, or RLE) gets its box as a rectangle.
+    """
+    parts = []
+    if isinstance(segmentation, list):
+        parts = [np.asarray(q, dtype=np.float64).reshape(-1, 2) for q in segmentation if len(q) >= 6]
+    if not parts:
+        x, y, bw, bh = bbox
+        poly = np.array([[x, y], [x + bw, y], [x + bw, y + bh], [x, y + bh]])
+    elif len(parts) == 1:
+        poly = parts[0]
+    else:
+        poly = np.concatenate(merge_multi_segment([q.reshape(-1).tolist() for q in parts]), axis=0)
+    poly = np.clip(poly / np.array([width, height]), 0.0, 1.0)
+    return f"{cls} " + " ".join(f"{v:.6f}" for v in poly.reshape(-1))
+
+
 def load_coco(json_path: Path, images_dir: Path, check_images: bool = True) -> CocoSplit:
     """Read and validate a COCO detection json.
 
@@ -317,7 +339,9 @@ def load_coco(json_path: Path, images_dir: Path, check_images: bool = True) -> C
         lines_seen[image_id].add(line)
         report.clipped += overshoot > CLIP_TOL
         report.kept += 1
-        kept[image_id].append({"id": ann_id, "category_id": cat_id, "cls": cls, "bbox": clipped})
+        kept[image_id].append(
+            {"id": ann_id, "category_id": cat_id, "cls": cls, "bbox": clipped, "segmentation": ann.get("segmentation")}
+        )
 
     report.images_empty = sum(1 for im in images if not kept.get(im["id"]))
     report.images_exif_rotated = sum(1 for im in images if im.pop("exif_rotated"))
@@ -368,7 +392,7 @@ def _image_files(folder: Path) -> set[Path]:
     }
 
 
-def prepare_yolo_split(split: CocoSplit, out_dir: Path, split_name: str) -> dict[str, Any]:
+def prepare_yolo_split(split: CocoSplit, out_dir: Path, split_name: str, segments: bool = False) -> dict[str, Any]:
     """Write ``out_dir/labels/<split_name>/*.txt`` and make the images visible under ``out_dir/images/<split_name>``.
 
     Images already in ``out_dir/images/<split_name>`` stay where they are; otherwise each
@@ -380,6 +404,7 @@ def prepare_yolo_split(split: CocoSplit, out_dir: Path, split_name: str) -> dict
         split: output of :func:`load_coco`.
         out_dir: dataset folder.
         split_name: ``"train"`` or ``"val"``.
+        segments: write polygon lines (:func:`segment_line`, for Mask R-CNN) instead of boxes.
 
     Returns:
         ``{"images_dir", "labels_dir", "images", "labels", "file_to_image_id"}``: the two
@@ -429,7 +454,10 @@ def prepare_yolo_split(split: CocoSplit, out_dir: Path, split_name: str) -> dict
     n_lines = 0
     for im, lbl in zip(split.images, label_paths, strict=True):
         anns = split.annotations.get(im["id"], [])
-        lines = [yolo_line(a["cls"], a["bbox"], im["width"], im["height"]) for a in anns]
+        if segments:
+            lines = [segment_line(a["cls"], a["bbox"], a["segmentation"], im["width"], im["height"]) for a in anns]
+        else:
+            lines = [yolo_line(a["cls"], a["bbox"], im["width"], im["height"]) for a in anns]
         n_lines += len(lines)
         lbl.parent.mkdir(parents=True, exist_ok=True)
         text = "\n".join(lines) + ("\n" if lines else "")
@@ -495,7 +523,7 @@ def _split_sources(cfg) -> tuple[Path, dict[str, tuple[Path, Path]]]:
     return out_dir, src
 
 
-def prepare_dataset(cfg, force: bool = False, check_images: bool = True) -> DatasetInfo:
+def prepare_dataset(cfg, force: bool = False, check_images: bool = True, segments: bool | None = None) -> DatasetInfo:
     """Validate a config's dataset, write its YOLO labels and ``dataset.yaml``, and describe it.
 
     ``synthetic``: the dataset already sits at ``paths.dataset_dir(cfg.dataset_name)`` with
@@ -511,15 +539,25 @@ def prepare_dataset(cfg, force: bool = False, check_images: bool = True) -> Data
     stamp (``labels/<split>.dynamicdet.json``) holds the mapping and report. Pass
     ``force=True`` after editing image files in place.
 
+    Mask R-CNN configs (``model.kind: mask_rcnn``) need instance polygons: their YOLO
+    layout (image links, polygon labels, yaml) goes to ``<dataset>/segments/``, next to
+    the box layout, and the ultralytics data dict is marked so that
+    :func:`~dynamicdet.data.loaders.build_dataset` returns per-instance masks.
+
     Args:
         cfg: a :class:`dynamicdet.config.Config`.
         force: re-read and re-write every split even when its stamp matches.
         check_images: open every image with PIL (see :func:`load_coco`).
+        segments: polygon layout; ``None`` = as the config's model kind needs.
 
     Raises:
         DatasetError: missing folders, any :func:`load_coco` error, or splits with different categories.
     """
     out_dir, sources = _split_sources(cfg)
+    if segments is None:
+        segments = cfg.model.kind == "mask_rcnn"
+    if segments:
+        out_dir = out_dir / "segments"
     gt_json, f2id, reports, cats = {}, {}, {}, {}
     for s, (js, ims) in sources.items():
         if not js.is_file():
@@ -538,7 +576,8 @@ def prepare_dataset(cfg, force: bool = False, check_images: bool = True) -> Data
                 payload = None  # label files were removed or added since: rewrite them
         if payload is None:
             split = load_coco(js, ims, check_images=check_images)
-            out = prepare_yolo_split(split, out_dir, s)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            out = prepare_yolo_split(split, out_dir, s, segments=segments)
             payload = {
                 "categories": [{"id": c, "name": n} for c, n in zip(split.class_to_cat, split.names, strict=True)],
                 "file_to_image_id": out["file_to_image_id"],
@@ -571,6 +610,7 @@ def prepare_dataset(cfg, force: bool = False, check_images: bool = True) -> Data
         yaml_path.write_text(text)
     # Local yaml + autodownload=False: check_det_dataset only reads and resolves paths (no network).
     data = check_det_dataset(str(yaml_path), autodownload=False)
+    data["dd_segments"] = segments  # build_dataset: polygon labels -> per-instance masks
     return DatasetInfo(
         root=out_dir,
         yaml_path=yaml_path,
@@ -592,5 +632,6 @@ __all__ = [
     "load_coco",
     "prepare_dataset",
     "prepare_yolo_split",
+    "segment_line",
     "yolo_line",
 ]

@@ -36,7 +36,12 @@ def build_dataset(data: dict, split: str, img_size: int, augment: bool, batch: i
         augment: ultralytics train-mode augmentation (mosaic etc., set through ``aug``)
             or val-mode letterbox only.
         aug: ultralytics hyperparameters (``mosaic``, ``mixup``, ``hsv_h``, ``translate``...).
+
+    With a polygon layout (``data["dd_segments"]``, see ``coco.prepare_dataset``) batches
+    also hold ``masks``: (N, H, W) per instance, aligned with ``batch_idx``.
     """
+    if data.get("dd_segments"):  # Mask R-CNN: one full-resolution binary mask per instance
+        aug = {"task": "segment", "mask_ratio": 1, "overlap_mask": False, **aug}
     hyp = hyp_namespace(img_size, **aug)
     mode = "train" if augment else "val"
     dataset = build_yolo_dataset(hyp, data[split], batch, data, mode=mode, rect=False, stride=32)
