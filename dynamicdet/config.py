@@ -49,9 +49,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "yolo"  # "yolo" (two cascaded ultralytics detectors)
-    family: str = "yolov8"  # ultralytics family: yolov8 | yolo11
-    scale: str = "n"  # n | s | m
+    kind: str = "yolo"  # yolo (two ultralytics detectors) | faster_rcnn | mask_rcnn (two torchvision detectors)
+    family: str = "yolov8"  # yolo: ultralytics family, yolov8 | yolo11
+    scale: str = "n"  # yolo: n | s | m
+    backbone: str = "resnet18"  # two-stage: resnet18 | resnet34 | resnet50 | resnet101 | swin_t | swin_s
+    dual: bool = True  # two-stage: False = one plain detector (the static baselines of 08_two_stage)
+    fpn_channels: int = 64  # two-stage: FPN width (torchvision: 256)
+    head_channels: int = 256  # two-stage: box-head MLP and mask-head conv width (torchvision: 1024 / 256)
+    anchor_base: int = 8  # two-stage: anchor side at stride 4, doubling per level (torchvision: 32)
+    rpn_batch: int = 256  # two-stage: anchors sampled per image for the RPN loss
+    roi_batch: int = 128  # two-stage: proposals sampled per image for the RoI loss (torchvision: 512)
 
 
 @dataclass
@@ -106,12 +113,14 @@ class EvalConfig:
     batch: int = 8  # batched latency / evaluation batch size
     conf: float = 0.001  # NMS confidence threshold for AP
     iou: float = 0.7  # NMS IoU threshold
-    max_det: int = 300  # detections kept per image
+    max_det: int = 300  # detections kept per image (two-stage: torchvision box_detections_per_img)
     latency_repeats: int = 20  # timed repeats per latency figure
     latency_warmup: int = 5  # untimed warm-up runs
     random_seeds: int = 5  # seeds of the random-routing baseline
     static_scales: list[str] = field(default_factory=lambda: ["n", "s"])  # static ultralytics baselines
     static_epochs: int = 0  # epochs for static baselines; 0 = same as train.epochs
+    static_backbones: list[str] = field(default_factory=lambda: ["resnet18", "resnet34"])  # two-stage statics
+    timing_images: int = 20  # 08_two_stage: val images timed (batch 1) and FLOP-counted per row
 
 
 @dataclass
@@ -135,15 +144,34 @@ class Config:
         return d
 
     def section_hash(self, *sections: str) -> str:
-        """Short hash of some sections, used to key cached stages (same inputs -> same folder)."""
+        """Short hash of some sections, used to key cached stages (same inputs -> same folder).
+
+        The ``model`` section counts only the fields its ``kind`` uses (a YOLO run does not
+        change folder when a two-stage field is added or edited, and vice versa).
+        """
         d = self.to_dict()
+        m = d["model"]
+        d["model"] = {k: m[k] for k in (YOLO_MODEL_FIELDS if m["kind"] == "yolo" else TWO_STAGE_MODEL_FIELDS)}
         blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+YOLO_MODEL_FIELDS = ("kind", "family", "scale")
+TWO_STAGE_MODEL_FIELDS = (
+    "kind",
+    "backbone",
+    "dual",
+    "fpn_channels",
+    "head_channels",
+    "anchor_base",
+    "rpn_batch",
+    "roi_batch",
+)
+
 _CHOICES = {
     ("data", "source"): {"synthetic", "coco"},
-    ("model", "kind"): {"yolo"},
+    ("model", "kind"): {"yolo", "faster_rcnn", "mask_rcnn"},
+    ("model", "backbone"): {"resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s"},
     ("model", "family"): {"yolov8", "yolo11"},
     ("model", "scale"): {"n", "s", "m", "l", "x"},
     ("train", "optimizer"): {"SGD", "AdamW"},

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from ultralytics.nn.tasks import DetectionModel
 
 from .model import DynamicDetector
 
@@ -92,7 +93,8 @@ class TimingError(RuntimeError):
 def prepare_for_timing(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """A fused, eval-mode copy of ``model`` on ``device`` (fp16 on CUDA)."""
     m = copy.deepcopy(model).to(device).eval()
-    m = m.fuse() if isinstance(m, DynamicDetector) else m.fuse(verbose=False)
+    # ultralytics models fold BN into convs; our wrappers fuse their parts (two-stage: nothing to fold)
+    m = m.fuse(verbose=False) if isinstance(m, DetectionModel) else m.fuse()
     return m.half() if device.type == "cuda" else m
 
 

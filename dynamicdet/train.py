@@ -39,10 +39,11 @@ from .checkpoint import load_into, read_checkpoint, save_atomic, save_checkpoint
 from .config import Config
 from .data.coco import prepare_dataset
 from .data.loaders import build_dataset, make_loader, seed_everything, to_device
-from .evaluate import coco_evaluate, detections_to_coco
+from .evaluate import coco_evaluate, detections_to_coco, segms_to_coco
 from .losses import DetectionLoss, RunningMedian, attach_hyp, router_loss
 from .model import AdaptiveRouter, DynamicDetector
 from .predict import image_ids_of, predict
+from .two_stage import HeadSizes, TwoStageDetector, build_two_stage, targets_from_batch
 
 
 # ------------------------------------------------------------------------ run folders
@@ -74,8 +75,19 @@ def cache_path(cfg: Config) -> Path:
     return run_dir(cfg) / f"router_cache-{key}.pt"
 
 
-def build_model(cfg: Config, nc: int) -> DynamicDetector:
-    model = DynamicDetector(cfg.model.family, cfg.model.scale, nc=nc)
+def is_two_stage(cfg: Config) -> bool:
+    return cfg.model.kind != "yolo"
+
+
+def build_model(cfg: Config, nc: int) -> nn.Module:
+    """The config's model: a :class:`DynamicDetector` (``kind: yolo``), a
+    :class:`~dynamicdet.two_stage.DynamicTwoStage`, or (``dual: false``) a static
+    :class:`~dynamicdet.two_stage.TwoStageDetector`."""
+    m = cfg.model
+    if is_two_stage(cfg):
+        sizes = HeadSizes(m.fpn_channels, m.head_channels, m.anchor_base, m.rpn_batch, m.roi_batch, cfg.eval.max_det)
+        return build_two_stage(m.kind, m.backbone, nc, dual=m.dual, sizes=sizes)
+    model = DynamicDetector(m.family, m.scale, nc=nc)
     attach_hyp(model.det1)
     attach_hyp(model.det2)
     return model
@@ -116,12 +128,17 @@ def _set_rng_state(state: dict) -> None:
 
 # ------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate_routes(model: DynamicDetector, cfg: Config, info, device, progress: bool = True) -> dict:
-    """COCO AP of detector 1 (easy route) and detector 2 (hard route) on the val split."""
+def evaluate_routes(model: nn.Module, cfg: Config, info, device, progress: bool = True) -> dict:
+    """COCO AP of detector 1 (easy route) and detector 2 (hard route) on the val split.
+
+    A static two-stage model has detector 1 only; Mask R-CNN adds mask AP (``det1_mask_AP``...).
+    """
     model.eval()
     loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), cfg.eval.batch, False, 0)
     out = {}
-    for tag, fn in (("det1", model.first), ("det2", model.second)):
+    routes = [("det1", model.first)] + ([] if isinstance(model, TwoStageDetector) else [("det2", model.second)])
+    for tag, fn in routes:
+        rles = {} if cfg.model.kind == "mask_rcnn" else None
         dets, _ = predict(
             fn,
             loader,
@@ -132,10 +149,50 @@ def evaluate_routes(model: DynamicDetector, cfg: Config, info, device, progress:
             cfg.eval.max_det,
             desc=f"val {tag}",
             progress=progress,
+            masks_out=rles,
         )
         m = coco_evaluate(info.gt_json["val"], detections_to_coco(dets, info.class_to_cat))
         out.update({f"{tag}_{k}": v for k, v in m.items()})
+        if rles is not None:
+            m = coco_evaluate(info.gt_json["val"], segms_to_coco(dets, rles, info.class_to_cat), iou_type="segm")
+            out.update({f"{tag}_mask_{k}": v for k, v in m.items()})
     return out
+
+
+class _Objective:
+    """Step-1 loss of a batch, whatever the model kind: ``(loss, {item name: value})``.
+
+    YOLO: L1 + L2 with ultralytics' criterion (box, cls, dfl; each times the batch size).
+    Two-stage: the sum of torchvision's losses of both detectors (batch means), or of the
+    one detector of a static model.
+    """
+
+    def __init__(self, model: nn.Module, cfg: Config):
+        self.two_stage = is_two_stage(cfg)
+        self.masks = cfg.model.kind == "mask_rcnn"
+        if not self.two_stage:
+            self.crit1, self.crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
+
+    def __call__(self, ddp: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.two_stage:
+            losses = ddp(batch["img"], targets_from_batch(batch, self.masks))
+            if not any(k.startswith("L1_") for k in losses):  # static model: one detector
+                losses = {f"L1_{k}": v for k, v in losses.items()}
+            # L = L1 + L2 = sum of every RPN and RoI loss term of both detectors
+            return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
+        out = ddp(batch["img"])
+        l1, items1 = self.crit1(out["out1"], batch)
+        l2, items2 = self.crit2(out["out2"], batch)
+        names = ("box", "cls", "dfl")
+        # ultralytics' loss items: {"box_loss", "cls_loss", "dfl_loss"}, batch means
+        items = {f"L1_{n}": v for n, v in zip(names, items1.values(), strict=True)}
+        items.update({f"L2_{n}": v for n, v in zip(names, items2.values(), strict=True)})
+        # L = L1 + L2   (ultralytics' batch losses, each already multiplied by the batch size)
+        return l1.sum() + l2.sum(), items
+
+
+def _fmt(items: dict) -> str:
+    return ", ".join(f"{k} {float(v):.4g}" for k, v in items.items())
 
 
 # ------------------------------------------------------------------------ step 1
@@ -219,8 +276,9 @@ def train_step1(
         _write_config(cfg, folder)
     seed_everything(t_cfg.seed)
     model = build_model(cfg, nc=len(info.names)).to(device)
-    model.router.requires_grad_(False)  # step 1 trains the detectors and the links only
-    crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
+    if hasattr(model, "router"):
+        model.router.requires_grad_(False)  # step 1 trains the detectors and the links only
+    objective = _Objective(model, cfg)
 
     # accumulate gradients up to the nominal batch size, and scale weight decay with it (ultralytics' rule)
     accumulate = max(round(t_cfg.nbs / (t_cfg.batch * world)), 1)
@@ -265,7 +323,7 @@ def train_step1(
         loader = make_loader(dataset, t_cfg.batch, True, t_cfg.seed * 1000 + epoch, t_cfg.workers, world > 1)
         model.train()
         opt.zero_grad()
-        sums = torch.zeros(6)
+        sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"step 1 epoch {epoch + 1}/{t_cfg.epochs}", disable=not progress or rank != 0)
         for i, batch in enumerate(bar):
             ni = i + nb * epoch
@@ -276,11 +334,12 @@ def train_step1(
                     if "momentum" in g:
                         g["momentum"] = np.interp(ni, [0, max(n_warmup, 1)], [0.8, t_cfg.momentum])
             batch = to_device(batch, device)
-            out = ddp(batch["img"])
-            l1, items1 = crit1(out["out1"], batch)
-            l2, items2 = crit2(out["out2"], batch)
-            # L = L1 + L2   (ultralytics' batch losses, each already multiplied by the batch size)
-            loss = l1.sum() + l2.sum()
+            loss, items = objective(ddp, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"step 1 epoch {epoch + 1} batch {i}: non-finite loss {float(loss)} ({_fmt(items)}); "
+                    "lower train.lr0 or raise train.warmup_epochs"
+                )
             loss.backward()
             if (i + 1) % accumulate == 0 or i + 1 == len(loader):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
@@ -288,13 +347,15 @@ def train_step1(
                 opt.zero_grad()
                 if ema is not None:
                     ema.update(model)
-            sums += torch.cat([torch.stack(list(items1.values())), torch.stack(list(items2.values()))]).cpu()
-            mean = sums / (i + 1)
-            bar.set_postfix(L1=f"{mean[:3].sum():.3f}", L2=f"{mean[3:].sum():.3f}")
+            for k, v in items.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            mean = {k: v / (i + 1) for k, v in sums.items()}
+            # progress: L1 and L2 (a static two-stage model has L1 only)
+            tags = sorted({k.split("_")[0] for k in mean})
+            bar.set_postfix({t: f"{sum(v for k, v in mean.items() if k.startswith(t + '_')):.3f}" for t in tags})
         sched.step()
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "time_s": round(time.time() - t0, 2)}
-        for tag, part in (("L1", mean[:3]), ("L2", mean[3:])):
-            row.update({f"{tag}_box": float(part[0]), f"{tag}_cls": float(part[1]), f"{tag}_dfl": float(part[2])})
+        row.update(mean)
         if rank == 0:
             if validate and ((epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs):
                 eval_model = ema.ema if ema is not None else model
@@ -334,10 +395,21 @@ def _frozen(model: DynamicDetector) -> DynamicDetector:
     return model
 
 
+def _criteria(model: nn.Module):
+    """Per-image loss criteria of a YOLO model; a two-stage model computes its own."""
+    if isinstance(model, DynamicDetector):
+        return DetectionLoss(model.det1), DetectionLoss(model.det2)
+    if isinstance(model, TwoStageDetector):
+        raise ValueError("step 2 needs a dynamic model; this config has model.dual = false")
+    return None, None
+
+
 @torch.no_grad()
-def _router_batch(model: DynamicDetector, crit1, crit2, batch: dict) -> tuple[torch.Tensor, ...]:
+def _router_batch(model: nn.Module, crit1, crit2, batch: dict) -> tuple[torch.Tensor, ...]:
     """Router input and detached per-image losses of one batch: pooled (B, C), L1 (B,), L2 (B,)."""
     img = batch["img"]
+    if not isinstance(model, DynamicDetector):  # two-stage: heads run per image (see TwoStageDetector)
+        return model.router_batch(img, targets_from_batch(batch, model.kind == "mask_rcnn"))
     y1 = model.backbone1(img)
     f1 = model.taps(y1)
     pooled = AdaptiveRouter.pool(f1)
@@ -377,7 +449,7 @@ def build_router_cache(
         (batch boundaries kept so router training can replay the direct path exactly).
     """
     _frozen(model)
-    crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
+    crit1, crit2 = _criteria(model)
     dataset = _view_dataset(cfg, info)
     parts: dict[str, list] = {"pooled": [], "l1": [], "l2": [], "image_id": [], "view": [], "batch_start": []}
     n = 0
@@ -404,7 +476,7 @@ def build_router_cache(
 def build_val_cache(model: DynamicDetector, cfg: Config, info, device, progress: bool = True) -> dict:
     """Router input and per-image L1, L2 on the val split (no augmentation)."""
     _frozen(model)
-    crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
+    crit1, crit2 = _criteria(model)
     loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), cfg.eval.batch, False, 0)
     parts: dict[str, list] = {"pooled": [], "l1": [], "l2": [], "image_id": []}
     for batch in tqdm(loader, desc="val cache", leave=False, disable=not progress):
@@ -508,7 +580,7 @@ def fit_router_direct(model: DynamicDetector, cfg: Config, info, device, progres
     """
     r = cfg.router
     _frozen(model)
-    crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
+    crit1, crit2 = _criteria(model)
     dataset = _view_dataset(cfg, info)
 
     def epoch_batches():

@@ -1,0 +1,393 @@
+"""Dy-Faster R-CNN and Dy-Mask R-CNN: the dynamic architecture on torchvision's two-stage detectors.
+
+::
+
+    image ──► T1 ──┬──► FPN1 ──► RPN1 ──► RoI heads 1 ──► detections   (easy route)
+                   │ F1 = {C2, C3, C4, C5}
+                   ├──► router ──► phi (difficulty)
+                   └──► links ─┐
+    image ──► T2 (+ links) ────┴──► FPN2 ──► RPN2 ──► RoI heads 2 ──► detections   (hard route)
+
+Each detector is a torchvision ``FasterRCNN`` / ``MaskRCNN`` (no pretrained weights) whose
+trunk is a torchvision ResNet or Swin cut into four stages. Trunk 2 reads the image and,
+through the same :class:`~dynamicdet.model.CompositeLinks` as the YOLO model, receives
+trunk 1's stage outputs right after each of its downsampling layers (ResNet: the stem and
+the first, strided block of stages 2-4; Swin: the patch embedding and each patch merging).
+The same :class:`~dynamicdet.model.AdaptiveRouter` scores difficulty from trunk 1's stage
+outputs. Sign convention as everywhere: phi high = hard = detector 2.
+
+Images arrive letterboxed to a square side divisible by 32 (ultralytics' pipeline), so
+torchvision's ``GeneralizedRCNNTransform`` (resize + pad) is bypassed: we normalise and
+call the RPN and RoI heads directly, which also lets the heads run on a subset of a batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .model import AdaptiveRouter, CompositeLinks, RouteOutput
+
+KINDS = ("faster_rcnn", "mask_rcnn")
+TRUNKS = ("resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s")
+# ImageNet statistics (torchvision's default normalisation for its detectors)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+Detections = (
+    list  # per image: {"boxes": (n, 4) xyxy px, "scores": (n,), "labels": (n,) 1-based[, "masks": (n, 1, H, W)]}
+)
+Targets = list  # per image: {"boxes": (m, 4) xyxy px, "labels": (m,) 1-based[, "masks": (m, H, W) uint8]}
+
+
+class Trunk(nn.Module):
+    """A torchvision classification backbone cut into four stages with injection points.
+
+    Stage j = ``entry[j]`` (the layer that changes resolution) then ``rest[j]``.
+    ResNet: entry = stem (conv, BN, ReLU, max-pool) | first block of layer2/3/4 (stride 2);
+    rest = layer1 | the remaining blocks. Swin: entry = patch embedding | patch merging;
+    rest = the stage's transformer blocks (channels-last inside, NCHW outside).
+
+    Args:
+        name: one of :data:`TRUNKS`. BatchNorm is trainable (torchvision's detectors freeze
+            it, which only makes sense with pretrained weights; none are downloaded here).
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in TRUNKS:
+            raise ValueError(f"unknown two-stage backbone {name!r}; supported: {TRUNKS}")
+        self.name = name
+        self.channels_last = name.startswith("swin")
+        if self.channels_last:
+            f = getattr(torchvision.models, name)(weights=None).features
+            self.entry = nn.ModuleList([f[0], f[2], f[4], f[6]])
+            self.rest = nn.ModuleList([f[1], f[3], f[5], f[7]])
+        else:
+            m = getattr(torchvision.models, name)(weights=None, norm_layer=nn.BatchNorm2d)
+            self.entry = nn.ModuleList(
+                [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer2[0], m.layer3[0], m.layer4[0]]
+            )
+            self.rest = nn.ModuleList([m.layer1, m.layer2[1:], m.layer3[1:], m.layer4[1:]])
+        # widths at the injection points and at the stage outputs, read off a dry run
+        widths_in, widths_out = [], []
+        with torch.no_grad():
+            x = torch.zeros(1, 3, 64, 64)
+            for entry, rest in zip(self.entry, self.rest, strict=True):
+                x = entry(x)
+                widths_in.append(x.shape[-1] if self.channels_last else x.shape[1])
+                x = rest(x)
+                widths_out.append(x.shape[-1] if self.channels_last else x.shape[1])
+        self.inject_channels, self.tap_channels = widths_in, widths_out
+
+    def forward(self, x: torch.Tensor, inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> four stage outputs (B, C_j, H / 2^(j+2), W / 2^(j+2)).
+
+        ``inject[j]`` (B, C_in_j, ., .) is added right after ``entry[j]`` (the composite links).
+        """
+        feats = []
+        for j, (entry, rest) in enumerate(zip(self.entry, self.rest, strict=True)):
+            x = entry(x)
+            if inject is not None:
+                x = x + (inject[j].permute(0, 2, 3, 1) if self.channels_last else inject[j])
+            x = rest(x)
+            feats.append(x.permute(0, 3, 1, 2) if self.channels_last else x)
+        return feats
+
+
+class _FPNTrunk(nn.Module):
+    """Trunk + FPN, the ``backbone`` torchvision's detector classes are built around."""
+
+    def __init__(self, trunk: Trunk, out_channels: int):
+        super().__init__()
+        self.trunk = trunk
+        self.fpn = FeaturePyramidNetwork(trunk.tap_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def pyramid(self, taps: list[torch.Tensor]) -> OrderedDict:
+        """Stage outputs -> FPN levels {"0".."3", "pool"}, each (B, out_channels, ., .)."""
+        return self.fpn(OrderedDict((str(i), t) for i, t in enumerate(taps)))
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        return self.pyramid(self.trunk(x))
+
+
+@dataclass(frozen=True)
+class HeadSizes:
+    """CPU-sized heads (torchvision's defaults in brackets)."""
+
+    fpn_channels: int = 64  # FPN width (256)
+    head_channels: int = 256  # box-head MLP width (1024) and mask-head conv width (256)
+    anchor_base: int = 8  # anchor side on the stride-4 level, doubling per level (32)
+    rpn_batch: int = 256  # anchors sampled per image for the RPN loss (256)
+    roi_batch: int = 128  # proposals sampled per image for the RoI loss (512)
+    detections: int = 100  # detections kept per image (100); Mask R-CNN runs its mask head on each
+
+
+class TwoStageDetector(nn.Module):
+    """One torchvision ``FasterRCNN`` / ``MaskRCNN`` on a :class:`Trunk`, run without its transform.
+
+    Args:
+        kind: ``"faster_rcnn"`` or ``"mask_rcnn"``.
+        backbone: one of :data:`TRUNKS`.
+        nc: number of object classes (torchvision adds the background class 0).
+        sizes: head sizes.
+
+    ``model(x, targets)`` in train mode returns torchvision's loss dict (batch means);
+    in eval mode ``model(x)`` returns detections. ``x``: (B, 3, H, W) in [0, 1].
+    """
+
+    def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = HeadSizes()):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown two-stage kind {kind!r}; supported: {KINDS}")
+        self.kind, self.nc = kind, nc
+        body = _FPNTrunk(Trunk(backbone), sizes.fpn_channels)
+        c = sizes.fpn_channels
+        anchors = AnchorGenerator(
+            sizes=tuple((sizes.anchor_base * 2**i,) for i in range(5)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
+        )
+        common = dict(
+            num_classes=None,
+            rpn_anchor_generator=anchors,
+            rpn_batch_size_per_image=sizes.rpn_batch,
+            box_head=TwoMLPHead(c * 7 * 7, sizes.head_channels),
+            box_predictor=FastRCNNPredictor(sizes.head_channels, nc + 1),
+            box_batch_size_per_image=sizes.roi_batch,
+            box_score_thresh=0.001,  # keep low-confidence boxes for AP (torchvision: 0.05)
+            box_detections_per_img=sizes.detections,
+        )
+        if kind == "mask_rcnn":
+            h = sizes.head_channels
+            tv = MaskRCNN(
+                body,
+                mask_head=MaskRCNNHeads(c, (h, h, h, h), 1),
+                mask_predictor=MaskRCNNPredictor(h, h, nc + 1),
+                **common,
+            )
+        else:
+            tv = FasterRCNN(body, **common)
+        self.backbone, self.rpn, self.roi_heads = tv.backbone, tv.rpn, tv.roi_heads
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def trunk(self) -> Trunk:
+        return self.backbone.trunk
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def heads(self, x: torch.Tensor, feats: OrderedDict, targets: Targets | None = None):
+        """RPN + RoI heads on FPN levels of the images ``x`` (B, 3, H, W).
+
+        Returns:
+            ``(detections, losses)``: losses are filled when the heads are in train mode
+            (then ``targets`` is required); masks are pasted into the image.
+        """
+        size = tuple(x.shape[-2:])
+        images = ImageList(x, [size] * len(x))
+        proposals, rpn_losses = self.rpn(images, feats, targets)
+        dets, roi_losses = self.roi_heads(feats, proposals, images.image_sizes, targets)
+        if not self.roi_heads.training:
+            for d in dets:
+                if "masks" in d:
+                    d["masks"] = paste_masks_in_image(d["masks"], d["boxes"], size)
+        return dets, {**rpn_losses, **roi_losses}
+
+    def forward(self, x: torch.Tensor, targets: Targets | None = None):
+        """Train mode: torchvision's loss dict; eval mode: detections."""
+        dets, losses = self.heads(x, self.backbone(self.normalize(x)), targets)
+        return losses if self.training else dets
+
+    def first(self, x: torch.Tensor) -> Detections:
+        """Detections (the only route of a static model)."""
+        return self.heads(x, self.backbone(self.normalize(x)))[0]
+
+    def per_image_losses(self, x: torch.Tensor, feats: OrderedDict, targets: Targets) -> torch.Tensor:
+        """Per-image sum of the RPN and RoI losses, (B,), without rewriting torchvision's samplers.
+
+        The heads run once per image (RPN for every image first, then the RoI heads, the
+        order in which the batched call draws its random samples). torchvision averages
+        each loss over the sampled anchors/proposals of the whole batch, so the mean of
+        these per-image losses equals the batch loss whenever every image fills its
+        sample quota (``rpn_batch`` anchors, ``roi_batch`` proposals).
+        """
+        size = tuple(x.shape[-2:])
+        with _loss_mode(self):
+            props, per = [], [dict() for _ in range(len(x))]
+            for i in range(len(x)):
+                f = OrderedDict((k, v[i : i + 1]) for k, v in feats.items())
+                p, losses = self.rpn(ImageList(x[i : i + 1], [size]), f, [targets[i]])
+                props.append(p)
+                per[i].update(losses)
+            for i in range(len(x)):
+                f = OrderedDict((k, v[i : i + 1]) for k, v in feats.items())
+                _, losses = self.roi_heads(f, props[i], [size], [targets[i]])
+                per[i].update(losses)
+        # L_i = L_objectness + L_rpn_box + L_cls + L_box (+ L_mask), image i alone
+        return torch.stack([sum(d.values()) for d in per])
+
+    def fuse(self) -> TwoStageDetector:
+        """Nothing to fold (kept for the same inference API as the YOLO model)."""
+        return self
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "backbone": self.trunk.name, "nc": self.nc, "dual": False}
+
+
+class _loss_mode:
+    """Put a detector's RPN and RoI heads in train mode (losses, sampling) and restore them.
+
+    They hold no BatchNorm or dropout, so this changes only what they compute, not how.
+    """
+
+    def __init__(self, det: TwoStageDetector):
+        self.mods = (det.rpn, det.roi_heads)
+
+    def __enter__(self):
+        self.was = [m.training for m in self.mods]
+        for m in self.mods:
+            m.train()
+
+    def __exit__(self, *exc):
+        for m, t in zip(self.mods, self.was, strict=True):
+            m.train(t)
+
+
+class DynamicTwoStage(nn.Module):
+    """Two torchvision two-stage detectors with composite links and an adaptive router.
+
+    Same forward modes as :class:`~dynamicdet.model.DynamicDetector`: ``model(x, targets)``
+    (train: ``{"L1_<loss>", "L2_<loss>"}``), :meth:`score`, :meth:`score_logit`,
+    :meth:`first`, :meth:`second`, :meth:`route` (batched; detections in input order).
+    """
+
+    def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = HeadSizes()):
+        super().__init__()
+        self.kind, self.nc = kind, nc
+        self.det1 = TwoStageDetector(kind, backbone, nc, sizes)
+        self.det2 = TwoStageDetector(kind, backbone, nc, sizes)
+        self.links = CompositeLinks(self.det1.trunk.tap_channels, self.det2.trunk.inject_channels)
+        self.router = AdaptiveRouter(sum(self.det1.trunk.tap_channels))
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "backbone": self.det1.trunk.name, "nc": self.nc, "dual": True}
+
+    # ---------------------------------------------------------------- building blocks
+    def taps1(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Trunk 1's stage outputs F1 on images in [0, 1]."""
+        return self.det1.trunk(self.det1.normalize(x))
+
+    def pyramid2(self, x: torch.Tensor, taps1: list[torch.Tensor]) -> OrderedDict:
+        """Trunk 2 (+ links from trunk 1) and FPN 2."""
+        return self.det2.backbone.pyramid(self.det2.trunk(self.det2.normalize(x), inject=self.links(taps1)))
+
+    def router_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk-1 features: (B, 3, H, W) -> (B, sum C_j)."""
+        return AdaptiveRouter.pool(self.taps1(x))
+
+    # ---------------------------------------------------------------- forward modes
+    def forward(self, x: torch.Tensor, targets: Targets) -> dict[str, torch.Tensor]:
+        """Step 1: both detectors' torchvision losses, prefixed ``L1_`` / ``L2_``."""
+        t1 = self.taps1(x)
+        _, l1 = self.det1.heads(x, self.det1.backbone.pyramid(t1), targets)
+        _, l2 = self.det2.heads(x, self.pyramid2(x, t1), targets)
+        return {**{f"L1_{k}": v for k, v in l1.items()}, **{f"L2_{k}": v for k, v in l2.items()}}
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """phi = sigmoid(router logit): (B, 3, H, W) -> (B,)."""
+        return self.router(self.taps1(x))
+
+    def score_logit(self, x: torch.Tensor) -> torch.Tensor:
+        return self.router.logit(self.router_input(x))
+
+    def first(self, x: torch.Tensor) -> Detections:
+        """Easy route for all images: trunk 1 + FPN 1 + heads 1."""
+        return self.det1.heads(x, self.det1.backbone.pyramid(self.taps1(x)))[0]
+
+    def second(self, x: torch.Tensor) -> Detections:
+        """Hard route for all images: trunk 1 -> links -> trunk 2 + FPN 2 + heads 2."""
+        return self.det2.heads(x, self.pyramid2(x, self.taps1(x)))[0]
+
+    def route(self, x: torch.Tensor, threshold: float) -> RouteOutput:
+        """Batched dynamic inference, as :meth:`DynamicDetector.route` (threshold on the logit).
+
+        Trunk 1 and the router run on the whole batch; FPN 1 + heads 1 on the easy subset
+        only, trunk 2 + FPN 2 + heads 2 on the hard subset only. ``preds`` is the list of
+        per-image detection dicts in input order.
+        """
+        t1 = self.taps1(x)
+        z = self.router.logit(AdaptiveRouter.pool(t1))
+        hard = z >= threshold
+        preds: list = [None] * len(x)
+        easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
+        if len(easy_idx):
+            sub = [t[easy_idx] for t in t1] if len(hard_idx) else t1
+            xe = x[easy_idx] if len(hard_idx) else x
+            for i, d in zip(easy_idx.tolist(), self.det1.heads(xe, self.det1.backbone.pyramid(sub))[0], strict=True):
+                preds[i] = d
+        if len(hard_idx):
+            sub = [t[hard_idx] for t in t1] if len(easy_idx) else t1
+            xh = x[hard_idx] if len(easy_idx) else x
+            for i, d in zip(hard_idx.tolist(), self.det2.heads(xh, self.pyramid2(xh, sub))[0], strict=True):
+                preds[i] = d
+        return RouteOutput(preds=preds, hard=hard, phi=torch.sigmoid(z), logit=z)
+
+    @torch.no_grad()
+    def router_batch(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 2 inputs: pooled trunk-1 features (B, C) and detached per-image L1, L2 (B,)."""
+        t1 = self.taps1(x)
+        l1 = self.det1.per_image_losses(x, self.det1.backbone.pyramid(t1), targets)
+        l2 = self.det2.per_image_losses(x, self.pyramid2(x, t1), targets)
+        return AdaptiveRouter.pool(t1), l1, l2
+
+    def fuse(self) -> DynamicTwoStage:
+        return self
+
+    def detector_parameters(self):
+        for name, p in self.named_parameters():
+            if not name.startswith("router."):
+                yield p
+
+
+def targets_from_batch(batch: dict, with_masks: bool = False) -> Targets:
+    """ultralytics batch -> torchvision targets (boxes in letterboxed pixels, labels 1-based).
+
+    Args:
+        batch: ``img`` (B, 3, H, W), ``bboxes`` (N, 4) normalised xywh, ``cls`` (N, 1),
+            ``batch_idx`` (N,), and for masks ``masks`` (N, H, W) (one per instance).
+    """
+    img = batch["img"]
+    b, _, h, w = img.shape
+    scale = torch.tensor([w, h, w, h], device=img.device, dtype=torch.float32)
+    xywh = batch["bboxes"].float() * scale
+    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], dim=1)
+    xyxy[:, 2:] = torch.maximum(xyxy[:, 2:], xyxy[:, :2] + 1)  # torchvision needs positive sides
+    idx = batch["batch_idx"].long()
+    labels = batch["cls"].view(-1).long() + 1
+    out = []
+    for i in range(b):
+        sel = idx == i
+        t = {"boxes": xyxy[sel], "labels": labels[sel]}
+        if with_masks:
+            masks = batch["masks"]
+            t["masks"] = masks[sel].to(torch.uint8) if len(masks) == len(idx) else masks.new_zeros((0, h, w))
+        out.append(t)
+    return out
+
+
+def build_two_stage(kind: str, backbone: str, nc: int, dual: bool = True, sizes: HeadSizes = HeadSizes()):
+    """A :class:`DynamicTwoStage` (``dual``) or a static :class:`TwoStageDetector`."""
+    return DynamicTwoStage(kind, backbone, nc, sizes) if dual else TwoStageDetector(kind, backbone, nc, sizes)

@@ -1,0 +1,221 @@
+"""Dy-Faster R-CNN and Dy-Mask R-CNN: forward modes, batched routing, per-image losses, masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from dynamicdet.evaluate import coco_evaluate, segms_to_coco
+from dynamicdet.model import AdaptiveRouter
+from dynamicdet.predict import predict
+from dynamicdet.two_stage import DynamicTwoStage, HeadSizes, Trunk, TwoStageDetector, targets_from_batch
+
+SIZE = 64
+SMALL = HeadSizes(fpn_channels=16, head_channels=32, rpn_batch=32, roi_batch=16, detections=20)
+
+
+def _targets(kind: str, n_per_image=(2, 0, 1)) -> list[dict]:
+    """Boxes (and rectangle masks) for three images, the second without objects."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n in n_per_image:
+        xy = torch.rand(n, 2, generator=g) * SIZE * 0.6
+        wh = torch.rand(n, 2, generator=g) * SIZE * 0.3 + 6
+        boxes = torch.cat([xy, xy + wh], 1)
+        t = {"boxes": boxes, "labels": torch.randint(1, 4, (n,), generator=g)}
+        if kind == "mask_rcnn":
+            m = torch.zeros(n, SIZE, SIZE, dtype=torch.uint8)
+            for j, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+                m[j, y0:y1, x0:x1] = 1
+            t["masks"] = m
+        out.append(t)
+    return out
+
+
+@pytest.fixture(scope="module", params=["faster_rcnn", "mask_rcnn"])
+def dyn(request):
+    torch.manual_seed(0)
+    return DynamicTwoStage(request.param, "resnet18", nc=3, sizes=SMALL).eval()
+
+
+def test_every_forward_mode(dyn):
+    x = torch.rand(3, 3, SIZE, SIZE)
+    dyn.train()
+    losses = dyn(x, _targets(dyn.kind))
+    expected = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    if dyn.kind == "mask_rcnn":
+        expected.add("loss_mask")
+    assert set(losses) == {f"L{i}_{k}" for i in (1, 2) for k in expected}
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert dyn.det2.trunk.entry[0][0].weight.grad is not None and dyn.links.proj[0].weight.grad is not None
+    dyn.zero_grad(set_to_none=True)
+    dyn.eval()
+    with torch.no_grad():
+        phi, z = dyn.score(x), dyn.score_logit(x)
+        assert phi.shape == (3,) and torch.allclose(phi, torch.sigmoid(z))
+        assert dyn.router_input(x).shape == (3, sum(dyn.det1.trunk.tap_channels))
+        for dets in (dyn.first(x), dyn.second(x), dyn.route(x, 0.0).preds):
+            assert len(dets) == 3
+            for d in dets:
+                assert d["boxes"].shape[1] == 4 and len(d["boxes"]) == len(d["scores"]) == len(d["labels"]) <= 20
+                assert (d["labels"] >= 1).all() and (d["labels"] <= 3).all()
+                if dyn.kind == "mask_rcnn":
+                    assert d["masks"].shape == (len(d["boxes"]), 1, SIZE, SIZE)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("split", ["all easy", "mixed", "all hard"])
+def test_batched_route_equals_per_image_routing(dyn, split):
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, SIZE, SIZE)
+    with torch.no_grad():
+        z = dyn.score_logit(x)
+        tau = {"all easy": float("inf"), "mixed": float(z.median()), "all hard": float("-inf")}[split]
+        out = dyn.route(x, tau)
+        assert torch.equal(out.hard, z >= tau)
+        for i in range(4):
+            alone = dyn.route(x[i : i + 1], tau)
+            assert bool(alone.hard[0]) == bool(out.hard[i])
+            ref = (dyn.second if out.hard[i] else dyn.first)(x[i : i + 1])[0]
+            assert _same(out.preds[i], alone.preds[0]) and _same(out.preds[i], ref)
+
+
+def test_route_skips_the_route_no_image_takes(dyn, monkeypatch):
+    x = torch.rand(2, 3, SIZE, SIZE)
+
+    def boom(*a, **k):
+        raise AssertionError("trunk 2 ran although every image is easy")
+
+    monkeypatch.setattr(dyn, "pyramid2", boom)
+    with torch.no_grad():
+        assert not dyn.route(x, float("inf")).hard.any()
+
+
+def test_per_image_losses_finite_nonnegative_with_empty_images(dyn):
+    x = torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        pooled, l1, l2 = dyn.router_batch(x, _targets(dyn.kind))
+    assert pooled.shape == (3, sum(dyn.det1.trunk.tap_channels))
+    for losses in (l1, l2):
+        assert losses.shape == (3,) and torch.isfinite(losses).all() and (losses >= 0).all()
+    assert not dyn.det1.rpn.training and not dyn.det1.roi_heads.training  # loss mode is restored
+
+
+def test_per_image_losses_average_to_torchvision_batch_loss():
+    """Every image fills its sample quotas (enough anchors and proposals): mean of per-image = batch loss."""
+    torch.manual_seed(0)
+    det = TwoStageDetector("faster_rcnn", "resnet18", nc=3, sizes=SMALL).eval()
+    x = torch.rand(3, 3, SIZE, SIZE)
+    targets = _targets("faster_rcnn", (2, 3, 1))
+    with torch.no_grad():
+        feats = det.backbone(det.normalize(x))
+        torch.manual_seed(123)
+        per_image = det.per_image_losses(x, feats, targets)
+        det.rpn.train()
+        det.roi_heads.train()
+        torch.manual_seed(123)  # the same random samples, drawn in the same order
+        _, batch = det.heads(x, feats, targets)
+    assert per_image.mean().item() == pytest.approx(float(sum(batch.values())), rel=1e-5)
+
+
+def test_links_feed_trunk2_and_zero_links_give_the_plain_trunk():
+    torch.manual_seed(0)
+    dyn = DynamicTwoStage("faster_rcnn", "resnet18", nc=3, sizes=SMALL).eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        t1 = dyn.taps1(x)
+        linked = dyn.det2.trunk(dyn.det2.normalize(x), inject=dyn.links(t1))
+        plain = dyn.det2.trunk(dyn.det2.normalize(x))
+        assert not torch.allclose(linked[-1], plain[-1])
+        for conv in dyn.links.proj:
+            conv.weight.zero_()
+            conv.bias.zero_()
+        zeroed = dyn.det2.trunk(dyn.det2.normalize(x), inject=dyn.links(t1))
+    assert all(torch.allclose(a, b) for a, b in zip(zeroed, plain, strict=True))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "swin_t"])
+def test_trunks_give_four_levels_at_strides_4_to_32(name):
+    trunk = Trunk(name).eval()
+    with torch.no_grad():
+        feats = trunk(torch.rand(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
+    assert [f.shape[1] for f in feats] == trunk.tap_channels
+    assert AdaptiveRouter.pool(feats).shape == (1, sum(trunk.tap_channels))
+
+
+def test_unknown_backbone_is_an_error():
+    with pytest.raises(ValueError, match="unknown two-stage backbone 'resnet7'"):
+        Trunk("resnet7")
+
+
+def test_targets_from_an_ultralytics_batch():
+    batch = {
+        "img": torch.zeros(2, 3, 40, 80),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.0, 0.1]]),  # 2nd: zero width
+        "cls": torch.tensor([[2.0], [0.0]]),
+        "batch_idx": torch.tensor([1.0, 1.0]),
+        "masks": torch.ones(2, 40, 80),
+    }
+    t = targets_from_batch(batch, with_masks=True)
+    assert len(t[0]["boxes"]) == 0 and t[0]["masks"].shape == (0, 40, 80)
+    assert torch.allclose(t[1]["boxes"][0], torch.tensor([20.0, 10.0, 60.0, 30.0]))
+    assert t[1]["boxes"][1, 2] - t[1]["boxes"][1, 0] == pytest.approx(1.0)  # widened to 1 px
+    assert t[1]["labels"].tolist() == [3, 1] and t[1]["masks"].dtype == torch.uint8
+
+
+def test_predicted_masks_are_unletterboxed_and_scored_by_pycocotools(tmp_path):
+    """Ground-truth masks drawn in the letterboxed frame come back at the original size.
+
+    Image 80x60 letterboxed to 64x64: gain 0.8, 8 px of padding above and below. Rectangles
+    on multiples of 5 px map to whole letterboxed pixels; resizing back blurs one pixel row,
+    so IoU stays above 0.9: AP50 = 1 exactly, AP (IoU 0.5:0.95) close to 1.
+    """
+    from test_evaluate import write_gt
+
+    h, w = 60, 80
+    rects = [(5, 5, 30, 25), (40, 20, 70, 55)]
+    anns = []
+    for x0, y0, x1, y1 in rects:
+        m = np.zeros((h, w), np.uint8)
+        m[y0:y1, x0:x1] = 1
+        rle = mask_utils.encode(np.asfortranarray(m))
+        anns.append(
+            {
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                "area": float(mask_utils.area(rle)),
+                "bbox": mask_utils.toBbox(rle).tolist(),
+            }
+        )
+    gt = write_gt(tmp_path, {1: (w, h)}, anns, name="masks.json")
+    lb_masks = torch.zeros(2, 1, 64, 64)
+    lb_boxes = []
+    for j, (x0, y0, x1, y1) in enumerate(rects):
+        a, b, c, d = (round(v * 0.8) for v in (x0, y0, x1, y1))
+        lb_masks[j, 0, b + 8 : d + 8, a:c] = 1
+        lb_boxes.append([a, b + 8, c, d + 8])
+    det = {
+        "boxes": torch.tensor(lb_boxes, dtype=torch.float32),
+        "scores": torch.tensor([0.9, 0.8]),
+        "labels": torch.tensor([1, 1]),
+        "masks": lb_masks,
+    }
+    batch = {
+        "img": torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
+        "im_file": ["a.jpg"],
+        "ori_shape": [(h, w)],
+        "ratio_pad": [((0.8, 0.8), (0.0, 8.0))],
+    }
+    rles: dict = {}
+    dets, _ = predict(lambda x: [det], [batch], {"a.jpg": 1}, masks_out=rles, progress=False)
+    assert np.allclose(dets[1][:, :4], [[5, 5, 30, 25], [40, 20, 70, 55]], atol=1e-4)
+    m = coco_evaluate(gt, segms_to_coco(dets, rles, class_to_cat=[1]), iou_type="segm")
+    assert m["AP50"] == pytest.approx(1.0) and m["AP"] > 0.9
