@@ -68,7 +68,8 @@ def _cmd_speed(args) -> int:
 def _cmd_reproduce(args) -> int:
     from .pipeline import reproduce
 
-    reproduce(args.config, run_notebooks=not args.no_notebooks)
+    only = [n.strip() for n in args.notebooks.split(",") if n.strip()] or None
+    reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only)
     return 0
 
 
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reproduce", help="the whole pipeline, then every notebook into results/<config>/")
     r.add_argument("--config", default="quick")
     r.add_argument("--no-notebooks", action="store_true")
+    r.add_argument(
+        "--notebooks", default="", help="run only these notebooks (comma-separated stems, e.g. 08_two_stage)"
+    )
     r.set_defaults(fn=_cmd_reproduce)
     args = p.parse_args(argv)
     try:

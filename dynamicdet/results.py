@@ -67,14 +67,20 @@ def git_sha() -> str:
 
 
 def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None) -> Path:
-    """Merge a record into ``results/<config>/provenance.json`` (git SHA, config, env, times)."""
+    """Merge a record into ``results/<config>/provenance.json`` (git SHA, config, env, times).
+
+    The SHAs of earlier runs merged into the same file are kept in ``git_sha_history``.
+    """
     from .speed import environment
 
     path = out_dir(config) / "provenance.json"
     record = json.loads(path.read_text()) if path.exists() else {}
+    sha = git_sha()
+    if record.get("git_sha") not in (None, sha):  # results of earlier commits stay attributable
+        record["git_sha_history"] = [*record.get("git_sha_history", []), record["git_sha"]]
     record.update(
         {
-            "git_sha": git_sha(),
+            "git_sha": sha,
             "config": cfg_dict,
             "environment": environment(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

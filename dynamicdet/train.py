@@ -618,6 +618,8 @@ def train_step2(cfg: Config, progress: bool = True) -> Path:
     (image id, phi, logit, L1, L2; thresholds are chosen on the logit, see ``route``).
     Returns the step-2 checkpoint path (reused if it exists).
     """
+    if is_two_stage(cfg) and not cfg.model.dual:
+        raise ValueError(f"{cfg.source or cfg.name}: step 2 trains a router; this config has model.dual = false")
     out = router_dir(cfg)
     final = out / "step2.pt"
     if final.exists():

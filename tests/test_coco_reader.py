@@ -357,3 +357,49 @@ def test_exif_rotated_images_are_counted_and_warned(tmp_path):
     with pytest.warns(DatasetWarning, match=r"1 image\(s\) carry an EXIF rotation"):
         split = load_coco(js, images)
     assert split.report.images_exif_rotated == 1
+
+
+# ----------------------------------------------------------------------------- polygon labels (Mask R-CNN)
+def test_segment_line_polygon_multipart_and_fallback():
+    poly = [[10, 10, 30, 10, 30, 20, 10, 20]]
+    assert (
+        coco.segment_line(2, [10, 10, 20, 10], poly, 40, 20)
+        == "2 0.250000 0.500000 0.750000 0.500000 0.750000 1.000000 0.250000 1.000000"
+    )
+    # no polygon (missing, or RLE): the box as a rectangle
+    rect = coco.segment_line(0, [4, 2, 8, 6], None, 16, 16)
+    assert rect == coco.segment_line(0, [4, 2, 8, 6], {"counts": "x", "size": [16, 16]}, 16, 16)
+    assert rect == "0 0.250000 0.125000 0.750000 0.125000 0.750000 0.500000 0.250000 0.500000"
+    # two parts are joined into one outline that visits every vertex of both
+    two = coco.segment_line(1, [0, 0, 40, 10], [[0, 0, 10, 0, 10, 10], [30, 0, 40, 0, 40, 10]], 40, 10)
+    xy = np.array(two.split()[1:], dtype=float).reshape(-1, 2) * [40, 10]
+    for v in [(0, 0), (10, 0), (10, 10), (30, 0), (40, 0), (40, 10)]:
+        assert (np.abs(xy - v).sum(1) < 1e-4).any(), v
+
+
+def test_polygon_layout_gives_instance_masks(smoke_cfg):
+    """A mask_rcnn config gets <dataset>/segments/ with polygon labels, and batches carry one mask per box."""
+    import copy
+
+    import torch
+
+    from dynamicdet.data.loaders import build_dataset, make_loader
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg.model.kind = "mask_rcnn"
+    info = prepare_dataset(cfg)
+    assert info.root.name == "segments" and info.data["dd_segments"] is True
+    label = next((info.root / "labels" / "val").glob("*.txt")).read_text().splitlines()
+    assert all(len(line.split()) >= 7 for line in label)  # class + at least 3 points
+    batch = next(iter(make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), 4, False, 0)))
+    n = len(batch["cls"])
+    assert batch["masks"].shape == (n, cfg.data.img_size, cfg.data.img_size)
+    # each mask lies inside its box (letterboxed pixels), give or take the rasterisation
+    size = cfg.data.img_size
+    for m, box in zip(batch["masks"], batch["bboxes"], strict=True):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if len(xs):
+            cx, cy, w, h = (box * size).tolist()
+            assert xs.min() >= cx - w / 2 - 2 and xs.max() <= cx + w / 2 + 2
+            assert ys.min() >= cy - h / 2 - 2 and ys.max() <= cy + h / 2 + 2
+    assert prepare_dataset(smoke_cfg).root.name != "segments"  # the box layout is untouched

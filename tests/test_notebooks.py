@@ -25,7 +25,7 @@ NOTEBOOKS = notebook_paths()
 
 def test_there_are_notebooks_in_paper_order():
     names = [p.stem for p in NOTEBOOKS]
-    assert names[:8] == [
+    assert names == [
         "00_dataset",
         "01_architecture",
         "02_joint_training",
@@ -34,6 +34,7 @@ def test_there_are_notebooks_in_paper_order():
         "05_variable_speed",
         "06_tradeoffs",
         "07_easy_hard",
+        "08_two_stage",
     ]
 
 
@@ -105,6 +106,9 @@ def test_notebooks_run_and_write_only_results(executed):
         "static_models.csv",
         "easy_hard.png",
         "difficulty_correlation.csv",
+        "two_stage_faster_rcnn.csv",
+        "two_stage_mask_rcnn.csv",
+        "two_stage.png",
     ):
         assert name in produced, f"missing {name}"
 

@@ -219,3 +219,27 @@ def test_predicted_masks_are_unletterboxed_and_scored_by_pycocotools(tmp_path):
     assert np.allclose(dets[1][:, :4], [[5, 5, 30, 25], [40, 20, 70, 55]], atol=1e-4)
     m = coco_evaluate(gt, segms_to_coco(dets, rles, class_to_cat=[1]), iou_type="segm")
     assert m["AP50"] == pytest.approx(1.0) and m["AP"] > 0.9
+
+
+def test_two_stage_configs_run_through_the_same_training_entry_points():
+    """model.kind switches step 1, the step-2 cache and router training to the two-stage model."""
+    import pandas as pd
+
+    from dynamicdet.config import load_config
+    from dynamicdet.data.synthetic import generate_from_config
+    from dynamicdet.generality import static_config
+    from dynamicdet.train import build_model, cache_path, load_cache, load_model, router_dir, train_step2
+
+    cfg = load_config("smoke_faster_rcnn")
+    generate_from_config(cfg, progress=False)
+    train_step2(cfg, progress=False)
+    scores = pd.read_csv(router_dir(cfg) / "val_scores.csv")
+    assert len(scores) == cfg.data.n_val and scores[["L1", "L2"]].ge(0).all().all()
+    cache = load_cache(cache_path(cfg))
+    model = load_model(cfg)
+    assert isinstance(model, DynamicTwoStage)
+    assert cache["pooled"].shape == (cfg.router.views * cfg.data.n_train, sum(model.det1.trunk.tap_channels))
+    static = build_model(static_config(cfg, "resnet34"), nc=model.nc)
+    assert isinstance(static, TwoStageDetector) and static.trunk.name == "resnet34"
+    with pytest.raises(ValueError, match="dual = false"):
+        train_step2(static_config(cfg, "resnet18"), progress=False)

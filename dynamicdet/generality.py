@@ -1,0 +1,203 @@
+"""Generality for two-stage detectors (the paper's Table 4, notebook ``08_two_stage``).
+
+For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml`` and
+``configs/X_mask_rcnn.yaml``. For each, :func:`two_stage_table` trains (or reuses):
+
+- the dynamic model (step 1 + step 2, the same entry points as the YOLO model);
+- static single-detector models on each backbone of ``eval.static_backbones`` (the
+  dynamic model's own backbone and its deeper sibling), trained by the same step-1 loop;
+
+and evaluates every row on the val set with pycocotools (boxes, and masks for Mask
+R-CNN): the Dy rows run ``route()`` for real at the threshold that sends a fraction k
+of the val images to detector 2. GFLOPs are counted (``torch.utils.flop_counter``) and
+latencies timed at batch 1 on the same val images, all rows in alternation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import routing
+from .checkpoint import load_into
+from .config import Config, load_config
+from .data.coco import prepare_dataset
+from .data.loaders import build_dataset, make_loader
+from .evaluate import coco_evaluate, detections_to_coco, segms_to_coco
+from .predict import predict
+from .speed import environment, prepare_for_timing, time_interleaved
+from .train import build_model, resolve_device, router_dir, run_dir, train_step1
+
+KINDS = ("faster_rcnn", "mask_rcnn")
+
+
+def two_stage_config(base: str, kind: str) -> Config:
+    """The two-stage config that goes with base config ``base`` (``configs/<base>_<kind>.yaml``)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown two-stage kind {kind!r}; choose from {KINDS}")
+    return load_config(f"{base}_{kind}")
+
+
+def static_config(cfg: Config, backbone: str) -> Config:
+    """A static single-detector config on ``backbone``: same data and schedule as ``cfg``."""
+    s = copy.deepcopy(cfg)
+    s.model.dual = False
+    s.model.backbone = backbone
+    s.train.epochs = cfg.eval.static_epochs or cfg.train.epochs
+    s.train.close_mosaic = min(s.train.close_mosaic, s.train.epochs)
+    return s
+
+
+def _evaluate(fn, cfg: Config, info, device, desc: str, progress: bool) -> tuple[dict, dict]:
+    """Box (and mask) AP of ``fn`` on val, and the route each image took."""
+    e = cfg.eval
+    loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), e.batch, False, 0)
+    rles = {} if cfg.model.kind == "mask_rcnn" else None
+    dets, hard = predict(
+        fn, loader, info.file_to_image_id["val"], device, e.conf, e.iou, e.max_det, desc, progress, masks_out=rles
+    )
+    gt = info.gt_json["val"]
+    out = coco_evaluate(gt, detections_to_coco(dets, info.class_to_cat))
+    if rles is not None:
+        m = coco_evaluate(gt, segms_to_coco(dets, rles, info.class_to_cat), iou_type="segm")
+        out.update({f"mask_{k}": v for k, v in m.items()})
+    return out, hard
+
+
+def _val_images(cfg: Config, info, device, n: int) -> list[torch.Tensor]:
+    """The first ``n`` val images, one (1, 3, H, W) tensor each."""
+    loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), 1, False, 0)
+    imgs = []
+    for b in loader:
+        imgs.append(b["img"].to(device).float() / 255)
+        if len(imgs) >= n:
+            break
+    return imgs
+
+
+def _gflops(fn, imgs: list[torch.Tensor]) -> float:
+    """Mean GFLOPs per image of ``fn`` over ``imgs`` (convs, matmuls; not RoIAlign/NMS)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = 0.0
+    with torch.inference_mode():
+        for x in imgs:
+            with FlopCounterMode(display=False) as counter:
+                fn(x)
+            total += counter.get_total_flops()
+    return total / len(imgs) / 1e9
+
+
+def _train_minutes(cfg: Config, step2: bool = False) -> float:
+    """Training wall time of a run: step-1 epochs (validation excluded), + router fit for step 2."""
+    minutes = pd.read_csv(run_dir(cfg) / "step1_metrics.csv")["time_s"].sum() / 60
+    if step2:  # the cache passes are not timed separately; the router fit is
+        minutes += pd.read_csv(router_dir(cfg) / "router_metrics.csv")["wall_s"].iloc[-1] / 60
+    return float(minutes)
+
+
+def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame:
+    """The generality table for one two-stage kind (cached as ``two_stage_table.csv``).
+
+    Args:
+        base: base config name (``smoke``, ``quick``, ``standard``...).
+        kind: ``faster_rcnn`` or ``mask_rcnn``.
+
+    Returns:
+        One row per model: static models on each ``eval.static_backbones``, then
+        ``Dy /k`` for each ``eval.fractions``; columns AP, AP50, AP75, APs, APm, APl
+        (+ ``mask_*`` for Mask R-CNN), k_measured, GFLOPs, latency_ms_b1, params_M,
+        train_min (training wall time; the dynamic rows share one model).
+    """
+    from .experiments import trained
+
+    cfg = two_stage_config(base, kind)
+    tr = trained(cfg, progress=progress)
+    path = router_dir(cfg) / "two_stage_table.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    device = resolve_device(cfg.device)
+    info = prepare_dataset(cfg)
+    rows, fns = [], {}
+    for backbone in cfg.eval.static_backbones:
+        scfg = static_config(cfg, backbone)
+        ckpt = train_step1(scfg, progress=progress)
+        model = build_model(scfg, nc=len(info.names))
+        load_into(model, ckpt)
+        model.to(device).eval()
+        name = f"static {backbone}"
+        m, _ = _evaluate(model.first, scfg, info, device, f"val {name}", progress)
+        rows.append({"model": name, "backbone": backbone, "k": np.nan, "k_measured": np.nan, **m})
+        rows[-1]["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
+        rows[-1]["run"] = run_dir(scfg).name
+        rows[-1]["train_min"] = _train_minutes(scfg)
+        fns[name] = prepare_for_timing(model, device).first
+    z = tr.val_scores["logit"].to_numpy()
+    dyn = prepare_for_timing(tr.model, device)
+    n_params = sum(p.numel() for p in tr.model.parameters()) / 1e6
+    for k in tqdm(cfg.eval.fractions, desc="Dy rows", disable=not progress):
+        tau = routing.threshold_for_fraction(z, k)
+        name = f"Dy /{round(100 * k)}"
+        m, hard = _evaluate(lambda x, tau=tau: tr.model.route(x, tau), cfg, info, device, f"val {name}", progress)
+        rows.append(
+            {
+                "model": name,
+                "backbone": f"2x {cfg.model.backbone}",
+                "k": k,
+                "k_measured": float(np.mean(list(hard.values()))),
+                **m,
+                "params_M": n_params,
+                "run": router_dir(cfg).relative_to(run_dir(cfg).parent).as_posix(),
+                "train_min": _train_minutes(cfg, step2=True),
+            }
+        )
+        fns[name] = lambda x, tau=tau: dyn.route(x, tau)
+    # cost on the same real val images: FLOPs counted per image, latency timed in alternation
+    imgs = _val_images(cfg, info, device, cfg.eval.timing_images)
+    e = cfg.eval
+    lat = {name: 0.0 for name in fns}
+    for x in tqdm(imgs, desc="latency", disable=not progress):
+        res = time_interleaved(
+            {n: (lambda f=f, x=x: f(x)) for n, f in fns.items()}, device, e.latency_warmup, e.latency_repeats
+        )
+        for n in fns:
+            lat[n] += res[n]["median_ms"] / len(imgs)
+    for row in rows:
+        row["GFLOPs"] = _gflops(fns[row["model"]], imgs)
+        row["latency_ms_b1"] = lat[row["model"]]
+    table = pd.DataFrame(rows)
+    table.attrs["env"] = environment()
+    save_atomic_csv(table, path)
+    return table
+
+
+def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
+    """Add the two-stage configs and their training minutes to ``results/<base>/provenance.json``."""
+    from .results import provenance
+
+    extra = {}
+    for kind, df in tables.items():
+        cfg = two_stage_config(base, kind)
+        dyn = df[df["model"].str.startswith("Dy")]
+        extra[kind] = {
+            "config": cfg.to_dict(),
+            "train_min": {
+                "dynamic": float(dyn["train_min"].iloc[0]),
+                **dict(zip(df["model"][df["k"].isna()], df["train_min"][df["k"].isna()], strict=True)),
+            },
+        }
+    provenance(base, load_config(base).to_dict(), {"two_stage": extra})
+
+
+def save_atomic_csv(df: pd.DataFrame, path) -> None:
+    """Write a CSV through a temporary file (an interrupted run leaves no half table)."""
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+__all__ = ["KINDS", "record_provenance", "static_config", "two_stage_config", "two_stage_table"]

@@ -1,0 +1,26 @@
+"""``make reproduce``'s pipeline: every stage at smoke, reuse of finished stages, provenance."""
+
+from __future__ import annotations
+
+import json
+
+from dynamicdet import paths
+from dynamicdet.pipeline import reproduce
+
+
+def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
+    reproduce("smoke", run_notebooks=False, progress=False)
+    prov_path = paths.results_dir("smoke") / "provenance.json"
+    first = json.loads(prov_path.read_text())
+    stages = ["train (step 1 + step 2)", "evaluation (trade-off)", "static baselines"]
+    stages += ["two-stage faster_rcnn", "two-stage mask_rcnn"]
+    # every stage is now on disk; whether this run or an earlier test computed it, it is recorded once
+    recorded = set(first["stage_wall_s"]) | set(first["cached_stages"])
+    assert set(stages) <= recorded
+    reproduce("smoke", run_notebooks=False, progress=False)
+    second = json.loads(prov_path.read_text())
+    assert second["cached_stages"] == stages  # nothing recomputed
+    for name, seconds in first["stage_wall_s"].items():
+        if name != "data":  # the data check always runs
+            assert second["stage_wall_s"][name] == seconds  # the computing run's time survives
+    assert "last_partial_run_wall_s" in second and second["git_sha"]
