@@ -276,7 +276,7 @@ class DynamicTwoStage(nn.Module):
 
     def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = HeadSizes()):
         super().__init__()
-        self.kind, self.nc = kind, nc
+        self.kind, self.nc, self.ch = kind, nc, 3
         self.det1 = TwoStageDetector(kind, backbone, nc, sizes)
         self.det2 = TwoStageDetector(kind, backbone, nc, sizes)
         self.links = CompositeLinks(self.det1.trunk.tap_channels, self.det2.trunk.inject_channels)

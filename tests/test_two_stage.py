@@ -243,3 +243,11 @@ def test_two_stage_configs_run_through_the_same_training_entry_points():
     assert isinstance(static, TwoStageDetector) and static.trunk.name == "resnet34"
     with pytest.raises(ValueError, match="dual = false"):
         train_step2(static_config(cfg, "resnet18"), progress=False)
+
+
+def test_latency_harness_times_the_two_stage_routes():
+    from dynamicdet.speed import route_latencies
+
+    torch.manual_seed(0)
+    r = route_latencies(DynamicTwoStage("faster_rcnn", "resnet18", nc=3, sizes=SMALL), SIZE, warmup=1, repeats=3)
+    assert r["hard"] > r["easy"] > 0 and r["router"] > 0 and r["batch"] == 1
