@@ -179,12 +179,8 @@ def _rect_mask(h, w, x0, y0, x1, y1):
     return m
 
 
-@pytest.fixture
-def mask_gt(tmp_path):
-    """Two instances in one 60x80 image: a rectangle and an L shape, as RLE ground truth."""
-    h, w = 60, 80
-    masks = [_rect_mask(h, w, 5, 5, 30, 25), _rect_mask(h, w, 40, 20, 70, 55)]
-    masks[1][20:40, 40:60] = 0  # an L shape (650 px in a 30x35 box): box and mask differ
+def mask_annotations(masks) -> list[dict]:
+    """Binary (H, W) masks of image 1 -> COCO ground-truth annotations (RLE, area, box), category 1."""
     anns = []
     for m in masks:
         rle = mask_utils.encode(np.asfortranarray(m))
@@ -197,7 +193,16 @@ def mask_gt(tmp_path):
                 "bbox": mask_utils.toBbox(rle).tolist(),
             }
         )
-    return write_gt(tmp_path, {1: (w, h)}, anns, name="masks.json"), np.stack(masks)
+    return anns
+
+
+@pytest.fixture
+def mask_gt(tmp_path):
+    """Two instances in one 60x80 image: a rectangle and an L shape, as RLE ground truth."""
+    h, w = 60, 80
+    masks = [_rect_mask(h, w, 5, 5, 30, 25), _rect_mask(h, w, 40, 20, 70, 55)]
+    masks[1][20:40, 40:60] = 0  # an L shape (650 px in a 30x35 box): box and mask differ
+    return write_gt(tmp_path, {1: (w, h)}, mask_annotations(masks), name="masks.json"), np.stack(masks)
 
 
 def test_segm_perfect_masks_give_ap_1(mask_gt):

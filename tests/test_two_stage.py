@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 from dynamicdet.evaluate import coco_evaluate, segms_to_coco
 from dynamicdet.model import AdaptiveRouter
@@ -177,25 +176,12 @@ def test_predicted_masks_are_unletterboxed_and_scored_by_pycocotools(tmp_path):
     on multiples of 5 px map to whole letterboxed pixels; resizing back blurs one pixel row,
     so IoU stays above 0.9: AP50 = 1 exactly, AP (IoU 0.5:0.95) close to 1.
     """
-    from test_evaluate import write_gt
+    from test_evaluate import _rect_mask, mask_annotations, write_gt
 
     h, w = 60, 80
     rects = [(5, 5, 30, 25), (40, 20, 70, 55)]
-    anns = []
-    for x0, y0, x1, y1 in rects:
-        m = np.zeros((h, w), np.uint8)
-        m[y0:y1, x0:x1] = 1
-        rle = mask_utils.encode(np.asfortranarray(m))
-        anns.append(
-            {
-                "image_id": 1,
-                "category_id": 1,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                "area": float(mask_utils.area(rle)),
-                "bbox": mask_utils.toBbox(rle).tolist(),
-            }
-        )
-    gt = write_gt(tmp_path, {1: (w, h)}, anns, name="masks.json")
+    masks = [_rect_mask(h, w, *r) for r in rects]
+    gt = write_gt(tmp_path, {1: (w, h)}, mask_annotations(masks), name="masks.json")
     lb_masks = torch.zeros(2, 1, 64, 64)
     lb_boxes = []
     for j, (x0, y0, x1, y1) in enumerate(rects):
