@@ -4,6 +4,7 @@ Each stage stores its output in the run folder (keyed by config), so re-running 
 notebook does not retrain or re-measure. Stages:
 
 - :func:`route_detections`: val detections of both routes (for the baselines).
+- :func:`routed_evaluator`: AP of any per-image routing of those detections, cheaply.
 - :func:`latencies`: route latencies at batch 1 and ``eval.batch``.
 - :func:`static_baselines`: plain ultralytics models trained by ultralytics' own trainer.
 - :func:`tradeoff`: the /0 /10 /50 /90 /100 table, the dense sweep and every baseline.
@@ -96,6 +97,18 @@ def route_detections(t: Trained, progress: bool = True) -> tuple[dict, dict]:
     return dets1, dets2
 
 
+def routed_evaluator(t: Trained, dets1: dict | None = None, dets2: dict | None = None) -> RoutedEvaluator:
+    """COCO AP of any per-image choice between the two detectors' val detections.
+
+    ``evaluator.evaluate({image_id: hard})`` costs one ``accumulate()``; equal to
+    evaluating the composed detections (see :class:`RoutedEvaluator`).
+    """
+    if dets1 is None or dets2 is None:
+        dets1, dets2 = route_detections(t, progress=False)
+    c2c = t.info.class_to_cat
+    return RoutedEvaluator(t.info.gt_json["val"], detections_to_coco(dets1, c2c), detections_to_coco(dets2, c2c))
+
+
 def latencies(t: Trained, refresh: bool = False) -> dict:
     """Route latencies (ms) at batch 1 and ``eval.batch``, with the environment (cached)."""
     path = t.folder / "latency.json"
@@ -143,8 +156,14 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
 
     Returns:
         ``{"table": /0 /10 /50 /90 /100 rows of the learned router (route() for real),
-        "sweep": dense sweep of all routers (AP vs k, latency), "baselines": per k and
-        router: AP and capture ratio}``. Also written as CSV in the step-2 folder.
+        "sweep": dense sweep of all routers (AP vs k, latency, capture ratio), "ap1",
+        "ap2", "latency", "gflops"}``. Also written as CSV in the step-2 folder.
+
+    The learned router's sweep points at ``eval.fractions`` run ``route()`` and evaluate
+    its detections in full; the points between them, like every baseline, pool the two
+    detectors' per-image matches by the routing decision (:class:`RoutedEvaluator`,
+    equal to a full evaluation of the composed detections; the column ``measured_by``
+    says which). That keeps a dense sweep at one ``accumulate()`` per point.
     """
     cfg, e = t.cfg, t.cfg.eval
     path = t.folder / ("tradeoff.pt" if measure_latency else "tradeoff-no-latency.pt")
@@ -169,11 +188,7 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     loss_gain = (scores["L1"] - scores["L2"]).to_numpy()
     conf_unc = routing.confidence_escalation_score(dets1, ids)
 
-    routed = RoutedEvaluator(
-        t.info.gt_json["val"],
-        detections_to_coco(dets1, t.info.class_to_cat),
-        detections_to_coco(dets2, t.info.class_to_cat),
-    )
+    routed = routed_evaluator(t, dets1, dets2)
 
     def ap_of(mask: np.ndarray) -> dict:
         return routed.evaluate(dict(zip(ids, mask, strict=True)))
@@ -182,14 +197,19 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     rows, table = [], []
     for k in tqdm(fractions, desc="trade-off sweep", disable=not progress):
         tau = routing.threshold_for_fraction(z, k)
-        dets, hard = _predict(t, lambda x, tau=tau: t.model.route(x, tau), f"route k={k:.2f}", False)
-        m = evaluate_dets(t, dets)
-        k_meas = float(np.mean([hard[i] for i in ids]))
+        if k in e.fractions:  # the table's rows: route() for real, its detections evaluated in full
+            dets, hard = _predict(t, lambda x, tau=tau: t.model.route(x, tau), f"route k={k:.2f}", False)
+            m = evaluate_dets(t, dets)
+            k_meas = float(np.mean([hard[i] for i in ids]))
+        else:  # between them: the router's decisions (z >= tau, as in route()) splice the two detectors' matches
+            mask = z >= tau
+            m, k_meas = ap_of(mask), float(mask.mean())
         row = {
             "router": "learned",
             "k": k,
             "k_measured": k_meas,
             "tau": tau,
+            "measured_by": "route()" if k in e.fractions else "spliced",
             **m,
             "GFLOPs": dynamic_gflops(g_easy, g_hard, k_meas),
             "latency_ms": lat1["easy"] + k_meas * (lat1["hard"] - lat1["easy"]),

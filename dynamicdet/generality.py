@@ -125,7 +125,7 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     rows, fns = [], {}
     for backbone in cfg.eval.static_backbones:
         scfg = static_config(cfg, backbone)
-        ckpt = train_step1(scfg, progress=progress)
+        ckpt = train_step1(scfg, progress=progress, validate=False)  # evaluated below, once
         model = build_model(scfg, nc=len(info.names))
         load_into(model, ckpt)
         model.to(device).eval()

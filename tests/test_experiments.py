@@ -51,6 +51,24 @@ def test_tradeoff_table_rows_and_fractions(trained_smoke, smoke_cfg):
     assert table["GFLOPs"].iloc[0] == pytest.approx(g["easy"]) and table["GFLOPs"].iloc[-1] == pytest.approx(g["hard"])
 
 
+def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
+    """The sweep's spliced points use the decisions and the matches route() would produce."""
+    from dynamicdet.experiments import routed_evaluator, tradeoff
+
+    t = trained_smoke
+    sweep = tradeoff(t, progress=False, measure_latency=False)["sweep"]
+    learned = sweep[sweep["router"] == "learned"]
+    assert set(learned.loc[learned["measured_by"] == "route()", "k"]) == set(smoke_cfg.eval.fractions)
+    assert (learned["measured_by"] == "spliced").sum() == len(learned) - len(smoke_cfg.eval.fractions) > 0
+    routed = routed_evaluator(t)
+    ids, z = t.val_scores["image_id"].tolist(), t.val_scores["logit"].to_numpy()
+    for _, row in learned[learned["measured_by"] == "route()"].iterrows():
+        mask = z >= row["tau"]
+        assert mask.mean() == pytest.approx(row["k_measured"])  # route() took the decisions z >= tau
+        # route() on a sub-batch vs each detector on the full batch: same matches up to conv round-off
+        assert routed.evaluate(dict(zip(ids, mask, strict=True)))["AP"] == pytest.approx(row["AP"], abs=2e-3)
+
+
 def _gt(tmp_path, n_images=10):
     images, anns = [], []
     for i in range(1, n_images + 1):
