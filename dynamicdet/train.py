@@ -108,12 +108,30 @@ def _write_config(cfg: Config, folder: Path) -> None:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    """Append one row to a CSV log; missing columns stay empty.
+
+    Rows may carry columns the file has not seen yet (validation metrics every
+    ``val_every`` epochs): then the file is rewritten, atomically, with the union.
+    """
+    header = []
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+    if header and set(row) <= set(header):
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=header).writerow(row)
+        return
+    old_rows = []
+    if header:
+        with path.open(newline="") as f:
+            old_rows = list(csv.DictReader(f))
+    fields = header + [k for k in row if k not in header]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows([*old_rows, row])
+    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:

@@ -155,6 +155,23 @@ def test_resume_after_kill_matches_uninterrupted_run(smoke_cfg, tmp_path):
     assert list(metrics["epoch"]) == list(range(1, cfg.train.epochs + 1))
 
 
+def test_validation_every_n_epochs_keeps_the_metrics_csv_readable(smoke_cfg, tmp_path):
+    """Epochs without validation log no AP columns; a later validated epoch adds them."""
+    from dynamicdet.train import train_step1
+
+    cfg_path = _cfg_file(tmp_path, epochs=3)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["train"]["val_every"] = 2
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(cfg_path)
+    train_step1(cfg, progress=False)
+    metrics = pd.read_csv(run_dir(cfg) / "step1_metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2, 3]
+    validated = metrics["det1_AP"].notna().tolist()
+    assert validated == [False, True, True]  # every 2nd epoch, and the last
+    assert metrics.loc[[1, 2], "det2_AP"].between(0, 1).all() and metrics["time_s"].notna().all()
+
+
 # ---------------------------------------------------------------------- DDP with 2 gloo processes
 def test_ddp_two_gloo_ranks_hold_identical_weights(smoke_cfg, tmp_path):
     cfg_path = _cfg_file(tmp_path, epochs=1)
