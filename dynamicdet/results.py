@@ -56,7 +56,8 @@ def git_sha() -> str:
             ["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # +dirty means the code differs from HEAD; regenerated results do not count
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=paths.REPO_ROOT,
             capture_output=True,
             text=True,

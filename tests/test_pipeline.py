@@ -24,3 +24,26 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
         if name != "data":  # the data check always runs
             assert second["stage_wall_s"][name] == seconds  # the computing run's time survives
     assert "last_partial_run_wall_s" in second and second["git_sha"]
+
+
+def test_git_sha_is_dirty_for_code_changes_not_for_regenerated_results(tmp_path, monkeypatch):
+    import subprocess
+
+    from dynamicdet import results
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "table.csv").write_text("AP\n0.1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    clean = results.git_sha()
+    assert len(clean) == 40
+    (tmp_path / "results" / "table.csv").write_text("AP\n0.2\n")  # a re-run rewrote a committed result
+    assert results.git_sha() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_sha() == clean + "+dirty"
