@@ -106,11 +106,8 @@ def masks_to_coco(
     m = _to_numpy(masks)
     if m.ndim != 3:
         raise ValueError(f"image {image_id}: masks must be (n, H, W), got {m.shape}")
-    scores, classes = _to_numpy(scores).reshape(-1), _to_numpy(classes).reshape(-1).astype(np.int64)
-    if not len(m) == len(scores) == len(classes):
-        raise ValueError(f"image {image_id}: {len(m)} masks, {len(scores)} scores, {len(classes)} classes")
     rles = mask_utils.encode(np.asfortranarray((m > 0.5).transpose(1, 2, 0).astype(np.uint8))) if len(m) else []
-    return rles_to_coco(rles, scores, classes, image_id, class_to_cat)
+    return rles_to_coco(rles, scores, classes, image_id, class_to_cat)  # checks the lengths
 
 
 def rles_to_coco(

@@ -27,12 +27,11 @@ from .checkpoint import save_atomic
 from .config import Config
 from .cost import dynamic_gflops, route_gflops
 from .data.coco import prepare_dataset
-from .data.loaders import build_dataset, make_loader
 from .evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco, per_image_ap
 from .offline import same_threads
 from .predict import predict
 from .speed import environment, plain_latency, route_latencies
-from .train import load_model, resolve_device, router_dir, run_dir, train_step2
+from .train import load_model, resolve_device, router_dir, run_dir, train_step2, val_loader
 
 
 @dataclass
@@ -60,16 +59,11 @@ def trained(cfg: Config, progress: bool = True) -> Trained:
     return Trained(cfg, info, model, device, scores)
 
 
-def val_loader(t: Trained):
-    ds = build_dataset(t.info.data, "val", t.cfg.data.img_size, augment=False)
-    return make_loader(ds, t.cfg.eval.batch, False, 0)
-
-
 def _predict(t: Trained, fn, desc: str, progress: bool):
     e = t.cfg.eval
     return predict(
         fn,
-        val_loader(t),
+        val_loader(t.cfg, t.info),
         t.info.file_to_image_id["val"],
         t.device,
         e.conf,
@@ -129,8 +123,7 @@ def timed_route(t: Trained, tau: float, batch: int, n_batches: int = 3) -> float
     from .speed import prepare_for_timing, time_fn
 
     m = prepare_for_timing(t.model, t.device)
-    ds = build_dataset(t.info.data, "val", t.cfg.data.img_size, augment=False)
-    loader = make_loader(ds, batch, False, 0)
+    loader = val_loader(t.cfg, t.info, batch)
     dtype = torch.float16 if t.device.type == "cuda" else torch.float32
     imgs = []
     for i, b in enumerate(loader):
@@ -327,8 +320,7 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
         wall = time.time() - t0
         det = torch.load(folder / scale / "weights" / "last.pt", map_location="cpu", weights_only=False)
         det = (det.get("ema") or det["model"]).float().eval()
-        ds = build_dataset(info.data, "val", cfg.data.img_size, augment=False)
-        loader = make_loader(ds, e.batch, False, 0)
+        loader = val_loader(cfg, info)
         dets, _ = predict(
             lambda x, det=det: det(x)[0],
             loader,

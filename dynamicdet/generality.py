@@ -23,14 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import routing
-from .checkpoint import load_into
 from .config import Config, load_config
-from .data.coco import prepare_dataset
-from .data.loaders import build_dataset, make_loader
-from .evaluate import coco_evaluate, detections_to_coco, segms_to_coco
-from .predict import predict
 from .speed import environment, prepare_for_timing, time_interleaved
-from .train import build_model, resolve_device, router_dir, run_dir, train_step1
+from .train import evaluate_fn, load_model, router_dir, run_dir, train_step1, val_loader
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 
@@ -52,27 +47,10 @@ def static_config(cfg: Config, backbone: str) -> Config:
     return s
 
 
-def _evaluate(fn, cfg: Config, info, device, desc: str, progress: bool) -> tuple[dict, dict]:
-    """Box (and mask) AP of ``fn`` on val, and the route each image took."""
-    e = cfg.eval
-    loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), e.batch, False, 0)
-    rles = {} if cfg.model.kind == "mask_rcnn" else None
-    dets, hard = predict(
-        fn, loader, info.file_to_image_id["val"], device, e.conf, e.iou, e.max_det, desc, progress, masks_out=rles
-    )
-    gt = info.gt_json["val"]
-    out = coco_evaluate(gt, detections_to_coco(dets, info.class_to_cat))
-    if rles is not None:
-        m = coco_evaluate(gt, segms_to_coco(dets, rles, info.class_to_cat), iou_type="segm")
-        out.update({f"mask_{k}": v for k, v in m.items()})
-    return out, hard
-
-
 def _val_images(cfg: Config, info, device, n: int) -> list[torch.Tensor]:
     """The first ``n`` val images, one (1, 3, H, W) tensor each."""
-    loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), 1, False, 0)
     imgs = []
-    for b in loader:
+    for b in val_loader(cfg, info, batch=1):
         imgs.append(b["img"].to(device).float() / 255)
         if len(imgs) >= n:
             break
@@ -120,17 +98,15 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     path = router_dir(cfg) / "two_stage_table.csv"
     if path.exists():
         return pd.read_csv(path)
-    device = resolve_device(cfg.device)
-    info = prepare_dataset(cfg)
+    device, info = tr.device, tr.info
+    loader = val_loader(cfg, info)  # the static models share the dynamic model's data
     rows, fns = [], {}
     for backbone in cfg.eval.static_backbones:
         scfg = static_config(cfg, backbone)
-        ckpt = train_step1(scfg, progress=progress, validate=False)  # evaluated below, once
-        model = build_model(scfg, nc=len(info.names))
-        load_into(model, ckpt)
-        model.to(device).eval()
+        train_step1(scfg, progress=progress, validate=False)  # evaluated below, once
+        model = load_model(scfg, step=1, device=device)
         name = f"static {backbone}"
-        m, _ = _evaluate(model.first, scfg, info, device, f"val {name}", progress)
+        m, _ = evaluate_fn(model.first, scfg, info, device, loader, f"val {name}", progress)
         rows.append({"model": name, "backbone": backbone, "k": np.nan, "k_measured": np.nan, **m})
         rows[-1]["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
         rows[-1]["run"] = run_dir(scfg).name
@@ -142,7 +118,9 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     for k in tqdm(cfg.eval.fractions, desc="Dy rows", disable=not progress):
         tau = routing.threshold_for_fraction(z, k)
         name = f"Dy /{round(100 * k)}"
-        m, hard = _evaluate(lambda x, tau=tau: tr.model.route(x, tau), cfg, info, device, f"val {name}", progress)
+        m, hard = evaluate_fn(
+            lambda x, tau=tau: tr.model.route(x, tau), cfg, info, device, loader, f"val {name}", progress
+        )
         rows.append(
             {
                 "model": name,

@@ -145,6 +145,31 @@ def _set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------ evaluation
+def val_loader(cfg: Config, info, batch: int | None = None):
+    """The val split, letterboxed, not augmented, in file order (``eval.batch`` unless given)."""
+    ds = build_dataset(info.data, "val", cfg.data.img_size, augment=False)
+    return make_loader(ds, cfg.eval.batch if batch is None else batch, False, 0)
+
+
+@torch.no_grad()
+def evaluate_fn(fn, cfg: Config, info, device, loader, desc: str, progress: bool = True) -> tuple[dict, dict]:
+    """COCO AP of ``fn`` on val, and the route each image took (see :func:`predict`).
+
+    Box metrics (AP, AP50, ...); Mask R-CNN configs add mask metrics as ``mask_AP``...
+    """
+    e = cfg.eval
+    rles = {} if cfg.model.kind == "mask_rcnn" else None
+    dets, hard = predict(
+        fn, loader, info.file_to_image_id["val"], device, e.conf, e.iou, e.max_det, desc, progress, masks_out=rles
+    )
+    gt = info.gt_json["val"]
+    out = coco_evaluate(gt, detections_to_coco(dets, info.class_to_cat))
+    if rles is not None:
+        m = coco_evaluate(gt, segms_to_coco(dets, rles, info.class_to_cat), iou_type="segm")
+        out.update({f"mask_{k}": v for k, v in m.items()})
+    return out, hard
+
+
 @torch.no_grad()
 def evaluate_routes(model: nn.Module, cfg: Config, info, device, progress: bool = True) -> dict:
     """COCO AP of detector 1 (easy route) and detector 2 (hard route) on the val split.
@@ -152,28 +177,12 @@ def evaluate_routes(model: nn.Module, cfg: Config, info, device, progress: bool 
     A static two-stage model has detector 1 only; Mask R-CNN adds mask AP (``det1_mask_AP``...).
     """
     model.eval()
-    loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), cfg.eval.batch, False, 0)
+    loader = val_loader(cfg, info)
     out = {}
     routes = [("det1", model.first)] + ([] if isinstance(model, TwoStageDetector) else [("det2", model.second)])
     for tag, fn in routes:
-        rles = {} if cfg.model.kind == "mask_rcnn" else None
-        dets, _ = predict(
-            fn,
-            loader,
-            info.file_to_image_id["val"],
-            device,
-            cfg.eval.conf,
-            cfg.eval.iou,
-            cfg.eval.max_det,
-            desc=f"val {tag}",
-            progress=progress,
-            masks_out=rles,
-        )
-        m = coco_evaluate(info.gt_json["val"], detections_to_coco(dets, info.class_to_cat))
+        m, _ = evaluate_fn(fn, cfg, info, device, loader, f"val {tag}", progress)
         out.update({f"{tag}_{k}": v for k, v in m.items()})
-        if rles is not None:
-            m = coco_evaluate(info.gt_json["val"], segms_to_coco(dets, rles, info.class_to_cat), iou_type="segm")
-            out.update({f"{tag}_mask_{k}": v for k, v in m.items()})
     return out
 
 
@@ -495,7 +504,7 @@ def build_val_cache(model: DynamicDetector, cfg: Config, info, device, progress:
     """Router input and per-image L1, L2 on the val split (no augmentation)."""
     _frozen(model)
     crit1, crit2 = _criteria(model)
-    loader = make_loader(build_dataset(info.data, "val", cfg.data.img_size, augment=False), cfg.eval.batch, False, 0)
+    loader = val_loader(cfg, info)
     parts: dict[str, list] = {"pooled": [], "l1": [], "l2": [], "image_id": []}
     for batch in tqdm(loader, desc="val cache", leave=False, disable=not progress):
         batch = to_device(batch, device)
@@ -705,6 +714,7 @@ __all__ = [
     "build_model",
     "build_router_cache",
     "build_val_cache",
+    "evaluate_fn",
     "evaluate_routes",
     "fit_router",
     "fit_router_direct",
