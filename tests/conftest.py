@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Keep test artefacts out of the repository's runs/ and data/ folders.
+# Keep test artefacts out of the repository's runs/ and data/ folders. The folder holds
+# about 2 GB of smoke checkpoints by the end of a session: it is removed when the test
+# process exits, unless DYNAMICDET_KEEP_TEST_FILES=1 (then its path is printed).
 _TMP = Path(tempfile.mkdtemp(prefix="dynamicdet-tests-"))
+
+
+def _remove_test_folder(path: Path = _TMP) -> None:
+    if os.environ.get("DYNAMICDET_KEEP_TEST_FILES") == "1":
+        print(f"\ntest files kept in {path}")
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_test_folder)
 os.environ.setdefault("DYNAMICDET_HOME", str(_TMP / "home"))
 os.environ.setdefault("DYNAMICDET_DATA", str(_TMP / "data"))
 os.environ.setdefault("DYNAMICDET_RESULTS", str(_TMP / "results"))

@@ -1,8 +1,14 @@
 """The repository's promises: pinned dependencies agree, README commands exist."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
+import pytest
 import yaml
 
 from dynamicdet import paths
@@ -38,3 +44,24 @@ def test_readme_commands_and_ci():
 
 def test_licence_is_agpl():
     assert "GNU AFFERO GENERAL PUBLIC LICENSE" in (paths.REPO_ROOT / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("keep", ["0", "1"])
+def test_test_session_folder_is_removed_at_exit_unless_kept(keep):
+    """The suite's temporary folder (runs, data, results: ~2 GB) must not pile up in /tmp."""
+    env = {**os.environ, "DYNAMICDET_KEEP_TEST_FILES": keep}
+    code = "import conftest; (conftest._TMP / 'home' / 'x.pt').parent.mkdir(parents=True); print(conftest._TMP)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    folder = Path(out.split()[0])
+    try:
+        assert folder.name.startswith("dynamicdet-tests-")
+        assert folder.exists() == (keep == "1")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
