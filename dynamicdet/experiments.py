@@ -144,6 +144,94 @@ def timed_route(t: Trained, tau: float, batch: int, n_batches: int = 3) -> float
     return total / sum(len(x) for x in imgs)
 
 
+def controller_images(t: Trained, n: int) -> tuple[list[torch.Tensor], np.ndarray]:
+    """``n`` val images at evenly spaced ranks of the router's score, and their logits.
+
+    Spreading the sample over the score ranks makes the fraction of timed images above any
+    threshold equal the val fraction to within 1/n, so a timing on n images measures the
+    latency model, not the luck of the sample.
+
+    Returns:
+        images: n tensors (1, 3, S, S), letterboxed like evaluation, on ``t.device``;
+        logits: (n,) router logits of those images (from ``val_scores.csv``).
+    """
+    scores = t.val_scores.sort_values("logit", kind="stable").reset_index(drop=True)
+    n = min(n, len(scores))
+    if n < 1:
+        raise ValueError("eval.controller_images must be >= 1")
+    picked = scores.iloc[((np.arange(n) + 0.5) * len(scores) / n).astype(int)]
+    ds = val_loader(t.cfg, t.info, 1).dataset
+    index_of = {t.info.file_to_image_id["val"][Path(f).name]: i for i, f in enumerate(ds.im_files)}
+    dtype = torch.float16 if t.device.type == "cuda" else torch.float32
+    images = [ds[index_of[int(i)]]["img"][None].to(t.device, dtype) / 255 for i in picked["image_id"]]
+    return images, picked["logit"].to_numpy()
+
+
+def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, progress: bool = True):
+    """Check the latency controller: thresholds from target latencies, then route() timed at them.
+
+    Batch 1, on ``eval.controller_images`` real val images (:func:`controller_images`):
+
+    1. calibration: the easy route (tau = +inf) and the hard route (tau = -inf), timed in
+       alternation image by image; lat_easy, lat_hard = their mean ms per image;
+    2. each target: lat_t = lat_easy + k (lat_hard - lat_easy) ms, and tau from
+       :func:`routing.threshold_for_latency` on the router's scores over all of val;
+    3. achieved: ``route(x, tau)`` for every target, timed in alternation image by image
+       right after the calibration (mean ms per image).
+
+    Returns:
+        One row per target: ``target k``, ``target ms/img``, ``logit threshold``,
+        ``val fraction hard``, ``timed fraction hard``, ``achieved ms/img``,
+        ``achieved / target``, ``lat_easy ms/img``, ``lat_hard ms/img``, ``images``.
+    """
+    from .speed import TimingError, prepare_for_timing, time_interleaved
+
+    e = t.cfg.eval
+    images, z_timed = controller_images(t, n_images or e.controller_images)
+    z = t.val_scores["logit"].to_numpy()
+    m = prepare_for_timing(t.model, t.device)
+    warmup, repeats = max(1, e.latency_warmup // 2), max(3, e.latency_repeats // 4)
+
+    def per_image_means(fns_of, desc: str) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for x in tqdm(images, desc=desc, disable=not progress, leave=False):
+            for name, r in time_interleaved(fns_of(x), t.device, warmup, repeats).items():
+                total[name] = total.get(name, 0.0) + r["median_ms"]
+        return {name: v / len(images) for name, v in total.items()}
+
+    def ends(x):
+        return {"easy": lambda: m.route(x, float("inf")), "hard": lambda: m.route(x, float("-inf"))}
+
+    cal = per_image_means(ends, "latency calibration")
+    if not cal["hard"] > cal["easy"]:
+        raise TimingError(
+            f"hard route timed no slower than the easy route ({cal['hard']:.3f} vs {cal['easy']:.3f} ms/img "
+            f"on {len(images)} val images): too noisy to calibrate; raise eval.latency_repeats or "
+            "eval.controller_images, or measure on a quieter machine"
+        )
+    # lat_t = lat_easy + k (lat_hard - lat_easy)
+    targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
+    taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
+    achieved = per_image_means(
+        lambda x: {k: (lambda tau=tau: m.route(x, tau)) for k, tau in taus.items()}, "timed route()"
+    )
+    return pd.DataFrame(
+        {
+            "target k": k,
+            "target ms/img": targets[k],
+            "logit threshold": taus[k],
+            "val fraction hard": float((z >= taus[k]).mean()),
+            "timed fraction hard": float((z_timed >= taus[k]).mean()),
+            "achieved ms/img": achieved[k],
+            "achieved / target": achieved[k] / targets[k],
+            "lat_easy ms/img": cal["easy"],
+            "lat_hard ms/img": cal["hard"],
+            "images": len(images),
+        }
+        for k in ks
+    )
+
+
 def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) -> dict[str, pd.DataFrame]:
     """The variable-speed table and every baseline at the same hard fractions.
 

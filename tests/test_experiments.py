@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from dynamicdet import routing
 from dynamicdet.evaluate import coco_evaluate, detections_to_coco, per_image_ap
@@ -67,6 +68,42 @@ def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
         assert mask.mean() == pytest.approx(row["k_measured"])  # route() took the decisions z >= tau
         # route() on a sub-batch vs each detector on the full batch: same matches up to conv round-off
         assert routed.evaluate(dict(zip(ids, mask, strict=True)))["AP"] == pytest.approx(row["AP"], abs=2e-3)
+
+
+def test_controller_images_spread_over_the_router_scores(trained_smoke):
+    from dynamicdet.experiments import controller_images
+
+    t = trained_smoke
+    all_z = np.sort(t.val_scores["logit"].to_numpy())
+    images, z = controller_images(t, 4)
+    # 12 val images, 4 picked at ranks (j + 0.5) * 12 / 4 -> 1, 4, 7, 10 of the sorted scores
+    assert np.array_equal(z, all_z[[1, 4, 7, 10]])
+    for k in (0.25, 0.5, 0.75):
+        tau = routing.threshold_for_fraction(all_z, k)
+        assert abs((z >= tau).mean() - (all_z >= tau).mean()) <= 1 / 4
+    # the images are those the scores belong to: the router scores them the same again
+    s = t.cfg.data.img_size
+    assert all(x.shape == (1, 3, s, s) for x in images)
+    with torch.inference_mode():
+        again = np.array([t.model.score_logit(x).item() for x in images])
+    assert np.allclose(again, z, atol=1e-3)
+
+
+def test_target_latency_rows_follow_the_threshold_rule(trained_smoke):
+    from dynamicdet.experiments import target_latency
+
+    t = trained_smoke
+    ks = (0.25, 0.75)
+    demo = target_latency(t, ks=ks, n_images=4, progress=False)
+    n_val = len(t.val_scores)
+    assert list(demo["target k"]) == list(ks) and (demo["images"] == 4).all()
+    easy, hard = demo["lat_easy ms/img"], demo["lat_hard ms/img"]
+    # lat_t = lat_easy + k (lat_hard - lat_easy)
+    assert np.allclose(demo["target ms/img"], easy + demo["target k"] * (hard - easy))
+    assert (abs(demo["val fraction hard"] - demo["target k"]) <= 1 / n_val + 1e-9).all()
+    assert (abs(demo["timed fraction hard"] - demo["target k"]) <= 1 / 4 + 1 / n_val + 1e-9).all()
+    assert (demo["achieved ms/img"] > 0).all()
+    assert np.allclose(demo["achieved / target"], demo["achieved ms/img"] / demo["target ms/img"])
 
 
 def _gt(tmp_path, n_images=10):
