@@ -8,20 +8,36 @@ import sys
 from dynamicdet import paths
 
 
-def test_bench_smoke_writes_report(smoke_cfg):
+def _bench(*args: str) -> dict:
     r = subprocess.run(
-        [sys.executable, "-m", "dynamicdet.bench", "--config", "smoke", "--fast"],
+        [sys.executable, "-m", "dynamicdet.bench", "--config", "smoke", "--fast", *args],
         env={**os.environ},
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    rec = json.loads((paths.results_dir() / "bench.json").read_text())["smoke"]
+    return json.loads((paths.results_dir() / "bench.json").read_text())["smoke"]
+
+
+def test_bench_smoke_writes_report(smoke_cfg):
+    rec = _bench()
     items = {row["item"].split(".")[0] for row in rec["rows"]}
-    assert items == {"1", "2", "3", "4", "5", "6", "7"}
+    assert items == {"1", "2", "3", "4", "5", "6", "6b", "7"}
+    assert not any("measured" in row for row in rec["rows"])
     assert all(row["mark"] in {"PASS", "MISS", "-"} for row in rec["rows"])
     assert all(isinstance(row["value"], float) and row["value"] > 0 for row in rec["rows"])
     md = (paths.results_dir() / "bench.md").read_text()
     assert "## smoke" in md and md.count("| 2. route()") == 10
     assert rec["env"]["torch"].startswith("2.14.1")
+
+    # a partial run re-measures its part and keeps the others, marked with the run that measured them
+    again = _bench("--parts", "datagen")
+    assert [r["item"] for r in again["rows"]] == [r["item"] for r in rec["rows"]]
+    for old, new in zip(rec["rows"], again["rows"], strict=True):
+        if new["item"].startswith("7."):
+            assert "measured" not in new
+        else:
+            assert new["measured"] == f"{rec['date']}, git {rec['git_sha']}"
+            assert new["value"] == old["value"]
+    assert "measured in an earlier run" in (paths.results_dir() / "bench.md").read_text()

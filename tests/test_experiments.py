@@ -104,6 +104,7 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke):
     assert (abs(demo["timed fraction hard"] - demo["target k"]) <= 1 / 4 + 1 / n_val + 1e-9).all()
     assert (demo["achieved ms/img"] > 0).all()
     assert np.allclose(demo["achieved / target"], demo["achieved ms/img"] / demo["target ms/img"])
+    assert (demo["achieved / model"] > 0).all()
 
 
 def _gt(tmp_path, n_images=10):
