@@ -121,7 +121,7 @@ class EvalConfig:
     static_epochs: int = 0  # epochs for static baselines; 0 = same as train.epochs
     static_backbones: list[str] = field(default_factory=lambda: ["resnet18", "resnet34"])  # two-stage statics
     timing_images: int = 20  # 08_two_stage: val images timed (batch 1) and FLOP-counted per row
-    controller_images: int = 60  # target-latency check: val images (spread over router scores) timed at batch 1
+    stream_images: int = 60  # val images timed as a stream: route() latencies of the table and target check
 
 
 @dataclass

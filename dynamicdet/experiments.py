@@ -118,48 +118,25 @@ def latencies(t: Trained, refresh: bool = False) -> dict:
     return out
 
 
-def timed_route(t: Trained, tau: float, batch: int, n_batches: int = 3) -> float:
-    """Measured latency (ms per image) of ``route()`` on real val images at threshold tau."""
-    from .speed import prepare_for_timing, time_fn
+def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor], np.ndarray]:
+    """A stream of ``n`` (``eval.stream_images``) val images for timing route(), and their logits.
 
-    m = prepare_for_timing(t.model, t.device)
-    loader = val_loader(t.cfg, t.info, batch)
-    dtype = torch.float16 if t.device.type == "cuda" else torch.float32
-    imgs = []
-    for i, b in enumerate(loader):
-        if i >= n_batches:
-            break
-        imgs.append(b["img"].to(t.device, dtype) / 255)
-    e = t.cfg.eval
-    with torch.inference_mode():  # warm every input shape and both routes before timing
-        for x in imgs:
-            m.route(x, tau)
-            m.route(x, float("inf"))
-            m.route(x, float("-inf"))
-    total = 0.0
-    for x in imgs:
-        total += time_fn(
-            lambda x=x: m.route(x, tau), t.device, max(1, e.latency_warmup // 2), max(3, e.latency_repeats // 2)
-        )["median_ms"]
-    return total / sum(len(x) for x in imgs)
-
-
-def controller_images(t: Trained, n: int) -> tuple[list[torch.Tensor], np.ndarray]:
-    """``n`` val images at evenly spaced ranks of the router's score, and their logits.
-
-    Spreading the sample over the score ranks makes the fraction of timed images above any
-    threshold equal the val fraction to within 1/n, so a timing on n images measures the
-    latency model, not the luck of the sample.
+    The images sit at evenly spaced ranks of the router's score, so the fraction of them
+    above any threshold equals the val fraction to within 1/n (a timing on n images
+    measures the routes' costs, not the luck of the sample), in a fixed shuffled order, so
+    consecutive images take different routes as in a deployment.
 
     Returns:
         images: n tensors (1, 3, S, S), letterboxed like evaluation, on ``t.device``;
-        logits: (n,) router logits of those images (from ``val_scores.csv``).
+        logits: (n,) router logits of those images (from ``val_scores.csv``), same order.
     """
+    n = t.cfg.eval.stream_images if n is None else n
+    if n < 1:
+        raise ValueError(f"the timing stream needs at least one image (eval.stream_images = {n})")
     scores = t.val_scores.sort_values("logit", kind="stable").reset_index(drop=True)
     n = min(n, len(scores))
-    if n < 1:
-        raise ValueError("eval.controller_images must be >= 1")
     picked = scores.iloc[((np.arange(n) + 0.5) * len(scores) / n).astype(int)]
+    picked = picked.iloc[np.random.default_rng(0).permutation(n)]
     ds = val_loader(t.cfg, t.info, 1).dataset
     index_of = {t.info.file_to_image_id["val"][Path(f).name]: i for i, f in enumerate(ds.im_files)}
     dtype = torch.float16 if t.device.type == "cuda" else torch.float32
@@ -167,11 +144,33 @@ def controller_images(t: Trained, n: int) -> tuple[list[torch.Tensor], np.ndarra
     return images, picked["logit"].to_numpy()
 
 
+def stream_latency(t: Trained, taus: dict, images: list[torch.Tensor], batch: int = 1) -> dict:
+    """Latency (ms per image) of ``route(x, tau)`` over a stream of images, for each tau.
+
+    The stream (:func:`timing_stream`) is cut into batches of ``batch`` (a last partial
+    batch is dropped); each tau's pass over the whole stream is one timed call, and the
+    taus' passes are timed in alternation (:func:`speed.time_interleaved`), so machine
+    noise hits them alike. ``route`` is the fused model's (as in every latency figure).
+
+    Returns:
+        ``{name: median ms per image}`` for ``taus = {name: logit threshold}``.
+    """
+    from .speed import prepare_for_timing, time_interleaved
+
+    n = len(images) // batch * batch
+    if n == 0:
+        raise ValueError(f"a stream of {len(images)} images holds no batch of {batch}")
+    batches = [torch.cat(images[i : i + batch]) for i in range(0, n, batch)]
+    m = prepare_for_timing(t.model, t.device)
+    fns = {name: (lambda tau=tau: [m.route(x, tau) for x in batches]) for name, tau in taus.items()}
+    res = time_interleaved(fns, t.device, warmup=1, repeats=max(3, t.cfg.eval.latency_repeats // 4))
+    return {name: r["median_ms"] / n for name, r in res.items()}
+
+
 def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, progress: bool = True):
     """Check the latency controller: thresholds from target latencies, then route() timed at them.
 
-    Batch 1, on a stream of ``eval.controller_images`` real val images
-    (:func:`controller_images`, in a fixed shuffled order, as a deployment sees them):
+    Batch 1, on a stream of ``eval.stream_images`` real val images (:func:`timing_stream`):
 
     1. calibration: the stream through the easy route (tau = +inf) and through the hard
        route (tau = -inf), timed in alternation; lat_easy, lat_hard = ms per image;
@@ -184,8 +183,7 @@ def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, 
     a shared machine it also carries the machine's drift between the two passes.
     ``achieved / model`` compares with lat_easy + k_timed (lat_hard - lat_easy) from the
     easy and hard streams timed in the same pass: the accuracy of the latency model
-    itself. Timing whole streams keeps what a deployment pays when consecutive images
-    take different routes.
+    itself.
 
     Returns:
         One row per target: ``target k``, ``target ms/img``, ``logit threshold``,
@@ -193,34 +191,24 @@ def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, 
         ``achieved / target``, ``achieved / model``, ``lat_easy ms/img``,
         ``lat_hard ms/img`` (calibration pass), ``images``.
     """
-    from .speed import TimingError, prepare_for_timing, time_interleaved
+    from .speed import TimingError
 
-    e = t.cfg.eval
-    images, z_timed = controller_images(t, n_images or e.controller_images)
-    order = np.random.default_rng(0).permutation(len(images))
-    stream = [images[i] for i in order]
+    stream, z_timed = timing_stream(t, n_images)
     z = t.val_scores["logit"].to_numpy()
-    m = prepare_for_timing(t.model, t.device)
-    repeats = max(3, e.latency_repeats // 4)
-
-    def per_image_ms(taus: dict) -> dict[str, float]:
-        fns = {name: (lambda tau=tau: [m.route(x, tau) for x in stream]) for name, tau in taus.items()}
-        res = time_interleaved(fns, t.device, warmup=1, repeats=repeats)
-        return {name: r["median_ms"] / len(stream) for name, r in res.items()}
-
+    ends = {"easy": float("inf"), "hard": float("-inf")}
     with tqdm(total=2, desc="target latency", disable=not progress, leave=False) as bar:
-        cal = per_image_ms({"easy": float("inf"), "hard": float("-inf")})
+        cal = stream_latency(t, ends, stream)
         bar.update()
         if not cal["hard"] > cal["easy"]:
             raise TimingError(
                 f"hard route timed no slower than the easy route ({cal['hard']:.3f} vs {cal['easy']:.3f} ms/img "
                 f"on {len(stream)} val images): too noisy to calibrate; raise eval.latency_repeats or "
-                "eval.controller_images, or measure on a quieter machine"
+                "eval.stream_images, or measure on a quieter machine"
             )
         # lat_t = lat_easy + k (lat_hard - lat_easy)
         targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
         taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
-        achieved = per_image_ms({"easy": float("inf"), "hard": float("-inf"), **taus})
+        achieved = stream_latency(t, {**ends, **taus}, stream)
         bar.update()
     rows = []
     for k in ks:
@@ -310,12 +298,7 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
         }
         rows.append(row)
         if k in e.fractions:
-            trow = dict(row)
-            if measure_latency:
-                for b in sorted({1, e.batch}):
-                    trow[f"latency_ms_b{b}"] = timed_route(t, tau, b, n_batches=max(1, 8 // b))
-                trow["FPS_b1"] = 1000.0 / trow["latency_ms_b1"]
-            table.append(trow)
+            table.append(dict(row))
         lat_k = lat1["easy"] + k * (lat1["hard"] - lat1["easy"])
         for name, mask in (
             ("oracle (L1-L2)", routing.top_fraction(loss_gain, k)),
@@ -348,6 +331,12 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     sweep = pd.DataFrame(rows)
     sweep["capture"] = [routing.capture_ratio(a, ap1["AP"], ap2["AP"]) for a in sweep["AP"]]
     table = pd.DataFrame(table)
+    if measure_latency:  # every row's route() timed on one stream of val images, rows in alternation
+        stream, _ = timing_stream(t)
+        for b in sorted({1, e.batch}):
+            ms = stream_latency(t, dict(enumerate(table["tau"])), stream, b)
+            table[f"latency_ms_b{b}"] = [ms[i] for i in range(len(table))]
+        table["FPS_b1"] = 1000.0 / table["latency_ms_b1"]
     table.insert(0, "model", [f"Dy /{round(100 * k)}" for k in table["k"]])
     out = {
         "table": table,

@@ -70,14 +70,14 @@ def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
         assert routed.evaluate(dict(zip(ids, mask, strict=True)))["AP"] == pytest.approx(row["AP"], abs=2e-3)
 
 
-def test_controller_images_spread_over_the_router_scores(trained_smoke):
-    from dynamicdet.experiments import controller_images
+def test_timing_stream_spreads_over_the_router_scores(trained_smoke):
+    from dynamicdet.experiments import timing_stream
 
     t = trained_smoke
     all_z = np.sort(t.val_scores["logit"].to_numpy())
-    images, z = controller_images(t, 4)
-    # 12 val images, 4 picked at ranks (j + 0.5) * 12 / 4 -> 1, 4, 7, 10 of the sorted scores
-    assert np.array_equal(z, all_z[[1, 4, 7, 10]])
+    images, z = timing_stream(t, 4)
+    # 12 val images, 4 picked at ranks (j + 0.5) * 12 / 4 -> 1, 4, 7, 10 of the sorted scores, then shuffled
+    assert np.array_equal(np.sort(z), all_z[[1, 4, 7, 10]])
     for k in (0.25, 0.5, 0.75):
         tau = routing.threshold_for_fraction(all_z, k)
         assert abs((z >= tau).mean() - (all_z >= tau).mean()) <= 1 / 4
@@ -87,6 +87,19 @@ def test_controller_images_spread_over_the_router_scores(trained_smoke):
     with torch.inference_mode():
         again = np.array([t.model.score_logit(x).item() for x in images])
     assert np.allclose(again, z, atol=1e-3)
+    with pytest.raises(ValueError, match="stream_images"):
+        timing_stream(t, 0)
+
+
+def test_stream_latency_times_every_threshold_per_image(trained_smoke):
+    from dynamicdet.experiments import stream_latency, timing_stream
+
+    t = trained_smoke
+    images, _ = timing_stream(t, 5)
+    ms = stream_latency(t, {"easy": float("inf"), "hard": float("-inf")}, images, batch=2)
+    assert set(ms) == {"easy", "hard"} and all(v > 0 for v in ms.values())
+    with pytest.raises(ValueError, match="no batch of 8"):
+        stream_latency(t, {"easy": float("inf")}, images, batch=8)
 
 
 def test_target_latency_rows_follow_the_threshold_rule(trained_smoke):
