@@ -167,10 +167,13 @@ def stream_latency(t: Trained, taus: dict, images: list[torch.Tensor], batch: in
     return {name: r["median_ms"] / n for name, r in res.items()}
 
 
-def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, progress: bool = True):
+def target_latency(
+    t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, rounds: int = 3, progress: bool = True
+) -> pd.DataFrame:
     """Check the latency controller: thresholds from target latencies, then route() timed at them.
 
-    Batch 1, on a stream of ``eval.stream_images`` real val images (:func:`timing_stream`):
+    Batch 1, on a stream of ``eval.stream_images`` real val images (:func:`timing_stream`).
+    Each of ``rounds`` rounds:
 
     1. calibration: the stream through the easy route (tau = +inf) and through the hard
        route (tau = -inf), timed in alternation; lat_easy, lat_hard = ms per image;
@@ -180,25 +183,28 @@ def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, 
        the calibration, in alternation with the easy and hard streams again.
 
     ``achieved / target`` is what a user gets from a calibration taken moments before; on
-    a shared machine it also carries the machine's drift between the two passes.
-    ``achieved / model`` compares with lat_easy + k_timed (lat_hard - lat_easy) from the
-    easy and hard streams timed in the same pass: the accuracy of the latency model
-    itself.
+    a shared machine it also carries the machine's change of speed between the two passes
+    (up to 1.7x on ours), hence the rounds. ``achieved / model`` compares with
+    lat_easy + k_timed (lat_hard - lat_easy) from the easy and hard streams of the same
+    pass: the accuracy of the latency model itself.
 
     Returns:
-        One row per target: ``target k``, ``target ms/img``, ``logit threshold``,
-        ``val fraction hard``, ``timed fraction hard``, ``achieved ms/img``,
-        ``achieved / target``, ``achieved / model``, ``lat_easy ms/img``,
-        ``lat_hard ms/img`` (calibration pass), ``images``.
+        One row per target, medians over the rounds: ``target k``, ``target ms/img``,
+        ``logit threshold``, ``val fraction hard``, ``timed fraction hard``,
+        ``achieved ms/img``, ``achieved / target`` (+ ``_min``, ``_max`` over the rounds),
+        ``achieved / model``, ``lat_easy ms/img``, ``lat_hard ms/img`` (calibration),
+        ``images``, ``rounds``.
     """
     from .speed import TimingError
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     stream, z_timed = timing_stream(t, n_images)
     z = t.val_scores["logit"].to_numpy()
     ends = {"easy": float("inf"), "hard": float("-inf")}
-    with tqdm(total=2, desc="target latency", disable=not progress, leave=False) as bar:
+    per_round = []
+    for _ in tqdm(range(rounds), desc="target latency", disable=not progress, leave=False):
         cal = stream_latency(t, ends, stream)
-        bar.update()
         if not cal["hard"] > cal["easy"]:
             raise TimingError(
                 f"hard route timed no slower than the easy route ({cal['hard']:.3f} vs {cal['easy']:.3f} ms/img "
@@ -209,28 +215,32 @@ def target_latency(t: Trained, ks=(0.1, 0.5, 0.9), n_images: int | None = None, 
         targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
         taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
         achieved = stream_latency(t, {**ends, **taus}, stream)
-        bar.update()
-    rows = []
-    for k in ks:
-        k_timed = float((z_timed >= taus[k]).mean())
-        # same pass: lat_easy + k_timed (lat_hard - lat_easy)
-        model = achieved["easy"] + k_timed * (achieved["hard"] - achieved["easy"])
-        rows.append(
-            {
-                "target k": k,
-                "target ms/img": targets[k],
-                "logit threshold": taus[k],
-                "val fraction hard": float((z >= taus[k]).mean()),
-                "timed fraction hard": k_timed,
-                "achieved ms/img": achieved[k],
-                "achieved / target": achieved[k] / targets[k],
-                "achieved / model": achieved[k] / model,
-                "lat_easy ms/img": cal["easy"],
-                "lat_hard ms/img": cal["hard"],
-                "images": len(stream),
-            }
-        )
-    return pd.DataFrame(rows)
+        for k in ks:
+            k_timed = float((z_timed >= taus[k]).mean())
+            # same pass: lat_easy + k_timed (lat_hard - lat_easy)
+            model = achieved["easy"] + k_timed * (achieved["hard"] - achieved["easy"])
+            per_round.append(
+                {
+                    "target k": k,
+                    "target ms/img": targets[k],
+                    "logit threshold": taus[k],
+                    "val fraction hard": float((z >= taus[k]).mean()),
+                    "timed fraction hard": k_timed,
+                    "achieved ms/img": achieved[k],
+                    "achieved / target": achieved[k] / targets[k],
+                    "achieved / model": achieved[k] / model,
+                    "lat_easy ms/img": cal["easy"],
+                    "lat_hard ms/img": cal["hard"],
+                }
+            )
+    g = pd.DataFrame(per_round).groupby("target k", sort=False)
+    out = g.median().reset_index()
+    ratio = out.columns.get_loc("achieved / target")
+    out.insert(ratio + 1, "achieved / target_min", g["achieved / target"].min().to_numpy())
+    out.insert(ratio + 2, "achieved / target_max", g["achieved / target"].max().to_numpy())
+    out["images"] = len(stream)
+    out["rounds"] = rounds
+    return out
 
 
 def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) -> dict[str, pd.DataFrame]:

@@ -107,16 +107,20 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke):
 
     t = trained_smoke
     ks = (0.25, 0.75)
-    demo = target_latency(t, ks=ks, n_images=4, progress=False)
+    demo = target_latency(t, ks=ks, n_images=4, rounds=2, progress=False)
     n_val = len(t.val_scores)
-    assert list(demo["target k"]) == list(ks) and (demo["images"] == 4).all()
+    assert list(demo["target k"]) == list(ks) and (demo["images"] == 4).all() and (demo["rounds"] == 2).all()
+    # the median of two rounds lies between their min and max
+    assert (demo["achieved / target_min"] <= demo["achieved / target"] + 1e-12).all()
+    assert (demo["achieved / target"] <= demo["achieved / target_max"] + 1e-12).all()
     easy, hard = demo["lat_easy ms/img"], demo["lat_hard ms/img"]
     # lat_t = lat_easy + k (lat_hard - lat_easy)
     assert np.allclose(demo["target ms/img"], easy + demo["target k"] * (hard - easy))
     assert (abs(demo["val fraction hard"] - demo["target k"]) <= 1 / n_val + 1e-9).all()
     assert (abs(demo["timed fraction hard"] - demo["target k"]) <= 1 / 4 + 1 / n_val + 1e-9).all()
     assert (demo["achieved ms/img"] > 0).all()
-    assert np.allclose(demo["achieved / target"], demo["achieved ms/img"] / demo["target ms/img"])
+    with pytest.raises(ValueError, match="rounds"):
+        target_latency(t, rounds=0)
     assert (demo["achieved / model"] > 0).all()
 
 
