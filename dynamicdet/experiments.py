@@ -5,7 +5,7 @@ notebook does not retrain or re-measure. Stages:
 
 - :func:`route_detections`: val detections of both routes (for the baselines).
 - :func:`routed_evaluator`: AP of any per-image routing of those detections, cheaply.
-- :func:`latencies`: route latencies at batch 1 and ``eval.batch``.
+- :func:`latency_table`: every model of the trade-off timed together on one stream of val images.
 - :func:`static_baselines`: plain ultralytics models trained by ultralytics' own trainer.
 - :func:`tradeoff`: the /0 /10 /50 /90 /100 table, the dense sweep and every baseline.
 """
@@ -30,7 +30,7 @@ from .data.coco import prepare_dataset
 from .evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco, per_image_ap
 from .offline import same_threads
 from .predict import predict
-from .speed import environment, plain_latency, route_latencies
+from .speed import prepare_for_timing, time_interleaved
 from .train import load_model, resolve_device, router_dir, run_dir, train_step2, val_loader
 
 
@@ -103,21 +103,6 @@ def routed_evaluator(t: Trained, dets1: dict | None = None, dets2: dict | None =
     return RoutedEvaluator(t.info.gt_json["val"], detections_to_coco(dets1, c2c), detections_to_coco(dets2, c2c))
 
 
-def latencies(t: Trained, refresh: bool = False) -> dict:
-    """Route latencies (ms) at batch 1 and ``eval.batch``, with the environment (cached)."""
-    path = t.folder / "latency.json"
-    if path.exists() and not refresh:
-        return json.loads(path.read_text())
-    e = t.cfg.eval
-    out = {"env": environment()}
-    for b in sorted({1, e.batch}):
-        r = route_latencies(t.model, t.cfg.data.img_size, b, t.device, e.latency_warmup, e.latency_repeats)
-        r.pop("detail")
-        out[f"batch{b}"] = r
-    path.write_text(json.dumps(out, indent=2))
-    return out
-
-
 def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor], np.ndarray]:
     """A stream of ``n`` (``eval.stream_images``) val images for timing route(), and their logits.
 
@@ -144,26 +129,35 @@ def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor],
     return images, picked["logit"].to_numpy()
 
 
-def stream_latency(t: Trained, taus: dict, images: list[torch.Tensor], batch: int = 1) -> dict:
-    """Latency (ms per image) of ``route(x, tau)`` over a stream of images, for each tau.
+def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int = 1) -> dict:
+    """Latency (ms per image) of several models over one stream of images, timed together.
 
-    The stream (:func:`timing_stream`) is cut into batches of ``batch`` (a last partial
-    batch is dropped); each tau's pass over the whole stream is one timed call, and the
-    taus' passes are timed in alternation (:func:`speed.time_interleaved`), so machine
-    noise hits them alike. ``route`` is the fused model's (as in every latency figure).
+    ``fns`` maps a name to a logit threshold (``route(x, tau)`` of the fused model) or to
+    a callable ``fn(x)`` (e.g. a fused static model). The stream (:func:`timing_stream`)
+    is cut into batches of ``batch`` (a last partial batch is dropped); each entry's pass
+    over the whole stream is one timed call, and the entries' passes are timed in
+    alternation (:func:`speed.time_interleaved`), so machine noise hits them alike.
 
     Returns:
-        ``{name: median ms per image}`` for ``taus = {name: logit threshold}``.
+        ``{name: median ms per image}``.
     """
-    from .speed import prepare_for_timing, time_interleaved
-
     n = len(images) // batch * batch
     if n == 0:
         raise ValueError(f"a stream of {len(images)} images holds no batch of {batch}")
     batches = [torch.cat(images[i : i + batch]) for i in range(0, n, batch)]
     m = prepare_for_timing(t.model, t.device)
-    fns = {name: (lambda tau=tau: [m.route(x, tau) for x in batches]) for name, tau in taus.items()}
-    res = time_interleaved(fns, t.device, warmup=1, repeats=max(3, t.cfg.eval.latency_repeats // 4))
+
+    def stream_of(fn):
+        if not callable(fn):  # a logit threshold
+            return lambda tau=float(fn): [m.route(x, tau) for x in batches]
+        return lambda: [fn(x) for x in batches]
+
+    res = time_interleaved(
+        {name: stream_of(fn) for name, fn in fns.items()},
+        t.device,
+        warmup=1,
+        repeats=max(3, t.cfg.eval.latency_repeats // 4),
+    )
     return {name: r["median_ms"] / n for name, r in res.items()}
 
 
@@ -243,13 +237,14 @@ def target_latency(
     return out
 
 
-def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) -> dict[str, pd.DataFrame]:
-    """The variable-speed table and every baseline at the same hard fractions.
+def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """The variable-speed table and every baseline at the same hard fractions (accuracy, cost).
 
     Returns:
         ``{"table": /0 /10 /50 /90 /100 rows of the learned router (route() for real),
-        "sweep": dense sweep of all routers (AP vs k, latency, capture ratio), "ap1",
-        "ap2", "latency", "gflops"}``. Also written as CSV in the step-2 folder.
+        "sweep": dense sweep of all routers (AP vs k, GFLOPs, capture ratio), "ap1",
+        "ap2", "gflops"}``. Also written as CSV in the step-2 folder. Latencies come from
+        :func:`latency_table` (every model timed together) and :func:`sweep_latency`.
 
     The learned router's sweep points at ``eval.fractions`` run ``route()`` and evaluate
     its detections in full; the points between them, like every baseline, pool the two
@@ -258,7 +253,7 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     says which). That keeps a dense sweep at one ``accumulate()`` per point.
     """
     cfg, e = t.cfg, t.cfg.eval
-    path = t.folder / ("tradeoff.pt" if measure_latency else "tradeoff-no-latency.pt")
+    path = t.folder / "tradeoff.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     scores = t.val_scores.set_index("image_id")
@@ -268,10 +263,6 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
     ap1 = evaluate_dets(t, dets1)
     ap2 = evaluate_dets(t, dets2)
     g_easy, g_hard = route_gflops(t.model, cfg.data.img_size)
-    lat = latencies(t)
-    lat1 = lat["batch1"]
-    # confidence escalation's hard route runs H1 too: + (lat_easy - lat_score)
-    h1_cost = max(lat1["easy"] - lat1["score"], 0.0)
 
     # per-image benefit of detector 2, for the oracles
     pa1 = per_image_ap(t.info.gt_json["val"], detections_to_coco(dets1, t.info.class_to_cat))
@@ -304,18 +295,15 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
             "measured_by": "route()" if k in e.fractions else "spliced",
             **m,
             "GFLOPs": dynamic_gflops(g_easy, g_hard, k_meas),
-            "latency_ms": lat1["easy"] + k_meas * (lat1["hard"] - lat1["easy"]),
         }
         rows.append(row)
         if k in e.fractions:
             table.append(dict(row))
-        lat_k = lat1["easy"] + k * (lat1["hard"] - lat1["easy"])
         for name, mask in (
             ("oracle (L1-L2)", routing.top_fraction(loss_gain, k)),
             ("oracle (AP gain)", routing.top_fraction(ap_gain, k)),
             ("confidence escalation", routing.top_fraction(conf_unc, k)),
         ):
-            extra = k * h1_cost if name == "confidence escalation" else 0.0
             rows.append(
                 {
                     "router": name,
@@ -323,7 +311,6 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
                     "k_measured": float(mask.mean()),
                     **ap_of(mask),
                     "GFLOPs": dynamic_gflops(g_easy, g_hard, k),
-                    "latency_ms": lat_k + extra,
                 }
             )
         rand = [ap_of(routing.random_route(len(ids), k, seed))["AP"] for seed in range(e.random_seeds)]
@@ -335,25 +322,17 @@ def tradeoff(t: Trained, progress: bool = True, measure_latency: bool = True) ->
                 "AP": float(np.mean(rand)),
                 "AP_std": float(np.std(rand)),
                 "GFLOPs": dynamic_gflops(g_easy, g_hard, k),
-                "latency_ms": lat_k,
             }
         )
     sweep = pd.DataFrame(rows)
     sweep["capture"] = [routing.capture_ratio(a, ap1["AP"], ap2["AP"]) for a in sweep["AP"]]
     table = pd.DataFrame(table)
-    if measure_latency:  # every row's route() timed on one stream of val images, rows in alternation
-        stream, _ = timing_stream(t)
-        for b in sorted({1, e.batch}):
-            ms = stream_latency(t, dict(enumerate(table["tau"])), stream, b)
-            table[f"latency_ms_b{b}"] = [ms[i] for i in range(len(table))]
-        table["FPS_b1"] = 1000.0 / table["latency_ms_b1"]
     table.insert(0, "model", [f"Dy /{round(100 * k)}" for k in table["k"]])
     out = {
         "table": table,
         "sweep": sweep,
         "ap1": ap1,
         "ap2": ap2,
-        "latency": lat,
         "gflops": {"easy": g_easy, "hard": g_hard},
     }
     save_atomic(out, path)
@@ -367,8 +346,9 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
     """Plain ultralytics models of the same family, trained by ultralytics' own trainer.
 
     Same data, same epochs (``eval.static_epochs`` or ``train.epochs``), the same
-    optimiser settings; evaluated with the same pycocotools code and latency harness.
-    One row per scale in ``eval.static_scales``; cached in the run folder.
+    optimiser settings; evaluated with the same pycocotools code (AP, GFLOPs; latency:
+    :func:`latency_table`, with the dynamic model). One row per scale in
+    ``eval.static_scales``; cached in the run folder.
     """
     from ultralytics import YOLO
 
@@ -418,8 +398,7 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
                 val=False,
             )
         wall = time.time() - t0
-        det = torch.load(folder / scale / "weights" / "last.pt", map_location="cpu", weights_only=False)
-        det = (det.get("ema") or det["model"]).float().eval()
+        det = load_static(cfg, scale)
         loader = val_loader(cfg, info)
         dets, _ = predict(
             lambda x, det=det: det(x)[0],
@@ -439,22 +418,89 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
             "model": f"{cfg.model.family}{scale} (static)",
             **m,
             "GFLOPs": _gflops(lambda fused=fused, x=x: fused(x)),
-            "latency_ms_b1": plain_latency(det, cfg.data.img_size, 1, device, e.latency_warmup, e.latency_repeats),
             "epochs": epochs,
             "train_wall_s": round(wall, 1),
         }
-        row["FPS_b1"] = 1000.0 / row["latency_ms_b1"]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=2))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def variable_speed_table(res: dict, static: pd.DataFrame, batch: int) -> pd.DataFrame:
+def load_static(cfg: Config, scale: str) -> torch.nn.Module:
+    """The static ultralytics model of ``scale`` trained by :func:`static_baselines` (CPU, eval)."""
+    path = run_dir(cfg) / "static" / scale / "weights" / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: static {cfg.model.family}{scale} not trained yet (run static_baselines)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).float().eval()
+
+
+def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """Latency (ms per image) of every model of the trade-off, timed together.
+
+    The dynamic rows run ``route()`` at the table's thresholds; ``B1 + router`` is the
+    router's score alone (confidence escalation's hard images pay H1 = easy - score on
+    top); the static models run their fused forward. All on one stream of val images
+    (:func:`timing_stream`), in alternation (:func:`stream_latency`), at batch 1 and
+    ``eval.batch``: figures taken minutes apart on a shared machine are not comparable.
+    Cached as ``latency_table.csv`` in the step-2 folder.
+
+    Returns:
+        Columns ``model``, ``latency_ms_b1``, ``latency_ms_b<eval.batch>``.
+    """
+    table, e = res["table"], t.cfg.eval
+    path = t.folder / "latency_table.csv"
+    names = [*table["model"], "B1 + router", *static.get("model", [])]
+    if path.exists():
+        cached = pd.read_csv(path)
+        if list(cached["model"]) == names:
+            return cached
+    fns: dict = dict(zip(table["model"], table["tau"], strict=True))
+    fns["B1 + router"] = prepare_for_timing(t.model, t.device).score
+    for scale in e.static_scales:
+        name = f"{t.cfg.model.family}{scale} (static)"
+        if name in names:
+            fns[name] = prepare_for_timing(load_static(t.cfg, scale), t.device)
+    stream, _ = timing_stream(t)
+    out: dict = {"model": names}
+    for b in tqdm(sorted({1, e.batch}), desc="latency table", disable=not progress):
+        ms = stream_latency(t, fns, stream, b)
+        out[f"latency_ms_b{b}"] = [ms[n] for n in names]
+    df = pd.DataFrame(out)
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return df
+
+
+def sweep_latency(res: dict, lat: pd.DataFrame) -> pd.DataFrame:
+    """The trade-off sweep with ``latency_ms`` (batch 1) from :func:`latency_table`.
+
+    Every router mixes the two routes: lat = lat_easy + k (lat_hard - lat_easy), with
+    lat_easy, lat_hard the timed /0 and /100 rows and k the measured hard fraction;
+    confidence escalation's hard images ran H1 before being escalated: + k (lat_easy - lat_score).
+    """
+    table, ms = res["table"], lat.set_index("model")["latency_ms_b1"]
+    ends = {k: table.loc[table["k"] == k, "model"] for k in (0.0, 1.0)}
+    if any(v.empty for v in ends.values()):
+        raise ValueError("eval.fractions must include 0 and 1: the sweep's latency mixes the /0 and /100 rows")
+    easy, hard = ms[ends[0.0].item()], ms[ends[1.0].item()]
+    sweep = res["sweep"].copy()
+    # lat = lat_easy + k (lat_hard - lat_easy)
+    sweep["latency_ms"] = easy + sweep["k_measured"] * (hard - easy)
+    escalation = sweep["router"] == "confidence escalation"
+    # + k (lat_easy - lat_score): H1 already ran on the images sent on to detector 2
+    sweep.loc[escalation, "latency_ms"] += sweep.loc[escalation, "k_measured"] * max(easy - ms["B1 + router"], 0.0)
+    return sweep
+
+
+def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, batch: int) -> pd.DataFrame:
     """The trade-off table: dynamic rows /0 /10 /50 /90 /100 (route() for real) plus static models.
 
     Columns: model, k (target hard fraction), k_measured, GFLOPs, latency at batch 1 and
-    ``batch`` (ms per image), FPS at batch 1, AP, AP50, AP75, APs, APm, APl.
+    ``batch`` (ms per image, :func:`latency_table`), FPS at batch 1, AP, AP50, AP75, APs,
+    APm, APl.
     """
     cols = [
         "model",
@@ -471,6 +517,9 @@ def variable_speed_table(res: dict, static: pd.DataFrame, batch: int) -> pd.Data
         "APm",
         "APl",
     ]
-    dyn = res["table"].reindex(columns=cols)
-    st = static.reindex(columns=cols)
-    return pd.concat([dyn, st], ignore_index=True)
+    rows = pd.concat([res["table"], static], ignore_index=True)
+    rows = rows.drop(columns=[c for c in rows if c.startswith(("latency_ms", "FPS"))]).merge(
+        lat, on="model", how="left"
+    )
+    rows["FPS_b1"] = 1000.0 / rows["latency_ms_b1"]
+    return rows.reindex(columns=cols)

@@ -73,7 +73,7 @@ def reproduce(
     """
     from .data.coco import prepare_dataset
     from .data.synthetic import generate_from_config, summarize
-    from .experiments import static_baselines, tradeoff, trained
+    from .experiments import latency_table, static_baselines, tradeoff, trained
     from .generality import KINDS, two_stage_config, two_stage_table
     from .train import router_dir, run_dir
 
@@ -99,9 +99,14 @@ def reproduce(
         print(summarize(info.root).to_string())
     folder = router_dir(cfg)
     tr = stage("train (step 1 + step 2)", (folder / "step2.pt").exists(), lambda: trained(cfg, progress=progress))
-    stage("evaluation (trade-off)", (folder / "tradeoff.pt").exists(), lambda: tradeoff(tr, progress=progress))
+    res = stage("evaluation (trade-off)", (folder / "tradeoff.pt").exists(), lambda: tradeoff(tr, progress=progress))
     statics = [run_dir(cfg) / "static" / f"{cfg.model.family}{s}.json" for s in cfg.eval.static_scales]
-    stage("static baselines", all(p.exists() for p in statics), lambda: static_baselines(cfg, progress=progress))
+    static = stage("static baselines", all(p.exists() for p in statics), lambda: static_baselines(cfg, progress))
+    stage(
+        "latency table",
+        (folder / "latency_table.csv").exists(),
+        lambda: latency_table(tr, res, static, progress=progress),
+    )
     for kind in KINDS:  # 08_two_stage: Dy-Faster / Dy-Mask R-CNN and their static rows
         ts_cfg = two_stage_config(config, kind)
         if ts_cfg.data.source == "synthetic":

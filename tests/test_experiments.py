@@ -42,7 +42,7 @@ def test_routed_eval_reproduces_both_detectors_at_k0_and_k1(trained_smoke):
 def test_tradeoff_table_rows_and_fractions(trained_smoke, smoke_cfg):
     from dynamicdet.experiments import tradeoff
 
-    res = tradeoff(trained_smoke, progress=False, measure_latency=False)
+    res = tradeoff(trained_smoke, progress=False)
     table, sweep = res["table"], res["sweep"]
     assert list(table["k"]) == smoke_cfg.eval.fractions
     n = len(trained_smoke.val_scores)
@@ -57,7 +57,7 @@ def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
     from dynamicdet.experiments import routed_evaluator, tradeoff
 
     t = trained_smoke
-    sweep = tradeoff(t, progress=False, measure_latency=False)["sweep"]
+    sweep = tradeoff(t, progress=False)["sweep"]
     learned = sweep[sweep["router"] == "learned"]
     assert set(learned.loc[learned["measured_by"] == "route()", "k"]) == set(smoke_cfg.eval.fractions)
     assert (learned["measured_by"] == "spliced").sum() == len(learned) - len(smoke_cfg.eval.fractions) > 0
@@ -122,6 +122,38 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke):
     with pytest.raises(ValueError, match="rounds"):
         target_latency(t, rounds=0)
     assert (demo["achieved / model"] > 0).all()
+
+
+def test_latency_table_times_every_row_and_feeds_the_sweep_and_table(trained_smoke, smoke_cfg):
+    import pandas as pd
+
+    from dynamicdet.experiments import latency_table, sweep_latency, tradeoff, variable_speed_table
+
+    t = trained_smoke
+    res = tradeoff(t, progress=False)
+    no_static = pd.DataFrame(columns=["model", "AP"])
+    lat = latency_table(t, res, no_static, progress=False)
+    b = smoke_cfg.eval.batch
+    assert list(lat["model"]) == [*res["table"]["model"], "B1 + router"]
+    assert (lat[["latency_ms_b1", f"latency_ms_b{b}"]] > 0).all().all()
+    assert latency_table(t, res, no_static, progress=False).equals(lat)  # cached
+
+    sweep = sweep_latency(res, lat)
+    ms = lat.set_index("model")["latency_ms_b1"]
+    easy, hard, score = ms["Dy /0"], ms["Dy /100"], ms["B1 + router"]
+    learned = sweep[sweep["router"] == "learned"]
+    # lat = lat_easy + k (lat_hard - lat_easy)
+    assert np.allclose(learned["latency_ms"], easy + learned["k_measured"] * (hard - easy))
+    esc = sweep[sweep["router"] == "confidence escalation"]
+    extra = esc["latency_ms"] - (easy + esc["k_measured"] * (hard - easy))
+    assert np.allclose(extra, esc["k_measured"] * max(easy - score, 0.0))
+
+    table = variable_speed_table(res, no_static, lat, b)
+    assert np.allclose(table["latency_ms_b1"], ms[table["model"]].to_numpy())
+    assert np.allclose(table["FPS_b1"], 1000 / table["latency_ms_b1"])
+    no_ends = {**res, "table": res["table"][res["table"]["k"] != 1.0]}
+    with pytest.raises(ValueError, match="must include 0 and 1"):
+        sweep_latency(no_ends, lat)
 
 
 def _gt(tmp_path, n_images=10):

@@ -12,7 +12,7 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
     reproduce("smoke", run_notebooks=False, progress=False)
     prov_path = paths.results_dir("smoke") / "provenance.json"
     first = json.loads(prov_path.read_text())
-    stages = ["train (step 1 + step 2)", "evaluation (trade-off)", "static baselines"]
+    stages = ["train (step 1 + step 2)", "evaluation (trade-off)", "static baselines", "latency table"]
     stages += ["two-stage faster_rcnn", "two-stage mask_rcnn"]
     # every stage is now on disk; whether this run or an earlier test computed it, it is recorded once
     recorded = set(first["stage_wall_s"]) | set(first["cached_stages"])
