@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,8 @@ from .data.coco import prepare_dataset
 from .evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco, per_image_ap
 from .offline import same_threads
 from .predict import predict
-from .speed import prepare_for_timing, time_interleaved
-from .train import load_model, resolve_device, router_dir, run_dir, train_step2, val_loader
+from .speed import TimingError, prepare_for_timing, time_interleaved
+from .train import evaluate_fn, load_model, resolve_device, router_dir, run_dir, train_step2, val_loader
 
 
 @dataclass
@@ -47,6 +48,11 @@ class Trained:
     @property
     def folder(self) -> Path:
         return router_dir(self.cfg)
+
+    @cached_property
+    def timing_model(self) -> torch.nn.Module:
+        """A fused copy of the model for latency figures (prepared once, see :func:`speed.prepare_for_timing`)."""
+        return prepare_for_timing(self.model, self.device)
 
 
 def trained(cfg: Config, progress: bool = True) -> Trained:
@@ -145,7 +151,7 @@ def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int
     if n == 0:
         raise ValueError(f"a stream of {len(images)} images holds no batch of {batch}")
     batches = [torch.cat(images[i : i + batch]) for i in range(0, n, batch)]
-    m = prepare_for_timing(t.model, t.device)
+    m = t.timing_model
 
     def stream_of(fn):
         if not callable(fn):  # a logit threshold
@@ -189,8 +195,6 @@ def target_latency(
         ``achieved / model``, ``lat_easy ms/img``, ``lat_hard ms/img`` (calibration),
         ``images``, ``rounds``.
     """
-    from .speed import TimingError
-
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     stream, z_timed = timing_stream(t, n_images)
@@ -399,19 +403,8 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
             )
         wall = time.time() - t0
         det = load_static(cfg, scale)
-        loader = val_loader(cfg, info)
-        dets, _ = predict(
-            lambda x, det=det: det(x)[0],
-            loader,
-            info.file_to_image_id["val"],
-            device,
-            e.conf,
-            e.iou,
-            e.max_det,
-            desc=f"val {cfg.model.family}{scale}",
-            progress=progress,
-        )
-        m = coco_evaluate(info.gt_json["val"], detections_to_coco(dets, info.class_to_cat))
+        desc = f"val {cfg.model.family}{scale}"
+        m, _ = evaluate_fn(lambda x, det=det: det(x)[0], cfg, info, device, val_loader(cfg, info), desc, progress)
         x = torch.zeros(1, 3, cfg.data.img_size, cfg.data.img_size)
         fused = det.fuse(verbose=False) if hasattr(det, "fuse") else det
         row = {
@@ -457,7 +450,7 @@ def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = 
         if list(cached["model"]) == names:
             return cached
     fns: dict = dict(zip(table["model"], table["tau"], strict=True))
-    fns["B1 + router"] = prepare_for_timing(t.model, t.device).score
+    fns["B1 + router"] = t.timing_model.score
     for scale in e.static_scales:
         name = f"{t.cfg.model.family}{scale} (static)"
         if name in names:
