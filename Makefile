@@ -1,13 +1,15 @@
 # Two commands matter (see README.md):
 #   make reproduce [CONFIG=quick|standard|smoke|coco]   the main job
-#   make test                                           the test suite
+#   make test                                           the test suite (everything)
+# and one for the inner loop:
+#   make test-fast                                      the tests not marked slow (under 2 min)
 CONFIG ?= quick
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test bench lint data venv notebooks
+.PHONY: reproduce test test-fast bench lint data venv notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +30,12 @@ test: $(STAMP)
 	$(PY) -m ruff check --no-cache dynamicdet tests bench
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(PY) -m ruff check --no-cache dynamicdet tests bench
+	$(PY) -m pytest -q -m "not slow"
+
 bench: $(STAMP)
-	$(PY) -m dynamicdet.bench --config $(CONFIG)
+	$(PY) bench/suite.py --config $(CONFIG)
 
 # Copy the notebooks executed by `make reproduce CONFIG=standard` over notebooks/,
 # so that the committed notebooks show the reference results.

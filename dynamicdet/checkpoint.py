@@ -1,18 +1,18 @@
 """Checkpoints: written atomically, read with clear errors.
 
-A checkpoint is a dict ``{"format", "model_config", "model", ...}`` saved with
-``torch.save`` into a temporary file in the same folder and renamed over the target,
-so an interrupted write never leaves a half-written file under the real name.
+A checkpoint is a dict ``{"format", "model_config", "model", ...}`` saved atomically
+(:func:`dynamicdet.files.save_torch`): an interrupted write never leaves a half-written
+file under the real name.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import save_torch
 
 FORMAT = "dynamicdet-checkpoint-v1"
 
@@ -21,27 +21,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, foreign, or does not fit the model."""
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(path: str | Path, model, **extra: Any) -> Path:
     """Save a model's weights with its config (and any extra state: optimiser, epoch...)."""
     obj = {"format": FORMAT, "model_config": model.config(), "model": model.state_dict(), **extra}
-    return save_atomic(obj, path)
+    return save_torch(obj, path)
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -11,13 +11,23 @@ import json
 import os
 import sys
 
+import torch
+import torch.distributed as dist
+
+from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
+from .data.coco import DatasetError, prepare_dataset
+from .data.synthetic import generate_from_config, summarize
+from .pipeline import reproduce
+from .speed import measure_config
+from .step1 import train_step1
+from .step2 import train_step2
+
+# errors in what the user gave us (config, dataset, checkpoint): one line, exit code 2, no traceback
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 
 
 def _cmd_data(args) -> int:
-    from .data.coco import prepare_dataset
-    from .data.synthetic import generate_from_config, summarize
-
     cfg = load_config(args.config)
     if cfg.data.source == "synthetic":
         generate_from_config(cfg)
@@ -30,11 +40,6 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    import torch
-    import torch.distributed as dist
-
-    from .train import train_step1, train_step2
-
     cfg = load_config(args.config)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -57,8 +62,6 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_speed(args) -> int:
-    from .speed import measure_config
-
     cfg = load_config(args.config)
     res = measure_config(cfg, batch=args.batch)
     print(json.dumps(res, indent=2))
@@ -66,8 +69,6 @@ def _cmd_speed(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from .pipeline import reproduce
-
     only = [n.strip() for n in args.notebooks.split(",") if n.strip()] or None
     reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only)
     return 0
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -53,7 +53,7 @@ class ModelConfig:
     family: str = "yolov8"  # yolo: ultralytics family, yolov8 | yolo11
     scale: str = "n"  # yolo: n | s | m
     backbone: str = "resnet18"  # two-stage: resnet18 | resnet34 | resnet50 | resnet101 | swin_t | swin_s
-    dual: bool = True  # two-stage: False = one plain detector (the static baselines of 08_two_stage)
+    dual: bool = True  # False = one plain detector: a static baseline trained by our own step-1 loop
     fpn_channels: int = 64  # two-stage: FPN width (torchvision: 256)
     head_channels: int = 256  # two-stage: box-head MLP and mask-head conv width (torchvision: 1024 / 256)
     anchor_base: int = 8  # two-stage: anchor side at stride 4, doubling per level (torchvision: 32)
@@ -82,6 +82,8 @@ class TrainConfig:
     workers: int = 2  # dataloader workers (CPU runs use the main process when 0)
     seed: int = 0  # training seed
     val_every: int = 1  # validate both detectors every N epochs (and at the end)
+    clip: str = "joint"  # gradient-norm clip at 10: joint (one norm over both detectors) | per_detector | none
+    detach_links: bool = False  # True: detector 2's loss does not reach backbone 1 through the composite links
 
 
 @dataclass
@@ -144,8 +146,11 @@ class Config:
         d.pop("source")
         return d
 
-    def section_hash(self, *sections: str) -> str:
-        """Short hash of some sections, used to key cached stages (same inputs -> same folder).
+    def section_hash(self, *keys: str) -> str:
+        """Short hash of some sections or fields, used to key cached stages (same inputs -> same key).
+
+        Args:
+            keys: section names (``"data"``) or single fields (``"eval.batch"``).
 
         The ``model`` section counts only the fields its ``kind`` uses (a YOLO run does not
         change folder when a two-stage field is added or edited, and vice versa).
@@ -153,11 +158,15 @@ class Config:
         d = self.to_dict()
         m = d["model"]
         d["model"] = {k: m[k] for k in (YOLO_MODEL_FIELDS if m["kind"] == "yolo" else TWO_STAGE_MODEL_FIELDS)}
-        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)
+        picked = {}
+        for key in keys:
+            section, _, name = key.partition(".")
+            picked[key] = d[section][name] if name else d[section]
+        blob = json.dumps(picked, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-YOLO_MODEL_FIELDS = ("kind", "family", "scale")
+YOLO_MODEL_FIELDS = ("kind", "family", "scale", "dual")
 TWO_STAGE_MODEL_FIELDS = (
     "kind",
     "backbone",
@@ -176,6 +185,7 @@ _CHOICES = {
     ("model", "family"): {"yolov8", "yolo11"},
     ("model", "scale"): {"n", "s", "m", "l", "x"},
     ("train", "optimizer"): {"SGD", "AdamW"},
+    ("train", "clip"): {"joint", "per_detector", "none"},
     ("router", "loss"): {"naive", "naive_lambda", "adaptive_offset"},
     ("router", "delta"): {"median", "running"},
 }

@@ -19,10 +19,21 @@ EASY = "easy route (B1+router+H1)"
 HARD = "hard route (B1+router+links+B2+H2)"
 
 
-def _gflops(fn) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+@torch.inference_mode()
+def gflops(fn, inputs: list[torch.Tensor] | None = None) -> float:
+    """GFLOPs of ``fn()``, or the mean GFLOPs per input of ``fn(x)`` over ``inputs``.
+
+    The one FLOP counter of the project (convolutions and matrix products; RoIAlign and
+    NMS are not counted). A data-dependent model (two-stage heads, routed inference) is
+    counted on real inputs, one at a time.
+    """
+    calls = [fn] if inputs is None else [lambda x=x: fn(x) for x in inputs]
+    total = 0.0
+    for call in calls:
+        with FlopCounterMode(display=False) as counter:
+            call()
+        total += counter.get_total_flops()
+    return total / len(calls) / 1e9
 
 
 def _params(module_or_params) -> int:
@@ -62,12 +73,12 @@ def cost_table(model: DynamicDetector, img_size: int) -> pd.DataFrame:
     p_b1, p_h1 = _split_params(model.det1, nb)
     p_b2, p_h2 = _split_params(model.det2, nb)
     rows = {
-        "B1": (p_b1, _gflops(lambda: model.backbone1(x))),
-        "H1": (p_h1, _gflops(lambda: model.head1(y1))),
-        "links": (_params(model.links), _gflops(lambda: model.links(f1))),
-        "B2": (p_b2, _gflops(b2)),
-        "H2": (p_h2, _gflops(lambda: model.head2(y2))),
-        "router": (_params(model.router), _gflops(lambda: model.router(f1))),
+        "B1": (p_b1, gflops(lambda: model.backbone1(x))),
+        "H1": (p_h1, gflops(lambda: model.head1(y1))),
+        "links": (_params(model.links), gflops(lambda: model.links(f1))),
+        "B2": (p_b2, gflops(b2)),
+        "H2": (p_h2, gflops(lambda: model.head2(y2))),
+        "router": (_params(model.router), gflops(lambda: model.router(f1))),
     }
     df = pd.DataFrame(rows, index=["params", "GFLOPs"]).T
     easy = df.loc[["B1", "router", "H1"]].sum()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
-import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
+from .losses import DetectionLoss
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class FamilySpec:
     n_backbone: int
 
 
-# The only place that knows ultralytics' layer numbering (see DESIGN.md section 3).
+# The only place that knows ultralytics' layer numbering (see docs/design.md section 3).
 FAMILIES: dict[str, FamilySpec] = {
     "yolov8": FamilySpec(taps=(4, 6, 9), downsample=(3, 5, 7), n_backbone=10),
     "yolo11": FamilySpec(taps=(4, 6, 10), downsample=(3, 5, 7), n_backbone=11),
@@ -211,6 +211,8 @@ class DynamicDetector(nn.Module):
         self.link_channels = [widths[i] for i in self.spec.downsample]
         self.links = CompositeLinks(self.tap_channels, self.link_channels)
         self.router = AdaptiveRouter(sum(self.tap_channels))
+        self.detach_links = False  # training only: see forward()
+        self._criteria: tuple | None = None
 
     # ---------------------------------------------------------------- building blocks
     def config(self) -> dict:
@@ -258,12 +260,14 @@ class DynamicDetector(nn.Module):
         Returns:
             ``{"out1": raw head output of detector 1, "out2": of detector 2, "phi": (B,)}``.
             phi is computed on detached features: no step-1 gradient reaches the router.
+            With ``detach_links`` set, the links read detached B1 features too: detector
+            2's loss then does not reach backbone 1 (a step-1 ablation; not the authors').
         """
         y1 = self.backbone1(x)
         f1 = self.taps(y1)
         phi = self.router([f.detach() for f in f1])
         out1 = self.head1(y1)
-        out2 = self.head2(self.backbone2(x, f1))
+        out2 = self.head2(self.backbone2(x, [f.detach() for f in f1] if self.detach_links else f1))
         return {"out1": out1, "out2": out2, "phi": phi}
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -323,6 +327,47 @@ class DynamicDetector(nn.Module):
         preds[hard_idx] = p2
         return RouteOutput(preds=preds, hard=hard, phi=phi, logit=z)
 
+    # ---------------------------------------------------------------- training interface
+    def criteria(self) -> tuple[DetectionLoss, DetectionLoss]:
+        """ultralytics' loss of each detector (built once, on the model's device)."""
+        device = next(self.parameters()).device
+        if self._criteria is None or self._criteria[0].device != device:
+            self._criteria = (DetectionLoss(self.det1), DetectionLoss(self.det2))
+        return self._criteria
+
+    def objective(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Step-1 loss of a batch: ``(L1 + L2, {"L1_box", "L1_cls", ..., "L2_dfl"})``.
+
+        Args:
+            batch: ultralytics batch (``img`` (B, 3, H, W) in [0, 1], ``bboxes``, ``cls``, ``batch_idx``).
+            forward: the callable that runs the model (a DDP wrapper under torchrun); default self.
+        """
+        out = (forward or self)(batch["img"])
+        crit1, crit2 = self.criteria()
+        l1, items1 = crit1(out["out1"], batch)
+        l2, items2 = crit2(out["out2"], batch)
+        names = ("box", "cls", "dfl")
+        # ultralytics' loss items: {"box_loss", "cls_loss", "dfl_loss"}, batch means
+        items = {f"L1_{n}": v for n, v in zip(names, items1.values(), strict=True)}
+        items.update({f"L2_{n}": v for n, v in zip(names, items2.values(), strict=True)})
+        # L = L1 + L2   (ultralytics' batch losses, each already multiplied by the batch size)
+        return l1.sum() + l2.sum(), items
+
+    @torch.no_grad()
+    def router_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step-2 inputs of a batch: pooled B1 features (B, C) and detached per-image L1, L2 (B,)."""
+        img = batch["img"]
+        crit1, crit2 = self.criteria()
+        y1 = self.backbone1(img)
+        f1 = self.taps(y1)
+        raw1 = self.head1(y1)[1]  # eval mode: (inference, raw) -> raw training dict
+        raw2 = self.head2(self.backbone2(img, f1))[1]
+        return AdaptiveRouter.pool(f1), crit1.per_image(raw1, batch)["total"], crit2.per_image(raw2, batch)["total"]
+
+    def detector_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Step-1 parameters by detector: detector 1, and detector 2 with the links that feed it."""
+        return {"det1": list(self.det1.parameters()), "det2": [*self.det2.parameters(), *self.links.parameters()]}
+
     # ---------------------------------------------------------------- utilities
     def fuse(self) -> DynamicDetector:
         """Fold BN into convs in both detectors (ultralytics' fuse), for inference."""
@@ -335,3 +380,47 @@ class DynamicDetector(nn.Module):
         for name, p in self.named_parameters():
             if not name.startswith("router."):
                 yield p
+
+
+class StaticDetector(nn.Module):
+    """One plain ultralytics detector trained by our step-1 loop (``model.dual: false``).
+
+    The static baseline that separates "our training loop" from "joint training": the
+    same data, schedule and loop as the dynamic model, one detector. Same interface as
+    :class:`DynamicDetector` where it applies (:meth:`first`, :meth:`objective`,
+    :meth:`detector_groups`); it has no router and no second route.
+    """
+
+    def __init__(self, family: str = "yolov8", scale: str = "n", nc: int = 80, ch: int = 3):
+        super().__init__()
+        self.family, self.scale, self.nc, self.ch = family, scale, nc, ch
+        self.det1 = build_detector(family, scale, nc, ch)
+        self.stride = self.det1.stride
+        self._criteria: DetectionLoss | None = None
+
+    def config(self) -> dict:
+        return {"family": self.family, "scale": self.scale, "nc": self.nc, "ch": self.ch, "dual": False}
+
+    def forward(self, x: torch.Tensor):
+        """Train mode: the head's raw training output; eval mode: (B, 4 + nc, A) detections."""
+        return self.det1(x)
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """Detections: (B, 3, H, W) -> (B, 4 + nc, A) in eval mode."""
+        return DynamicDetector._inference(self.det1(x))
+
+    def objective(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Step-1 loss of a batch: ``(L1, {"L1_box", "L1_cls", "L1_dfl"})`` (ultralytics' loss)."""
+        out = (forward or self)(batch["img"])
+        device = next(self.parameters()).device
+        if self._criteria is None or self._criteria.device != device:
+            self._criteria = DetectionLoss(self.det1)
+        l1, items = self._criteria(out, batch)
+        return l1.sum(), {f"L1_{n}": v for n, v in zip(("box", "cls", "dfl"), items.values(), strict=True)}
+
+    def detector_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"det1": list(self.det1.parameters())}
+
+    def fuse(self) -> StaticDetector:
+        self.det1.fuse(verbose=False)
+        return self

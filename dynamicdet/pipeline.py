@@ -11,8 +11,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import paths
+import nbformat
+import papermill as pm
+
+from . import paths, runs
 from .config import load_config
+from .data.coco import prepare_dataset
+from .data.synthetic import generate_from_config, summarize
+from .experiments import (
+    KINDS,
+    latency_table,
+    static_baselines,
+    tradeoff,
+    trained,
+    two_stage_config,
+    two_stage_table,
+)
 from .results import out_dir, provenance
 
 
@@ -23,8 +37,6 @@ def notebook_paths() -> list[Path]:
 
 def run_notebook(nb: Path, config: str, progress: bool = True) -> tuple[Path, float]:
     """Execute one notebook with papermill at ``config`` into ``results/<config>/notebooks/``."""
-    import papermill as pm
-
     out = out_dir(config) / "notebooks" / nb.name
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -47,8 +59,6 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
     config, so dropping papermill's ``injected-parameters`` cell leaves exactly the
     notebook a reader would get by running it in JupyterLab.
     """
-    import nbformat
-
     written = []
     for nb in notebook_paths():
         executed = out_dir(config) / "notebooks" / nb.name
@@ -71,12 +81,6 @@ def reproduce(
     listed under ``cached_stages``). ``notebooks``: run only these (file stems), e.g.
     ``["08_two_stage"]``; default all.
     """
-    from .data.coco import prepare_dataset
-    from .data.synthetic import generate_from_config, summarize
-    from .experiments import latency_table, static_baselines, tradeoff, trained
-    from .generality import KINDS, two_stage_config, two_stage_table
-    from .train import router_dir, run_dir
-
     cfg = load_config(config)
     times: dict[str, float] = {}
     cached: list[str] = []
@@ -97,21 +101,16 @@ def reproduce(
     times["data"] = time.time() - t0
     if cfg.data.source == "synthetic":
         print(summarize(info.root).to_string())
-    folder = router_dir(cfg)
-    tr = stage("train (step 1 + step 2)", (folder / "step2.pt").exists(), lambda: trained(cfg, progress=progress))
-    res = stage("evaluation (trade-off)", (folder / "tradeoff.pt").exists(), lambda: tradeoff(tr, progress=progress))
-    statics = [run_dir(cfg) / "static" / f"{cfg.model.family}{s}.json" for s in cfg.eval.static_scales]
-    static = stage("static baselines", all(p.exists() for p in statics), lambda: static_baselines(cfg, progress))
-    stage(
-        "latency table",
-        (folder / "latency_table.csv").exists(),
-        lambda: latency_table(tr, res, static, progress=progress),
-    )
+    tr = stage("train (step 1 + step 2)", runs.STEP2.done(cfg), lambda: trained(cfg, progress=progress))
+    res = stage("evaluation (trade-off)", runs.TRADEOFF.done(cfg), lambda: tradeoff(tr, progress=progress))
+    static_done = all(runs.STATIC_ROW.done(cfg, model=f"{cfg.model.family}{s}") for s in cfg.eval.static_scales)
+    static = stage("static baselines", static_done, lambda: static_baselines(cfg, progress))
+    stage("latency table", runs.LATENCY.done(cfg), lambda: latency_table(tr, res, static, progress=progress))
     for kind in KINDS:  # 08_two_stage: Dy-Faster / Dy-Mask R-CNN and their static rows
         ts_cfg = two_stage_config(config, kind)
         if ts_cfg.data.source == "synthetic":
             generate_from_config(ts_cfg, progress=progress)
-        done = (router_dir(ts_cfg) / "two_stage_table.csv").exists()
+        done = runs.TWO_STAGE_TABLE.done(ts_cfg)
         stage(f"two-stage {kind}", done, lambda kind=kind: two_stage_table(config, kind, progress=progress))
     nb_times = {}
     if run_notebooks:

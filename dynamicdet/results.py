@@ -8,6 +8,7 @@ Notebooks save every table and figure through :func:`save_table` and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,16 +16,18 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from . import paths
+from .config import Config, load_config
+from .files import write_csv, write_text
+from .speed import environment
 
 STYLE = {"context": "notebook", "style": "whitegrid", "palette": "deep"}
 
 
 def use_style() -> None:
     """The one figure style of every notebook (seaborn whitegrid, readable at README size)."""
-    import seaborn as sns
-
     sns.set_theme(**STYLE)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight", "axes.titleweight": "bold"})
 
@@ -38,8 +41,8 @@ def out_dir(config: str) -> Path:
 def save_table(df: pd.DataFrame, name: str, config: str, floatfmt: str = ".4g", index: bool = False) -> Path:
     """Write ``<name>.csv`` and ``<name>.md`` into ``results/<config>/``; returns the CSV path."""
     d = out_dir(config)
-    df.to_csv(d / f"{name}.csv", index=index)
-    (d / f"{name}.md").write_text(df.to_markdown(index=index, floatfmt=floatfmt) + "\n")
+    write_csv(df, d / f"{name}.csv", index=index)
+    write_text(df.to_markdown(index=index, floatfmt=floatfmt) + "\n", d / f"{name}.md")
     return d / f"{name}.csv"
 
 
@@ -72,8 +75,6 @@ def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None)
 
     The SHAs of earlier runs merged into the same file are kept in ``git_sha_history``.
     """
-    from .speed import environment
-
     path = out_dir(config) / "provenance.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     sha = git_sha()
@@ -92,5 +93,23 @@ def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None)
             record[k].update(v)
         else:
             record[k] = v
-    path.write_text(json.dumps(record, indent=2, default=str))
+    write_text(json.dumps(record, indent=2, default=str), path)
     return path
+
+
+def setup_notebook(config: str, home: str = "") -> tuple[Config, Path]:
+    """The set-up cell of every notebook: run-folder root, config, results folder, figure style.
+
+    Args:
+        config: a config name (``configs/<config>.yaml``).
+        home: run-folder root (checkpoints, caches); empty keeps ``DYNAMICDET_HOME`` or the repo's ``runs/``.
+
+    Returns:
+        ``(cfg, results)``: the loaded config and ``results/<config>/``.
+    """
+    if home:
+        os.environ["DYNAMICDET_HOME"] = home
+    cfg = load_config(config)
+    use_style()
+    print(f"config {config!r} -> results in results/{config}/")
+    return cfg, out_dir(config)

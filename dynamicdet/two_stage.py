@@ -246,6 +246,20 @@ class TwoStageDetector(nn.Module):
     def config(self) -> dict:
         return {"kind": self.kind, "backbone": self.trunk.name, "nc": self.nc, "dual": False}
 
+    # ---------------------------------------------------------------- training interface
+    @property
+    def with_masks(self) -> bool:
+        return self.kind == "mask_rcnn"
+
+    def objective(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Step-1 loss of a batch: the sum of torchvision's losses, named ``L1_<loss>`` (one detector)."""
+        losses = (forward or self)(batch["img"], targets_from_batch(batch, self.with_masks))
+        losses = {f"L1_{k}": v for k, v in losses.items()}
+        return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
+
+    def detector_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"det1": list(self.parameters())}
+
 
 class _loss_mode:
     """Put a detector's RPN and RoI heads in train mode (losses, sampling) and restore them.
@@ -281,9 +295,14 @@ class DynamicTwoStage(nn.Module):
         self.det2 = TwoStageDetector(kind, backbone, nc, sizes)
         self.links = CompositeLinks(self.det1.trunk.tap_channels, self.det2.trunk.inject_channels)
         self.router = AdaptiveRouter(sum(self.det1.trunk.tap_channels))
+        self.detach_links = False  # training only: see forward()
 
     def config(self) -> dict:
         return {"kind": self.kind, "backbone": self.det1.trunk.name, "nc": self.nc, "dual": True}
+
+    @property
+    def with_masks(self) -> bool:
+        return self.kind == "mask_rcnn"
 
     # ---------------------------------------------------------------- building blocks
     def taps1(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -300,10 +319,14 @@ class DynamicTwoStage(nn.Module):
 
     # ---------------------------------------------------------------- forward modes
     def forward(self, x: torch.Tensor, targets: Targets) -> dict[str, torch.Tensor]:
-        """Step 1: both detectors' torchvision losses, prefixed ``L1_`` / ``L2_``."""
+        """Step 1: both detectors' torchvision losses, prefixed ``L1_`` / ``L2_``.
+
+        With ``detach_links`` set, the links read detached trunk-1 features (detector 2's
+        loss does not reach trunk 1; a step-1 ablation).
+        """
         t1 = self.taps1(x)
         _, l1 = self.det1.heads(x, self.det1.backbone.pyramid(t1), targets)
-        _, l2 = self.det2.heads(x, self.pyramid2(x, t1), targets)
+        _, l2 = self.det2.heads(x, self.pyramid2(x, [t.detach() for t in t1] if self.detach_links else t1), targets)
         return {**{f"L1_{k}": v for k, v in l1.items()}, **{f"L2_{k}": v for k, v in l2.items()}}
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -345,13 +368,34 @@ class DynamicTwoStage(nn.Module):
                 preds[i] = d
         return RouteOutput(preds=preds, hard=hard, phi=torch.sigmoid(z), logit=z)
 
+    # ---------------------------------------------------------------- training interface
+    def objective(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Step-1 loss of a batch: ``L = L1 + L2``, every RPN and RoI loss term of both detectors.
+
+        Args:
+            batch: ultralytics batch (see :func:`targets_from_batch`).
+            forward: the callable that runs the model (a DDP wrapper under torchrun); default self.
+        """
+        losses = (forward or self)(batch["img"], targets_from_batch(batch, self.with_masks))
+        # L = L1 + L2 = sum of every RPN and RoI loss term of both detectors (batch means)
+        return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
+
     @torch.no_grad()
-    def router_batch(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step 2 inputs: pooled trunk-1 features (B, C) and detached per-image L1, L2 (B,)."""
+    def router_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step-2 inputs of a batch: pooled trunk-1 features (B, C) and detached per-image L1, L2 (B,)."""
+        return self.router_inputs(batch["img"], targets_from_batch(batch, self.with_masks))
+
+    @torch.no_grad()
+    def router_inputs(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`router_batch` on images (B, 3, H, W) and torchvision targets."""
         t1 = self.taps1(x)
         l1 = self.det1.per_image_losses(x, self.det1.backbone.pyramid(t1), targets)
         l2 = self.det2.per_image_losses(x, self.pyramid2(x, t1), targets)
         return AdaptiveRouter.pool(t1), l1, l2
+
+    def detector_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Step-1 parameters by detector: detector 1, and detector 2 with the links that feed it."""
+        return {"det1": list(self.det1.parameters()), "det2": [*self.det2.parameters(), *self.links.parameters()]}
 
     def fuse(self) -> DynamicTwoStage:
         return self

@@ -1,16 +1,18 @@
-"""The benchmark script runs end to end at the smoke size (figures themselves are not asserted)."""
+"""The benchmark suite (bench/suite.py) runs end to end at the smoke size (figures themselves are not asserted)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from dynamicdet import paths
 
 
 def _bench(*args: str) -> dict:
     r = subprocess.run(
-        [sys.executable, "-m", "dynamicdet.bench", "--config", "smoke", "--fast", *args],
+        [sys.executable, str(paths.REPO_ROOT / "bench" / "suite.py"), "--config", "smoke", "--fast", *args],
         env={**os.environ},
         capture_output=True,
         text=True,
@@ -20,6 +22,7 @@ def _bench(*args: str) -> dict:
     return json.loads((paths.results_dir() / "bench.json").read_text())["smoke"]
 
 
+@pytest.mark.slow
 def test_bench_smoke_writes_report(smoke_cfg):
     rec = _bench()
     items = {row["item"].split(".")[0] for row in rec["rows"]}

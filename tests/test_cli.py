@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(*args, timeout=600):
     return subprocess.run(
@@ -23,6 +25,7 @@ def test_data_command_prints_split_statistics(smoke_cfg):
     assert "train" in r.stdout and "val" in r.stdout
 
 
+@pytest.mark.slow
 def test_speed_command_reports_routes_and_environment(smoke_cfg):
     r = _run("speed", "--config", "smoke", "--batch", "2")
     assert r.returncode == 0, r.stderr[-2000:]

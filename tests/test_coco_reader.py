@@ -9,13 +9,14 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
 from dynamicdet.config import Config, DataConfig
 from dynamicdet.data import coco
 from dynamicdet.data.coco import DatasetError, DatasetWarning, load_coco, prepare_dataset, prepare_yolo_split
@@ -81,96 +82,185 @@ def read_labels_as_coco(label_file: Path, w: int, h: int) -> list[tuple[int, lis
     return out
 
 
+def _config(name: str, **data) -> Config:
+    return Config(name=name, data=DataConfig(img_size=64, **data))
+
+
 # ----------------------------------------------------------------------------- bad input
-def test_missing_json(tmp_path):
-    with pytest.raises(DatasetError, match=r"nope\.json: annotation file not found"):
-        load_coco(tmp_path / "nope.json", tmp_path)
+# One row per way of breaking a dataset. A row's first column builds the broken dataset
+# under ``root`` (the test's tmp_path, also DYNAMICDET_DATA) and returns the call that must
+# fail; setup itself runs outside ``pytest.raises``. The message must name the file (or
+# folder) at fault and the problem.
+BreakDataset = Callable[[Path], Callable[[], object]]
 
 
-def test_invalid_json(tmp_path):
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    with pytest.raises(DatasetError, match=r"bad\.json: invalid json"):
-        load_coco(bad, tmp_path)
-    _write(bad, {"images": [], "annotations": []})
-    with pytest.raises(DatasetError, match=r"bad\.json: invalid COCO json: .*'categories'"):
-        load_coco(bad, tmp_path)
+def _json_file(text: str) -> BreakDataset:
+    """``root/bad.json`` holding ``text``, loaded with ``root`` as the images folder."""
+
+    def build(root: Path) -> Callable[[], object]:
+        bad = root / "bad.json"
+        bad.write_text(text)
+        return partial(load_coco, bad, root)
+
+    return build
 
 
-def test_unknown_category_id(tmp_path):
-    anns = _annotations()
-    anns[2]["category_id"] = 2  # 2 is not among 1, 3, 7
-    js, images = make_split(tmp_path, annotations=anns)
-    with pytest.raises(DatasetError, match=r"instances_val\.json: annotation id 3 has unknown category id 2"):
-        load_coco(js, images)
+def _broken_split(
+    ann: tuple[int, dict] | None = None,
+    image: tuple[int, dict] | None = None,
+    on_disk: Callable[[Path], object] | None = None,
+) -> BreakDataset:
+    """A ``make_split`` val split with annotation ``ann[0]`` and/or image record ``image[0]``
+    updated with the given fields, then ``on_disk(images_dir)`` applied; the failing call is
+    ``load_coco``."""
+
+    def build(root: Path) -> Callable[[], object]:
+        anns = _annotations()
+        if ann is not None:
+            anns[ann[0]].update(ann[1])
+        js, images = make_split(root, annotations=anns)
+        if image is not None:
+            d = json.loads(js.read_text())
+            d["images"][image[0]].update(image[1])
+            _write(js, d)
+        if on_disk is not None:
+            on_disk(images)
+        return partial(load_coco, js, images)
+
+    return build
 
 
-def test_duplicate_image_ids(tmp_path):
-    js, images = make_split(tmp_path)
-    d = json.loads(js.read_text())
-    d["images"][2]["id"] = 2
-    _write(js, d)
-    with pytest.raises(DatasetError, match=r"instances_val\.json: duplicate image id 2"):
-        load_coco(js, images)
-
-
-def test_annotation_with_unknown_image_id(tmp_path):
-    anns = _annotations()
-    anns[0]["image_id"] = 42
-    js, images = make_split(tmp_path, annotations=anns)
-    with pytest.raises(DatasetError, match=r"annotation id 1 refers to unknown image id 42"):
-        load_coco(js, images)
-
-
-def test_image_file_missing(tmp_path):
-    js, images = make_split(tmp_path)
-    (images / "img2.png").unlink()
-    with pytest.raises(DatasetError, match=r"image id 2: file not found: .*img2\.png"):
-        load_coco(js, images)
-
-
-def test_image_unreadable(tmp_path):
-    js, images = make_split(tmp_path)
-    d = json.loads(js.read_text())
-    d["images"][0]["file_name"] = "garbage.jpg"
-    _write(js, d)
+def _garbage_jpg(images: Path) -> None:
     (images / "garbage.jpg").write_bytes(b"\x00 this is not a jpeg " * 50)
-    with pytest.raises(DatasetError, match=r"image id 1: unreadable or corrupt image .*garbage\.jpg"):
-        load_coco(js, images)
 
 
-def test_image_size_mismatch(tmp_path):
-    js, images = make_split(tmp_path)
-    d = json.loads(js.read_text())
-    d["images"][1]["width"] = 41
-    _write(js, d)
-    with pytest.raises(DatasetError, match=r"image id 2: json says 41x80 px but .*img2\.png is 40x80 px"):
-        load_coco(js, images)
-
-
-@pytest.mark.parametrize("wh", [(0.0, 5.0), (5.0, -1.0)])
-def test_non_positive_box(tmp_path, wh):
-    anns = _annotations()
-    anns[3]["bbox"][2:] = wh
-    js, images = make_split(tmp_path, annotations=anns)
-    with pytest.raises(DatasetError, match=r"instances_val\.json: annotation id 4: non-positive box size"):
-        load_coco(js, images)
-
-
-def test_annotation_id_zero_rejected(tmp_path):
-    anns = _annotations()
-    anns[0]["id"] = 0
-    js, images = make_split(tmp_path, annotations=anns)
-    with pytest.raises(DatasetError, match=r"annotation id 0: ids must be positive"):
-        load_coco(js, images)
-
-
-def test_extra_image_in_folder_rejected(tmp_path):
-    js, images = make_split(tmp_path)
+def _stray_image_in_folder(root: Path) -> Callable[[], object]:
+    """An image file the json does not list: load_coco accepts it, prepare_yolo_split must not."""
+    js, images = make_split(root)
     _image(images / "stray.png", 20, 20)
     split = load_coco(js, images)
-    with pytest.raises(DatasetError, match=r"1 image file\(s\) not in .*instances_val\.json.*stray\.png"):
-        prepare_yolo_split(split, tmp_path, "val")
+    return partial(prepare_yolo_split, split, root, "val")
+
+
+def _split_categories_differ(root: Path) -> Callable[[], object]:
+    """A synthetic dataset whose val split has one category more than its train split."""
+    make_split(root / "mixed", "train")
+    make_split(root / "mixed", "val", categories=[*CATS, {"id": 9, "name": "ring"}])
+    return partial(prepare_dataset, _config("mixed"))
+
+
+BAD_INPUT = [
+    # load_coco: the json itself
+    pytest.param(
+        lambda root: partial(load_coco, root / "nope.json", root),
+        DatasetError,
+        r"nope\.json: annotation file not found",
+        id="json-missing",
+    ),
+    pytest.param(_json_file("{not json"), DatasetError, r"bad\.json: invalid json", id="json-invalid"),
+    pytest.param(
+        _json_file(json.dumps({"images": [], "annotations": []})),
+        DatasetError,
+        r"bad\.json: invalid COCO json: .*'categories'",
+        id="json-without-categories",
+    ),
+    # load_coco: records that contradict each other
+    pytest.param(
+        _broken_split(ann=(2, {"category_id": 2})),  # 2 is not among 1, 3, 7
+        DatasetError,
+        r"instances_val\.json: annotation id 3 has unknown category id 2",
+        id="unknown-category-id",
+    ),
+    pytest.param(
+        _broken_split(image=(2, {"id": 2})),
+        DatasetError,
+        r"instances_val\.json: duplicate image id 2",
+        id="duplicate-image-id",
+    ),
+    pytest.param(
+        _broken_split(ann=(0, {"image_id": 42})),
+        DatasetError,
+        r"instances_val\.json: annotation id 1 refers to unknown image id 42",
+        id="unknown-image-id",
+    ),
+    pytest.param(
+        _broken_split(ann=(0, {"id": 0})),
+        DatasetError,
+        r"instances_val\.json: annotation id 0: ids must be positive",
+        id="annotation-id-zero",
+    ),
+    pytest.param(
+        _broken_split(ann=(3, {"bbox": [10.1, 33.3, 0.0, 5.0]})),
+        DatasetError,
+        r"instances_val\.json: annotation id 4: non-positive box size",
+        id="box-width-zero",
+    ),
+    pytest.param(
+        _broken_split(ann=(3, {"bbox": [10.1, 33.3, 5.0, -1.0]})),
+        DatasetError,
+        r"instances_val\.json: annotation id 4: non-positive box size",
+        id="box-height-negative",
+    ),
+    # load_coco: the image files
+    pytest.param(
+        _broken_split(on_disk=lambda images: (images / "img2.png").unlink()),
+        DatasetError,
+        r"instances_val\.json: image id 2: file not found: .*img2\.png",
+        id="image-file-missing",
+    ),
+    pytest.param(
+        _broken_split(image=(0, {"file_name": "garbage.jpg"}), on_disk=_garbage_jpg),
+        DatasetError,
+        r"instances_val\.json: image id 1: unreadable or corrupt image .*garbage\.jpg",
+        id="image-unreadable",
+    ),
+    pytest.param(
+        _broken_split(image=(1, {"width": 41})),
+        DatasetError,
+        r"instances_val\.json: image id 2: json says 41x80 px but .*img2\.png is 40x80 px",
+        id="image-size-mismatch",
+    ),
+    # prepare_yolo_split
+    pytest.param(
+        _stray_image_in_folder,
+        DatasetError,
+        r"val: 1 image file\(s\) not in .*instances_val\.json.*stray\.png",
+        id="extra-image-in-folder",
+    ),
+    # prepare_dataset
+    pytest.param(
+        lambda root: partial(prepare_dataset, _config("absent")),
+        DatasetError,
+        r"instances_train\.json: synthetic dataset 'absent'",
+        id="synthetic-dataset-absent",
+    ),
+    pytest.param(
+        lambda root: partial(prepare_dataset, _config("c", source="coco")),
+        DatasetError,
+        r"<config>: data\.root is empty",
+        id="coco-root-empty",
+    ),
+    pytest.param(
+        lambda root: partial(prepare_dataset, _config("c", source="coco", root=str(root / "nowhere"))),
+        DatasetError,
+        r"nowhere: train images folder not found",
+        id="coco-images-folder-missing",
+    ),
+    pytest.param(
+        _split_categories_differ,
+        DatasetError,
+        r"instances_val\.json: categories .* differ from",
+        id="split-categories-differ",
+    ),
+]
+
+
+@pytest.mark.parametrize(("break_dataset", "error", "message"), BAD_INPUT)
+def test_bad_input_raises_a_clear_error(tmp_path, monkeypatch, break_dataset, error, message):
+    monkeypatch.setenv("DYNAMICDET_DATA", str(tmp_path))  # where prepare_dataset looks for datasets
+    failing_call = break_dataset(tmp_path)
+    with pytest.raises(error, match=message):
+        failing_call()
 
 
 # ----------------------------------------------------------------------------- counted, not dropped
@@ -250,10 +340,6 @@ def test_in_place_images_are_left_alone_and_cache_deleted(tmp_path):
 
 
 # ----------------------------------------------------------------------------- whole datasets
-def _config(name: str, **data) -> Config:
-    return Config(name=name, data=DataConfig(img_size=64, **data))
-
-
 def test_prepare_synthetic_layout_loads_in_ultralytics(tmp_path, monkeypatch):
     # imported here, after dynamicdet (which configures ultralytics for offline use)
     from ultralytics.cfg import get_cfg
@@ -311,25 +397,6 @@ def test_prepare_coco_source_symlinks_and_reuses_stamp(tmp_path, monkeypatch):
     js.write_text(js.read_text() + "\n")
     with pytest.raises(AssertionError, match="load_coco called"):
         prepare_dataset(cfg)
-
-
-def test_prepare_dataset_errors_name_the_problem(tmp_path, monkeypatch):
-    monkeypatch.setenv("DYNAMICDET_DATA", str(tmp_path))
-    with pytest.raises(DatasetError, match=r"instances_train\.json: synthetic dataset 'absent'"):
-        prepare_dataset(_config("absent"))
-    with pytest.raises(DatasetError, match="data.root is empty"):
-        prepare_dataset(_config("c", source="coco"))
-    with pytest.raises(DatasetError, match="train images folder not found"):
-        prepare_dataset(_config("c", source="coco", root=str(tmp_path / "nowhere")))
-
-
-def test_split_categories_must_agree(tmp_path, monkeypatch):
-    monkeypatch.setenv("DYNAMICDET_DATA", str(tmp_path))
-    root = tmp_path / "mixed"
-    make_split(root, "train")
-    make_split(root, "val", categories=[*CATS, {"id": 9, "name": "ring"}])
-    with pytest.raises(DatasetError, match=r"instances_val\.json: categories .* differ from"):
-        prepare_dataset(_config("mixed"))
 
 
 def test_labels_are_valid_for_ultralytics(tmp_path):

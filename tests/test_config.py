@@ -5,7 +5,7 @@ import pytest
 from dynamicdet.config import Config, ConfigError, config_from_dict, load_config
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "standard", "coco"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "standard", "coco", "ablation"])
 def test_shipped_configs_load(name):
     cfg = load_config(name)
     assert isinstance(cfg, Config)
@@ -57,3 +57,25 @@ def test_hash_changes_with_section():
     a, b = load_config("smoke"), load_config("smoke", overrides={"router": {"lr": 0.5}})
     assert a.section_hash("data", "model", "train") == b.section_hash("data", "model", "train")
     assert a.section_hash("router") != b.section_hash("router")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "train:\n  clip: per_model\n",
+            r"bad\.yaml: train\.clip = 'per_model' is not one of \['joint', 'none', 'per_detector'\]",
+        ),
+        ("train:\n  detach_links: maybe\n", r"bad\.yaml: train\.detach_links: expected bool, got str"),
+    ],
+    ids=["clip", "detach_links"],
+)
+def test_step1_ablation_options_are_validated(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))
+
+
+def test_hash_of_single_fields():
+    a, b = load_config("smoke"), load_config("smoke", overrides={"eval": {"sweep": 7}})
+    assert a.section_hash("eval.batch") == b.section_hash("eval.batch")
+    assert a.section_hash("eval.sweep") != b.section_hash("eval.sweep")

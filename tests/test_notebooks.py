@@ -81,6 +81,7 @@ def executed(smoke_cfg):
     return results, outs
 
 
+@pytest.mark.slow
 def test_notebooks_run_and_write_only_results(executed):
     results, outs = executed
     assert all(o.is_relative_to(results) for o in outs)
@@ -113,6 +114,7 @@ def test_notebooks_run_and_write_only_results(executed):
         assert name in produced, f"missing {name}"
 
 
+@pytest.mark.slow
 def test_nbval_lax_on_executed_notebooks(executed):
     results, outs = executed
     env = {**os.environ}

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dynamicdet import paths
 from dynamicdet.pipeline import reproduce
 
 
+@pytest.mark.slow
 def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
     reproduce("smoke", run_notebooks=False, progress=False)
     prov_path = paths.results_dir("smoke") / "provenance.json"
@@ -24,6 +27,26 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
         if name != "data":  # the data check always runs
             assert second["stage_wall_s"][name] == seconds  # the computing run's time survives
     assert "last_partial_run_wall_s" in second and second["git_sha"]
+
+
+@pytest.mark.slow
+def test_an_eval_change_recomputes_the_stages_that_read_it_and_only_those(smoke_cfg):
+    """After a full smoke run, a new eval.stream_images leaves every stage done but the latency table."""
+    from dynamicdet import runs
+    from dynamicdet.config import load_config
+    from dynamicdet.experiments import latency_table, static_baselines, tradeoff, trained
+
+    reproduce("smoke", run_notebooks=False, progress=False)
+    changed = load_config("smoke", overrides={"eval": {"stream_images": 7}})
+    stages = [runs.STEP1, runs.VIEW_CACHE, runs.VAL_CACHE, runs.STEP2, runs.VAL_DETS, runs.TRADEOFF, runs.LATENCY]
+    assert [s.name for s in stages if not s.done(changed)] == ["latency table"]
+    before = {s.name: s.path(changed).stat().st_mtime_ns for s in stages if s.done(changed)}
+    tr = trained(changed, progress=False)
+    lat = latency_table(tr, tradeoff(tr, progress=False), static_baselines(changed, progress=False), progress=False)
+    assert runs.LATENCY.done(changed) and runs.LATENCY.path(changed) != runs.LATENCY.path(smoke_cfg)
+    assert list(lat["model"])[0] == "Dy /0" and (lat["latency_ms_b1"] > 0).all()
+    # nothing else was recomputed
+    assert {s.name: s.path(changed).stat().st_mtime_ns for s in stages if s.name in before} == before
 
 
 def test_git_sha_is_dirty_for_code_changes_not_for_regenerated_results(tmp_path, monkeypatch):

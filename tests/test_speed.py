@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def _fake_times(easy, hard):
     return fake
 
 
-def test_route_latencies_remeasure_then_raise_on_inverted_range(monkeypatch):
+def test_route_latencies_remeasure_then_warn_on_inverted_range(monkeypatch):
     model = DynamicDetector("yolov8", "n", nc=2)
     seen = []
 
@@ -41,19 +43,23 @@ def test_route_latencies_remeasure_then_raise_on_inverted_range(monkeypatch):
         return 5.0  # always faster than easy: noise that never goes away
 
     monkeypatch.setattr(speed, "time_interleaved", _fake_times(10.0, hard))
-    with pytest.raises(speed.TimingError, match=r"hard route measured no slower.*5\.000 vs 10\.000 ms"):
-        speed.route_latencies(model, 32, batch=1, warmup=0, repeats=3, retries=2)
+    with pytest.warns(UserWarning, match=r"hard route measured no slower.*5\.000 vs 10\.000 ms"):
+        r = speed.route_latencies(model, 32, batch=1, warmup=0, repeats=3, retries=2)
     assert seen == [3, 6, 12]  # doubled repeats on each retry
+    assert r["noisy"] and r["hard"] == 5.0  # recorded, not raised
 
 
 def test_route_latencies_accept_a_retry_that_restores_the_order(monkeypatch):
     model = DynamicDetector("yolov8", "n", nc=2)
     monkeypatch.setattr(speed, "time_interleaved", _fake_times(10.0, lambda r: 20.0 if r > 3 else 5.0))
     r = speed.route_latencies(model, 32, batch=1, warmup=0, repeats=3)
-    assert r["easy"] == 10.0 and r["hard"] == 20.0
+    assert r["easy"] == 10.0 and r["hard"] == 20.0 and not r["noisy"]
 
 
-def test_real_route_latencies_are_ordered_on_a_small_model():
+def test_real_route_latencies_run_on_a_small_model():
+    # real timings: their order is not asserted (a busy machine may invert it); the harness must time all four
     torch.manual_seed(0)
-    r = speed.route_latencies(DynamicDetector("yolov8", "n", nc=2), 64, batch=1, warmup=1, repeats=5)
-    assert r["hard"] > r["easy"] > r["router"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an inverted (noisy) range is possible under load, and allowed
+        r = speed.route_latencies(DynamicDetector("yolov8", "n", nc=2), 64, batch=1, warmup=1, repeats=5, retries=0)
+    assert {"easy", "hard", "score", "router"} <= set(r) and all(r[k] > 0 for k in ("easy", "hard", "score", "router"))

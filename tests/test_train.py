@@ -14,18 +14,13 @@ import pytest
 import torch
 import yaml
 
+from dynamicdet.build import build_model
 from dynamicdet.checkpoint import read_checkpoint
 from dynamicdet.config import load_config
 from dynamicdet.data.coco import prepare_dataset
-from dynamicdet.train import (
-    build_model,
-    build_router_cache,
-    fit_router,
-    fit_router_direct,
-    router_dir,
-    run_dir,
-    train_step2,
-)
+from dynamicdet.runs import router_dir, run_dir
+from dynamicdet.step1 import train_step1
+from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, step_caches, train_step2
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +30,7 @@ def step2(smoke_cfg):
     return smoke_cfg
 
 
+@pytest.mark.slow
 def test_step1_artefacts_and_metrics_of_both_detectors(step2):
     cfg = step2
     folder = run_dir(cfg)
@@ -49,6 +45,7 @@ def test_step1_artefacts_and_metrics_of_both_detectors(step2):
     assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["epochs"] == cfg.train.epochs
 
 
+@pytest.mark.slow
 def test_step2_artefacts(step2):
     cfg = step2
     out = router_dir(cfg)
@@ -64,6 +61,7 @@ def test_step2_artefacts(step2):
     assert ckpt["loss"] == cfg.router.loss
 
 
+@pytest.mark.slow
 def test_finished_stages_are_reused(step2):
     path1, path2 = run_dir(step2) / "step1.pt", router_dir(step2) / "step2.pt"
     m1, m2 = path1.stat().st_mtime_ns, path2.stat().st_mtime_ns
@@ -75,6 +73,7 @@ def test_finished_stages_are_reused(step2):
     assert router_dir(changed) != router_dir(step2) and run_dir(changed) == run_dir(step2)
 
 
+@pytest.mark.slow
 def test_cached_and_direct_router_training_agree(step2):
     cfg = load_config("smoke", overrides={"router": {"views": 2, "epochs": 2}})
     info = prepare_dataset(cfg)
@@ -93,10 +92,9 @@ def test_cached_and_direct_router_training_agree(step2):
         assert not torch.equal(fresh.fc2.bias, cached.router.fc2.bias)
 
 
+@pytest.mark.slow
 def test_naive_loss_collapses_and_offset_balances(step2):
     """On the cached smoke data: naive (1) pushes every phi up when L2 < L1 on most images."""
-    from dynamicdet.train import step_caches
-
     cache, _ = step_caches(step2)
     frac_better2 = float(((cache["l1"] - cache["l2"]) > 0).float().mean())
     naive = fit_router(cache, step2, kind="naive", epochs=30)
@@ -125,6 +123,7 @@ def _env(home: Path) -> dict:
     return {**os.environ, "DYNAMICDET_HOME": str(home), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(smoke_cfg, tmp_path):
     cfg_path = _cfg_file(tmp_path, epochs=4)
     cfg = load_config(cfg_path)
@@ -155,10 +154,9 @@ def test_resume_after_kill_matches_uninterrupted_run(smoke_cfg, tmp_path):
     assert list(metrics["epoch"]) == list(range(1, cfg.train.epochs + 1))
 
 
+@pytest.mark.slow
 def test_validation_every_n_epochs_keeps_the_metrics_csv_readable(smoke_cfg, tmp_path):
     """Epochs without validation log no AP columns; a later validated epoch adds them."""
-    from dynamicdet.train import train_step1
-
     cfg_path = _cfg_file(tmp_path, epochs=3)
     raw = yaml.safe_load(cfg_path.read_text())
     raw["train"]["val_every"] = 2
@@ -173,6 +171,7 @@ def test_validation_every_n_epochs_keeps_the_metrics_csv_readable(smoke_cfg, tmp
 
 
 # ---------------------------------------------------------------------- DDP with 2 gloo processes
+@pytest.mark.slow
 def test_ddp_two_gloo_ranks_hold_identical_weights(smoke_cfg, tmp_path):
     cfg_path = _cfg_file(tmp_path, epochs=1)
     home = tmp_path / "ddp"
@@ -201,3 +200,88 @@ def test_ddp_two_gloo_ranks_hold_identical_weights(smoke_cfg, tmp_path):
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=f"{k} differs between ranks")
     assert (home / rel / "step1.pt").exists()
+
+
+# ---------------------------------------------------------------------- gradient clipping (train.clip)
+def _model_with_gradients(scale1: float, scale2: float):
+    """A small dynamic model whose detector-1 and detector-2 gradients have norms ~scale1 and ~scale2."""
+    from dynamicdet.model import DynamicDetector
+
+    torch.manual_seed(0)
+    model = DynamicDetector("yolov8", "n", nc=2)
+    groups = model.detector_groups()
+    for name, scale in (("det1", scale1), ("det2", scale2)):
+        for p in groups[name]:
+            p.grad = torch.randn_like(p) * scale / 100
+    return model, groups
+
+
+def _norm(params) -> float:
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+
+def test_per_detector_clipping_bounds_each_detectors_own_norm():
+    from dynamicdet.step1 import clip_gradients
+
+    model, groups = _model_with_gradients(3.0, 40.0)
+    n1, n2 = _norm(groups["det1"]), _norm(groups["det2"])
+    assert n1 > 10 and n2 > 10 and n2 > 5 * n1
+    out = clip_gradients(model, "per_detector", max_norm=10.0)
+    assert out["grad_norm_det1"] == pytest.approx(n1) and out["grad_norm_det2"] == pytest.approx(n2)
+    assert out["clipped"] == 1
+    # each detector is clipped to the limit on its own: detector 1 keeps its full step length
+    assert _norm(groups["det1"]) == pytest.approx(10.0, rel=1e-4)
+    assert _norm(groups["det2"]) == pytest.approx(10.0, rel=1e-4)
+
+
+def test_joint_clipping_shares_one_step_length_and_none_leaves_gradients():
+    from dynamicdet.step1 import clip_gradients
+
+    model, groups = _model_with_gradients(3.0, 40.0)
+    n1, n2 = _norm(groups["det1"]), _norm(groups["det2"])
+    out = clip_gradients(model, "joint", max_norm=10.0)
+    # ||g|| = sqrt(||g1||^2 + ||g2||^2), scaled as one vector to 10: detector 1 shrinks by the same factor as detector 2
+    assert out["grad_norm"] == pytest.approx((n1**2 + n2**2) ** 0.5, rel=1e-4)
+    assert _norm(groups["det1"]) + _norm(groups["det2"]) > 0
+    assert (_norm(groups["det1"]) ** 2 + _norm(groups["det2"]) ** 2) ** 0.5 == pytest.approx(10.0, rel=1e-4)
+    assert _norm(groups["det1"]) / n1 == pytest.approx(_norm(groups["det2"]) / n2, rel=1e-4)
+    model, groups = _model_with_gradients(3.0, 40.0)
+    before = [p.grad.clone() for p in groups["det1"]]
+    out = clip_gradients(model, "none", max_norm=10.0)
+    assert out["clipped"] == 0 and all(torch.equal(a, p.grad) for a, p in zip(before, groups["det1"], strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"train": {"clip": "per_detector"}},
+        {"train": {"clip": "none"}},
+        {"train": {"detach_links": True}},
+        {"train": {"clip": "per_detector", "detach_links": True}},
+        {"model": {"dual": False}},
+    ],
+    ids=["per_detector", "no_clip", "detach_links", "per_detector+detach", "static_yolo"],
+)
+def test_step1_variants_train_through_the_cli(smoke_cfg, tmp_path, variant):
+    """Each step-1 ablation variant trains at smoke size through `dynamicdet train` and logs gradient norms."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "smoke.yaml").read_text())
+    raw["data"]["name"] = "smoke"
+    raw["train"]["epochs"] = 1
+    for section, values in variant.items():
+        raw.setdefault(section, {}).update(values)
+    cfg_path = tmp_path / "variant.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    r = subprocess.run(_train_cmd(cfg_path), env=_env(home), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = load_config(cfg_path)
+    rel = run_dir(cfg).relative_to(Path(os.environ["DYNAMICDET_HOME"]))
+    metrics = pd.read_csv(home / rel / "step1_metrics.csv")
+    norms = pd.read_csv(home / rel / "step1_grad_norms.csv")
+    assert len(norms) >= 1 and (norms["grad_norm"] > 0).all()
+    dual = cfg.model.dual
+    assert ("grad_norm_det2" in norms) == dual and ("det2_AP" in metrics) == dual
+    assert metrics["det1_AP"].between(0, 1).all()
+    if cfg.train.clip == "none":
+        assert (norms["clipped"] == 0).all()

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from dynamicdet import routing, speed
+from dynamicdet.build import build_model, load_model
+from dynamicdet.config import load_config
+from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.evaluate import coco_evaluate, segms_to_coco
+from dynamicdet.experiments import static_config
 from dynamicdet.model import AdaptiveRouter
 from dynamicdet.predict import predict
+from dynamicdet.runs import VIEW_CACHE, router_dir
+from dynamicdet.step2 import load_cache, train_step2
 from dynamicdet.two_stage import DynamicTwoStage, HeadSizes, Trunk, TwoStageDetector, targets_from_batch
 
 SIZE = 64
@@ -75,14 +83,22 @@ def test_batched_route_equals_per_image_routing(dyn, split):
     x = torch.rand(4, 3, SIZE, SIZE)
     with torch.no_grad():
         z = dyn.score_logit(x)
-        tau = {"all easy": float("inf"), "mixed": float(z.median()), "all hard": float("-inf")}[split]
+        # a threshold between scores (midway between the 2nd and 3rd largest): never on a sample value
+        tau = {"all easy": float("inf"), "mixed": routing.threshold_for_fraction(z.numpy(), 0.5)}.get(split)
+        tau = float("-inf") if tau is None else tau
         out = dyn.route(x, tau)
         assert torch.equal(out.hard, z >= tau)
+        if split == "mixed":
+            assert int(out.hard.sum()) == 2
         for i in range(4):
             alone = dyn.route(x[i : i + 1], tau)
-            assert bool(alone.hard[0]) == bool(out.hard[i])
+            # an image alone scores within float noise (~1e-6) of its batched score; the route of a score
+            # that close to the threshold is unspecified, so it is asserted only with a clear margin
+            if abs(float(z[i]) - tau) > 1e-4:
+                assert bool(alone.hard[0]) == bool(out.hard[i])
+                assert _same(out.preds[i], alone.preds[0])
             ref = (dyn.second if out.hard[i] else dyn.first)(x[i : i + 1])[0]
-            assert _same(out.preds[i], alone.preds[0]) and _same(out.preds[i], ref)
+            assert _same(out.preds[i], ref)
 
 
 def test_route_skips_the_route_no_image_takes(dyn, monkeypatch):
@@ -99,7 +115,7 @@ def test_route_skips_the_route_no_image_takes(dyn, monkeypatch):
 def test_per_image_losses_finite_nonnegative_with_empty_images(dyn):
     x = torch.rand(3, 3, SIZE, SIZE)
     with torch.no_grad():
-        pooled, l1, l2 = dyn.router_batch(x, _targets(dyn.kind))
+        pooled, l1, l2 = dyn.router_inputs(x, _targets(dyn.kind))
     assert pooled.shape == (3, sum(dyn.det1.trunk.tap_channels))
     for losses in (l1, l2):
         assert losses.shape == (3,) and torch.isfinite(losses).all() and (losses >= 0).all()
@@ -207,21 +223,15 @@ def test_predicted_masks_are_unletterboxed_and_scored_by_pycocotools(tmp_path):
     assert m["AP50"] == pytest.approx(1.0) and m["AP"] > 0.9
 
 
+@pytest.mark.slow
 def test_two_stage_configs_run_through_the_same_training_entry_points():
     """model.kind switches step 1, the step-2 cache and router training to the two-stage model."""
-    import pandas as pd
-
-    from dynamicdet.config import load_config
-    from dynamicdet.data.synthetic import generate_from_config
-    from dynamicdet.generality import static_config
-    from dynamicdet.train import build_model, cache_path, load_cache, load_model, router_dir, train_step2
-
     cfg = load_config("smoke_faster_rcnn")
     generate_from_config(cfg, progress=False)
     train_step2(cfg, progress=False)
     scores = pd.read_csv(router_dir(cfg) / "val_scores.csv")
     assert len(scores) == cfg.data.n_val and scores[["L1", "L2"]].ge(0).all().all()
-    cache = load_cache(cache_path(cfg))
+    cache = load_cache(VIEW_CACHE.path(cfg))
     model = load_model(cfg)
     assert isinstance(model, DynamicTwoStage)
     assert cache["pooled"].shape == (cfg.router.views * cfg.data.n_train, sum(model.det1.trunk.tap_channels))
@@ -231,9 +241,18 @@ def test_two_stage_configs_run_through_the_same_training_entry_points():
         train_step2(static_config(cfg, "resnet18"), progress=False)
 
 
-def test_latency_harness_times_the_two_stage_routes():
-    from dynamicdet.speed import route_latencies
-
+def test_latency_harness_times_the_two_stage_routes(monkeypatch):
+    # the timings themselves are noise on a shared machine: only the harness's plumbing is checked
+    monkeypatch.setattr(speed, "time_interleaved", _ordered_fake_times)
     torch.manual_seed(0)
-    r = route_latencies(DynamicTwoStage("faster_rcnn", "resnet18", nc=3, sizes=SMALL), SIZE, warmup=1, repeats=3)
-    assert r["hard"] > r["easy"] > 0 and r["router"] > 0 and r["batch"] == 1
+    r = speed.route_latencies(DynamicTwoStage("faster_rcnn", "resnet18", nc=3, sizes=SMALL), SIZE, warmup=1, repeats=3)
+    assert set(r) == {"batch", "img_size", "easy", "hard", "score", "router"} and r["batch"] == 1
+
+
+def _ordered_fake_times(fns, device, warmup, repeats):
+    """time_interleaved that calls every function once (the plumbing runs) and reports fixed times."""
+    fixed = {"easy": 2.0, "hard": 3.0, "score": 1.0, "router": 0.1}
+    with torch.inference_mode():  # as the real harness
+        for fn in fns.values():
+            fn()
+    return {k: {"median_ms": fixed[k], "p10_ms": 0, "p90_ms": 0, "min_ms": 0, "repeats": repeats} for k in fns}

@@ -1,4 +1,4 @@
-"""Generality for two-stage detectors (the paper's Table 4, notebook ``08_two_stage``).
+"""Generality for two-stage detectors (the paper's Table 4, notebook 08_two_stage).
 
 For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml`` and
 ``configs/X_mask_rcnn.yaml``. For each, :func:`two_stage_table` trains (or reuses):
@@ -9,8 +9,9 @@ For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml``
 
 and evaluates every row on the val set with pycocotools (boxes, and masks for Mask
 R-CNN): the Dy rows run ``route()`` for real at the threshold that sends a fraction k
-of the val images to detector 2. GFLOPs are counted (``torch.utils.flop_counter``) and
-latencies timed at batch 1 on the same val images, all rows in alternation.
+of the val images to detector 2. GFLOPs are counted (:func:`~dynamicdet.cost.gflops`) and
+latencies timed at batch 1 on the same val images, all rows in alternation
+(:func:`~dynamicdet.speed.time_streams`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import routing
-from .config import Config, load_config
-from .speed import environment, prepare_for_timing, time_interleaved
-from .train import evaluate_fn, load_model, router_dir, run_dir, train_step1, val_loader
+from .. import routing
+from ..build import load_model
+from ..config import Config, load_config
+from ..cost import gflops
+from ..files import write_csv
+from ..results import provenance
+from ..runs import STEP1, STEP2, TWO_STAGE_TABLE
+from ..speed import environment, prepare_for_timing, time_streams
+from ..step1 import train_step1
+from ..validate import evaluate_fn, val_loader
+from .trained import trained
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 
@@ -57,24 +65,11 @@ def _val_images(cfg: Config, info, device, n: int) -> list[torch.Tensor]:
     return imgs
 
 
-def _gflops(fn, imgs: list[torch.Tensor]) -> float:
-    """Mean GFLOPs per image of ``fn`` over ``imgs`` (convs, matmuls; not RoIAlign/NMS)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    total = 0.0
-    with torch.inference_mode():
-        for x in imgs:
-            with FlopCounterMode(display=False) as counter:
-                fn(x)
-            total += counter.get_total_flops()
-    return total / len(imgs) / 1e9
-
-
 def _train_minutes(cfg: Config, step2: bool = False) -> float:
     """Training wall time of a run: step-1 epochs (validation excluded), + router fit for step 2."""
-    minutes = pd.read_csv(run_dir(cfg) / "step1_metrics.csv")["time_s"].sum() / 60
+    minutes = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")["time_s"].sum() / 60
     if step2:  # the cache passes are not timed separately; the router fit is
-        minutes += pd.read_csv(router_dir(cfg) / "router_metrics.csv")["wall_s"].iloc[-1] / 60
+        minutes += pd.read_csv(STEP2.path(cfg) / "router_metrics.csv")["wall_s"].iloc[-1] / 60
     return float(minutes)
 
 
@@ -91,11 +86,9 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
         (+ ``mask_*`` for Mask R-CNN), k_measured, GFLOPs, latency_ms_b1, params_M,
         train_min (training wall time; the dynamic rows share one model).
     """
-    from .experiments import trained
-
     cfg = two_stage_config(base, kind)
     tr = trained(cfg, progress=progress)
-    path = router_dir(cfg) / "two_stage_table.csv"
+    path = TWO_STAGE_TABLE.path(cfg)
     if path.exists():
         return pd.read_csv(path)
     device, info = tr.device, tr.info
@@ -109,7 +102,7 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
         m, _ = evaluate_fn(model.first, scfg, info, device, loader, f"val {name}", progress)
         rows.append({"model": name, "backbone": backbone, "k": np.nan, "k_measured": np.nan, **m})
         rows[-1]["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-        rows[-1]["run"] = run_dir(scfg).name
+        rows[-1]["run"] = STEP1.path(scfg).name
         rows[-1]["train_min"] = _train_minutes(scfg)
         fns[name] = prepare_for_timing(model, device).first
     z = tr.val_scores["logit"].to_numpy()
@@ -129,7 +122,7 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
                 "k_measured": float(np.mean(list(hard.values()))),
                 **m,
                 "params_M": n_params,
-                "run": router_dir(cfg).relative_to(run_dir(cfg).parent).as_posix(),
+                "run": STEP2.path(cfg).relative_to(STEP1.path(cfg).parent).as_posix(),
                 "train_min": _train_minutes(cfg, step2=True),
             }
         )
@@ -137,26 +130,18 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     # cost on the same real val images: FLOPs counted per image, latency timed in alternation
     imgs = _val_images(cfg, info, device, cfg.eval.timing_images)
     e = cfg.eval
-    lat = {name: 0.0 for name in fns}
-    for x in tqdm(imgs, desc="latency", disable=not progress):
-        res = time_interleaved(
-            {n: (lambda f=f, x=x: f(x)) for n, f in fns.items()}, device, e.latency_warmup, e.latency_repeats
-        )
-        for n in fns:
-            lat[n] += res[n]["median_ms"] / len(imgs)
+    lat = time_streams(fns, imgs, device, e.latency_warmup, e.latency_repeats)
     for row in rows:
-        row["GFLOPs"] = _gflops(fns[row["model"]], imgs)
+        row["GFLOPs"] = gflops(fns[row["model"]], imgs)
         row["latency_ms_b1"] = lat[row["model"]]
     table = pd.DataFrame(rows)
     table.attrs["env"] = environment()
-    save_atomic_csv(table, path)
+    write_csv(table, path)
     return table
 
 
 def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
     """Add the two-stage configs and their training minutes to ``results/<base>/provenance.json``."""
-    from .results import provenance
-
     extra = {}
     for kind, df in tables.items():
         cfg = two_stage_config(base, kind)
@@ -169,13 +154,6 @@ def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
             },
         }
     provenance(base, load_config(base).to_dict(), {"two_stage": extra})
-
-
-def save_atomic_csv(df: pd.DataFrame, path) -> None:
-    """Write a CSV through a temporary file (an interrupted run leaves no half table)."""
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 __all__ = ["KINDS", "record_provenance", "static_config", "two_stage_config", "two_stage_table"]

@@ -1,6 +1,6 @@
 """Benchmark suite: the performance goals, measured side by side in one process.
 
-``make bench CONFIG=quick`` (or ``python -m dynamicdet.bench --config quick``) measures,
+``make bench CONFIG=quick`` (or ``python bench/suite.py --config quick``) measures,
 on this machine and in one run, and merges into ``results/bench.json`` / ``results/bench.md``:
 
 1. routing overhead: router (pool + MLP) latency / easy-route latency (goal <= 2%);
@@ -30,43 +30,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from bench_datagen import measure_datagen
 
-from . import paths
-from .config import DEFAULT_CLASSES, Config, load_config
-from .offline import same_threads
-
-
-def measure_datagen(n: int = 400, size: int = 256, workers: int = 2) -> dict:
-    """Generate ``n`` images of side ``size`` into a temporary folder; images per second."""
-    from .data.synthetic import generate
-
-    with tempfile.TemporaryDirectory(prefix="bench_datagen_") as tmp:
-        t0 = time.perf_counter()
-        stats = generate(
-            Path(tmp),
-            n_train=n,
-            n_val=0,
-            img_size=size,
-            seed=0,
-            classes=list(DEFAULT_CLASSES),
-            workers=workers,
-            progress=False,
-        )
-        seconds = time.perf_counter() - t0
-    return {
-        "n": n,
-        "size": size,
-        "workers": workers,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(n / seconds, 1),
-        "annotations": stats["train"]["n_annotations"],
-    }
+from dynamicdet import paths
+from dynamicdet.build import build_model
+from dynamicdet.checkpoint import load_into
+from dynamicdet.config import Config, load_config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.data.loaders import to_device
+from dynamicdet.experiments import target_latency, train_ultralytics, trained
+from dynamicdet.results import git_sha
+from dynamicdet.speed import environment, prepare_for_timing, time_interleaved
+from dynamicdet.step1 import train_step1
+from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
 
 
 def _median_ms(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
     """Median ms of several zero-argument callables, timed in alternation (round robin)."""
-    from .speed import time_interleaved
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {k: v["median_ms"] for k, v in time_interleaved(fns, device, warmup, repeats).items()}
 
@@ -92,8 +72,6 @@ def _goal(value: float, goal: float, higher_is_better: bool) -> str:
 
 def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
     """Items 1-3: router overhead, route() vs ideal (batch 1 and 8) and vs a batch-1 loop, wrapper overhead."""
-    from .speed import prepare_for_timing
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = prepare_for_timing(model, device)
     plain = prepare_for_timing(model.det1, device)
@@ -211,21 +189,6 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
 
 def bench_step2(cfg: Config) -> list[dict]:
     """Item 4: router training with the cache vs the direct path vs the authors' recipe."""
-    from .checkpoint import load_into
-    from .data.coco import prepare_dataset
-    from .data.loaders import to_device
-    from .losses import DetectionLoss
-    from .train import (
-        _router_batch,
-        _view_dataset,
-        _view_loader,
-        build_model,
-        build_router_cache,
-        fit_router,
-        fit_router_direct,
-        train_step1,
-    )
-
     device = torch.device("cpu")
     info = prepare_dataset(cfg)
     model = build_model(cfg, nc=len(info.names))
@@ -244,16 +207,13 @@ def bench_step2(cfg: Config) -> list[dict]:
     t_direct1 = time.perf_counter() - t0  # median pass + one epoch
     t_direct = t_direct1 + (epochs - 1) * t_cache  # each further epoch = one more pass over the views
     # the authors' loop shape: batch 1, both detectors every step, router backward, V views x N images
-    crit1, crit2 = DetectionLoss(model.det1), DetectionLoss(model.det2)
     router = copy.deepcopy(model.router).train().requires_grad_(True)
     opt = torch.optim.AdamW(router.parameters(), lr=1e-5)
-    ds = _view_dataset(cfg, info)
+    ds = view_dataset(cfg, info)
     n_time, seen = 16, 0
-    one_img = copy.deepcopy(cfg)
-    one_img.router.batch = 1
     t0 = time.perf_counter()
-    for batch in _view_loader(one_img, ds, 0):
-        pooled, l1, l2 = _router_batch(model, crit1, crit2, to_device(batch, device))
+    for batch in view_loader(cfg, ds, 0, batch=1):
+        pooled, l1, l2 = model.router_batch(to_device(batch, device))
         phi = router.head(pooled)
         loss = ((1 - phi) * l1 + phi * l2).mean()
         loss.backward()
@@ -288,12 +248,6 @@ def bench_step2(cfg: Config) -> list[dict]:
 
 def bench_step1(cfg: Config) -> list[dict]:
     """Item 5: one epoch of joint training vs ultralytics' trainer on one plain detector (no validation)."""
-    from ultralytics import YOLO
-
-    from .data.coco import prepare_dataset
-    from .train import train_step1
-
-    info = prepare_dataset(cfg)
     one = copy.deepcopy(cfg)
     one.train.epochs = 1
     n = cfg.data.n_train if cfg.data.source == "synthetic" else None
@@ -301,29 +255,9 @@ def bench_step1(cfg: Config) -> list[dict]:
         t0 = time.perf_counter()
         train_step1(one, progress=False, validate=False)
         ours = time.perf_counter() - t0
-    t = cfg.train
-    with _temporary_home() as home, same_threads():
+    with _temporary_home() as home:
         t0 = time.perf_counter()
-        YOLO(f"{cfg.model.family}{cfg.model.scale}.yaml", task="detect").train(
-            data=str(info.yaml_path),
-            epochs=1,
-            imgsz=cfg.data.img_size,
-            batch=t.batch,
-            device="cpu",
-            workers=t.workers,
-            optimizer=t.optimizer,
-            lr0=t.lr0,
-            nbs=t.nbs,
-            warmup_epochs=t.warmup_epochs,
-            close_mosaic=0,
-            val=False,
-            plots=False,
-            amp=False,
-            verbose=False,
-            project=str(home),
-            name="u",
-            pretrained=False,
-        )
+        train_ultralytics(one, cfg.model.scale, 1, home, "u", close_mosaic=0)
         theirs = time.perf_counter() - t0
     ratio = theirs / ours
     return [
@@ -344,8 +278,6 @@ def bench_controller(cfg: Config, rounds: int = 3) -> list[dict]:
     Figures are medians over ``rounds`` rounds of :func:`experiments.target_latency` (the
     shared machine changes speed by up to 1.7x from one minute to the next).
     """
-    from .experiments import target_latency, trained
-
     demo = target_latency(trained(cfg, progress=False), rounds=rounds, progress=False)
     rows = []
     for _, r in demo.iterrows():
@@ -398,9 +330,6 @@ def _part_of(row: dict) -> str:
 
 def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...] = PARTS) -> dict:
     """Measure ``parts`` for ``config`` and merge them into ``results/bench.{json,md}``."""
-    from .speed import environment
-    from .train import build_model
-
     cfg = load_config(config)
     warmup, repeats = (2, 5) if quick_timing else (cfg.eval.latency_warmup, max(cfg.eval.latency_repeats, 20))
     t_start = time.time()
@@ -428,8 +357,6 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
                 "detail": f"{g['n']} images",
             }
         )
-    from .results import git_sha
-
     record = {
         "config": config,
         "img_size": cfg.data.img_size,
@@ -464,7 +391,7 @@ def render(allrec: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Measured by `make bench CONFIG=<config>` (`python -m dynamicdet.bench`); "
+        "Measured by `make bench CONFIG=<config>` (`python bench/suite.py`); "
         "each section is one run on one machine, except rows marked as measured in an earlier run "
         "(`--parts` re-measures some parts only).",
         "",
@@ -488,7 +415,7 @@ def render(allrec: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dynamicdet.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python bench/suite.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="quick")
     p.add_argument("--fast", action="store_true", help="few repeats (for the test suite)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")

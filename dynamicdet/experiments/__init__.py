@@ -1,0 +1,45 @@
+"""The paper's experiments as cached stages that the notebooks call, one module per section.
+
+=========================  ==========================================================  ==========
+module                     what                                                        notebooks
+=========================  ==========================================================  ==========
+:mod:`.trained`            a trained config, its val detections, routed evaluation     04-08
+:mod:`.tradeoffs`          the /k table and the dense sweep against every baseline     05, 06, 07
+:mod:`.variable_speed`     timing on a stream of val images, latency table, targets    05, 06
+:mod:`.static_models`      plain ultralytics models trained by ultralytics' trainer    05, 06
+:mod:`.generality`         Dy-Faster / Dy-Mask R-CNN against static models             08
+=========================  ==========================================================  ==========
+
+Every stage stores its output under the run folder, keyed by the config fields it reads
+(:mod:`dynamicdet.runs`), so re-running a notebook does not retrain or re-measure.
+"""
+
+from .generality import KINDS, record_provenance, static_config, two_stage_config, two_stage_table
+from .static_models import load_static, static_baselines, train_ultralytics
+from .tradeoffs import sweep_latency, tradeoff
+from .trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator, trained
+from .variable_speed import latency_table, stream_latency, target_latency, timing_stream, variable_speed_table
+
+__all__ = [
+    "KINDS",
+    "Trained",
+    "evaluate_dets",
+    "latency_table",
+    "load_static",
+    "predict_val",
+    "record_provenance",
+    "route_detections",
+    "routed_evaluator",
+    "static_baselines",
+    "static_config",
+    "stream_latency",
+    "sweep_latency",
+    "target_latency",
+    "timing_stream",
+    "trained",
+    "tradeoff",
+    "train_ultralytics",
+    "two_stage_config",
+    "two_stage_table",
+    "variable_speed_table",
+]

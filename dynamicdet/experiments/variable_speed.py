@@ -1,0 +1,246 @@
+"""Variable-speed inference: one model at every latency (notebooks 05, 06).
+
+- :func:`timing_stream` / :func:`stream_latency`: real val images, spread over the
+  router's scores, timed as a stream with every compared model in alternation;
+- :func:`latency_table`: every model of the trade-off timed together (:data:`~dynamicdet.runs.LATENCY`);
+- :func:`target_latency`: thresholds from target latencies, then the achieved latency;
+- :func:`variable_speed_table`: the paper's Table 1 (dynamic rows and static models).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import routing
+from ..files import write_csv
+from ..runs import LATENCY
+from ..speed import prepare_for_timing, time_streams
+from ..validate import val_loader
+from .static_models import load_static
+from .trained import Trained
+
+
+def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor], np.ndarray]:
+    """A stream of ``n`` (``eval.stream_images``) val images for timing route(), and their logits.
+
+    The images sit at evenly spaced ranks of the router's score, so the fraction of them
+    above any threshold equals the val fraction to within 1/n (a timing on n images
+    measures the routes' costs, not the luck of the sample), in a fixed shuffled order, so
+    consecutive images take different routes as in a deployment.
+
+    Returns:
+        images: n tensors (1, 3, S, S), letterboxed like evaluation, on ``t.device``;
+        logits: (n,) router logits of those images (from ``val_scores.csv``), same order.
+    """
+    n = t.cfg.eval.stream_images if n is None else n
+    if n < 1:
+        raise ValueError(f"the timing stream needs at least one image (eval.stream_images = {n})")
+    scores = t.val_scores.sort_values("logit", kind="stable").reset_index(drop=True)
+    n = min(n, len(scores))
+    picked = scores.iloc[((np.arange(n) + 0.5) * len(scores) / n).astype(int)]
+    picked = picked.iloc[np.random.default_rng(0).permutation(n)]
+    ds = val_loader(t.cfg, t.info, 1).dataset
+    index_of = {t.info.file_to_image_id["val"][Path(f).name]: i for i, f in enumerate(ds.im_files)}
+    dtype = torch.float16 if t.device.type == "cuda" else torch.float32
+    images = [ds[index_of[int(i)]]["img"][None].to(t.device, dtype) / 255 for i in picked["image_id"]]
+    return images, picked["logit"].to_numpy()
+
+
+def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int = 1) -> dict:
+    """Latency (ms per image) of several models over one stream of images, timed together.
+
+    ``fns`` maps a name to a logit threshold (``route(x, tau)`` of the fused model) or to
+    a callable ``fn(x)`` (e.g. a fused static model). The stream (:func:`timing_stream`)
+    is cut into batches of ``batch`` (a last partial batch is dropped) and timed by
+    :func:`~dynamicdet.speed.time_streams` (each entry's pass one timed call, entries in
+    alternation, so machine noise hits them alike).
+
+    Returns:
+        ``{name: median ms per image}``.
+    """
+    n = len(images) // batch * batch
+    if n == 0:
+        raise ValueError(f"a stream of {len(images)} images holds no batch of {batch}")
+    batches = [torch.cat(images[i : i + batch]) for i in range(0, n, batch)]
+    m = t.timing_model
+    calls = {
+        name: fn if callable(fn) else (lambda x, tau=float(fn): m.route(x, tau))  # a logit threshold
+        for name, fn in fns.items()
+    }
+    return time_streams(calls, batches, t.device, warmup=1, repeats=max(3, t.cfg.eval.latency_repeats // 4))
+
+
+def target_latency(
+    t: Trained,
+    ks=(0.1, 0.5, 0.9),
+    n_images: int | None = None,
+    rounds: int = 3,
+    progress: bool = True,
+    retries: int = 2,
+) -> pd.DataFrame:
+    """Check the latency controller: thresholds from target latencies, then route() timed at them.
+
+    Batch 1, on a stream of ``eval.stream_images`` real val images (:func:`timing_stream`).
+    Each of ``rounds`` rounds:
+
+    1. calibration: the stream through the easy route (tau = +inf) and through the hard
+       route (tau = -inf), timed in alternation; lat_easy, lat_hard = ms per image;
+    2. each target: lat_t = lat_easy + k (lat_hard - lat_easy) ms, and tau from
+       :func:`routing.threshold_for_latency` on the router's scores over all of val;
+    3. achieved: the stream through ``route(x, tau)`` for every target, timed right after
+       the calibration, in alternation with the easy and hard streams again.
+
+    ``achieved / target`` is what a user gets from a calibration taken moments before; on
+    a shared machine it also carries the machine's change of speed between the two passes
+    (up to 1.7x on ours), hence the rounds. ``achieved / model`` compares with
+    lat_easy + k_timed (lat_hard - lat_easy) from the easy and hard streams of the same
+    pass: the accuracy of the latency model itself.
+
+    A calibration whose hard route times no slower than its easy route (machine noise
+    larger than the routes' difference) is measured again, up to ``retries`` times; a
+    round that stays inverted is recorded as noisy and skipped, never raised: timing
+    noise does not fail the caller. ``noisy_rounds`` counts them; with no calibrated
+    round the timing columns are NaN.
+
+    Returns:
+        One row per target, medians over the rounds: ``target k``, ``target ms/img``,
+        ``logit threshold``, ``val fraction hard``, ``timed fraction hard``,
+        ``achieved ms/img``, ``achieved / target`` (+ ``_min``, ``_max`` over the rounds),
+        ``achieved / model``, ``lat_easy ms/img``, ``lat_hard ms/img`` (calibration),
+        ``images``, ``rounds``, ``noisy_rounds``.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    stream, z_timed = timing_stream(t, n_images)
+    z = t.val_scores["logit"].to_numpy()
+    ends = {"easy": float("inf"), "hard": float("-inf")}
+    per_round, noisy = [], 0
+    for _ in tqdm(range(rounds), desc="target latency", disable=not progress, leave=False):
+        for _ in range(retries + 1):
+            cal = stream_latency(t, ends, stream)
+            if cal["hard"] > cal["easy"]:
+                break
+        else:
+            noisy += 1
+            warnings.warn(
+                f"target latency: hard route timed no slower than the easy route ({cal['hard']:.3f} vs "
+                f"{cal['easy']:.3f} ms/img on {len(stream)} val images, {retries + 1} tries): round skipped as noisy",
+                stacklevel=2,
+            )
+            continue
+        # lat_t = lat_easy + k (lat_hard - lat_easy)
+        targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
+        taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
+        achieved = stream_latency(t, {**ends, **taus}, stream)
+        for k in ks:
+            k_timed = float((z_timed >= taus[k]).mean())
+            # same pass: lat_easy + k_timed (lat_hard - lat_easy)
+            model = achieved["easy"] + k_timed * (achieved["hard"] - achieved["easy"])
+            per_round.append(
+                {
+                    "target k": k,
+                    "target ms/img": targets[k],
+                    "logit threshold": taus[k],
+                    "val fraction hard": float((z >= taus[k]).mean()),
+                    "timed fraction hard": k_timed,
+                    "achieved ms/img": achieved[k],
+                    "achieved / target": achieved[k] / targets[k],
+                    "achieved / model": achieved[k] / model,
+                    "lat_easy ms/img": cal["easy"],
+                    "lat_hard ms/img": cal["hard"],
+                }
+            )
+    columns = [
+        "target k",
+        "target ms/img",
+        "logit threshold",
+        "val fraction hard",
+        "timed fraction hard",
+        "achieved ms/img",
+        "achieved / target",
+        "achieved / model",
+        "lat_easy ms/img",
+        "lat_hard ms/img",
+    ]
+    per_round = pd.DataFrame(per_round, columns=columns) if per_round else pd.DataFrame({"target k": list(ks)})
+    g = per_round.reindex(columns=columns).groupby("target k", sort=False)
+    out = g.median().reset_index()
+    ratio = out.columns.get_loc("achieved / target")
+    out.insert(ratio + 1, "achieved / target_min", g["achieved / target"].min().to_numpy())
+    out.insert(ratio + 2, "achieved / target_max", g["achieved / target"].max().to_numpy())
+    out["images"] = len(stream)
+    out["rounds"] = rounds
+    out["noisy_rounds"] = noisy
+    return out
+
+
+def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """Latency (ms per image) of every model of the trade-off, timed together.
+
+    The dynamic rows run ``route()`` at the table's thresholds; ``B1 + router`` is the
+    router's score alone (confidence escalation's hard images pay H1 = easy - score on
+    top); the static models run their fused forward. All on one stream of val images
+    (:func:`timing_stream`), in alternation (:func:`stream_latency`), at batch 1 and
+    ``eval.batch``: figures taken minutes apart on a shared machine are not comparable.
+    Cached (:data:`~dynamicdet.runs.LATENCY`).
+
+    Returns:
+        Columns ``model``, ``latency_ms_b1``, ``latency_ms_b<eval.batch>``.
+    """
+    table, e = res["table"], t.cfg.eval
+    path = LATENCY.path(t.cfg)
+    names = [*table["model"], "B1 + router", *static.get("model", [])]
+    if path.exists():
+        cached = pd.read_csv(path)
+        if list(cached["model"]) == names:
+            return cached
+    fns: dict = dict(zip(table["model"], table["tau"], strict=True))
+    fns["B1 + router"] = t.timing_model.score
+    for scale in e.static_scales:
+        name = f"{t.cfg.model.family}{scale} (static)"
+        if name in names:
+            fns[name] = prepare_for_timing(load_static(t.cfg, scale), t.device)
+    stream, _ = timing_stream(t)
+    out: dict = {"model": names}
+    for b in tqdm(sorted({1, e.batch}), desc="latency table", disable=not progress):
+        ms = stream_latency(t, fns, stream, b)
+        out[f"latency_ms_b{b}"] = [ms[n] for n in names]
+    df = pd.DataFrame(out)
+    write_csv(df, path)
+    return df
+
+
+def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """The trade-off table: dynamic rows /0 /10 /50 /90 /100 (route() for real) plus static models.
+
+    Columns: model, k (target hard fraction), k_measured, GFLOPs, latency at batch 1 and
+    ``batch`` (ms per image, :func:`latency_table`), FPS at batch 1, AP, AP50, AP75, APs,
+    APm, APl.
+    """
+    cols = [
+        "model",
+        "k",
+        "k_measured",
+        "GFLOPs",
+        "latency_ms_b1",
+        f"latency_ms_b{batch}",
+        "FPS_b1",
+        "AP",
+        "AP50",
+        "AP75",
+        "APs",
+        "APm",
+        "APl",
+    ]
+    rows = pd.concat([res["table"], static], ignore_index=True)
+    rows = rows.drop(columns=[c for c in rows if c.startswith(("latency_ms", "FPS"))]).merge(
+        lat, on="model", how="left"
+    )
+    rows["FPS_b1"] = 1000.0 / rows["latency_ms_b1"]
+    return rows.reindex(columns=cols)

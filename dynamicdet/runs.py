@@ -1,0 +1,138 @@
+"""Run folders and cached stages: where each artefact lives and what it depends on.
+
+Every cached artefact of the pipeline is a :class:`Stage`: a file or folder whose name
+carries a hash of exactly the config fields it reads, inside the folder of the stage it
+builds on. Editing a field therefore moves the stages that read it (and the stages
+inside them) to new names, so they are recomputed, and leaves every other stage where it
+was. A stage is done when its file (or its folder's marker file) exists; every file is
+written atomically (:mod:`dynamicdet.files`), so "exists" means "complete".
+
+Layout under ``paths.runs_dir()``::
+
+    <name>-<key>/                      STEP1: data, model, train
+        config.yaml  step1_last.pt  step1.pt  step1_metrics.csv  step1_grad_norms.csv
+        router_cache-<key>.pt          VIEW_CACHE: the router fields that shape the views
+        val_cache-<key>.pt             VAL_CACHE: eval.batch
+        router-<key>/                  STEP2: router, eval.batch
+            step2.pt  router_metrics.csv  train_losses.csv  val_scores.csv
+            val_dets-<key>.pt          VAL_DETS: NMS settings, eval.batch
+            tradeoff-<key>.pt          TRADEOFF: + fractions, sweep, random seeds
+            latency_table-<key>.csv    LATENCY: the timed models and the timing settings
+            two_stage_table-<key>.csv  TWO_STAGE_TABLE (two-stage configs): eval
+    <name>-static-<key>/               STATIC_MODELS: data, model.family, the train fields ultralytics reads,
+                                       eval.static_epochs
+        <scale>/weights/last.pt        (ultralytics' trainer)
+        yolov8<scale>-<key>.json       STATIC_ROW: NMS settings, eval.batch
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import paths
+from .config import Config
+from .files import write_text
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One cached artefact of the pipeline.
+
+    Attributes:
+        name: what it is (logs, provenance).
+        reads: config sections (``"train"``) or fields (``"eval.batch"``) its content depends on.
+        pattern: its file or folder name; ``{key}`` = hash of ``reads``, ``{name}`` = config
+            name, other fields from the keyword arguments of :meth:`path`.
+        parent: the stage whose folder holds it (None: the runs folder).
+        marker: for a folder stage, the file whose presence means the stage is done.
+    """
+
+    name: str
+    reads: tuple[str, ...]
+    pattern: str
+    parent: Stage | None = None
+    marker: str = ""
+
+    def key(self, cfg: Config) -> str:
+        return cfg.section_hash(*self.reads)
+
+    def path(self, cfg: Config, **fields: str) -> Path:
+        """The artefact's path for ``cfg`` (a folder for folder stages)."""
+        base = self.parent.path(cfg) if self.parent is not None else paths.runs_dir()
+        return base / self.pattern.format(key=self.key(cfg), name=cfg.name, **fields)
+
+    def done(self, cfg: Config, **fields: str) -> bool:
+        """Whether the artefact exists for ``cfg`` (then loading it is all a caller needs to do)."""
+        p = self.path(cfg, **fields)
+        return (p / self.marker).exists() if self.marker else p.exists()
+
+
+# NMS and batching of every val prediction (the batch size changes conv round-off, hence detections in the last bits)
+DETECTION_READS = ("eval.conf", "eval.iou", "eval.max_det", "eval.batch")
+# the router fields that shape the cached training views (loss, lr, epochs... only shape router training)
+VIEW_READS = tuple(f"router.{f}" for f in ("views", "batch", "hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr"))
+
+STEP1 = Stage("step 1", ("data", "model", "train"), "{name}-{key}", marker="step1.pt")
+VIEW_CACHE = Stage("router cache (training views)", VIEW_READS, "router_cache-{key}.pt", STEP1)
+VAL_CACHE = Stage("val cache", ("eval.batch",), "val_cache-{key}.pt", STEP1)
+STEP2 = Stage("step 2", ("router", "eval.batch"), "router-{key}", STEP1, marker="step2.pt")
+VAL_DETS = Stage("val detections", DETECTION_READS, "val_dets-{key}.pt", STEP2)
+TRADEOFF = Stage(
+    "trade-off", (*DETECTION_READS, "eval.fractions", "eval.sweep", "eval.random_seeds"), "tradeoff-{key}.pt", STEP2
+)
+# the step-1 settings that ultralytics' trainer receives for the static baselines (see experiments.static_models)
+STATIC_TRAIN_READS = tuple(
+    f"train.{f}"
+    for f in (
+        "epochs",
+        "batch",
+        "nbs",
+        "optimizer",
+        "lr0",
+        "lrf",
+        "momentum",
+        "weight_decay",
+        "warmup_epochs",
+        "mosaic",
+        "mixup",
+        "close_mosaic",
+        "workers",
+        "seed",
+    )
+)
+STATIC_MODELS = Stage(
+    "static models", ("data", "model.family", *STATIC_TRAIN_READS, "eval.static_epochs"), "{name}-static-{key}"
+)
+STATIC_ROW = Stage("static model row", DETECTION_READS, "{model}-{key}.json", STATIC_MODELS)
+LATENCY = Stage(
+    "latency table",
+    (
+        "eval.fractions",
+        "eval.batch",
+        "eval.stream_images",
+        "eval.latency_repeats",
+        "eval.static_scales",
+        "eval.static_epochs",
+    ),
+    "latency_table-{key}.csv",
+    STEP2,
+)
+TWO_STAGE_TABLE = Stage("two-stage table", ("eval",), "two_stage_table-{key}.csv", STEP2)
+
+
+def run_dir(cfg: Config) -> Path:
+    """The step-1 run folder of a config."""
+    return STEP1.path(cfg)
+
+
+def router_dir(cfg: Config) -> Path:
+    """The step-2 folder (inside the run folder) of a config."""
+    return STEP2.path(cfg)
+
+
+def write_config(cfg: Config, folder: Path) -> None:
+    """Record the config a folder was made with (``config.yaml``)."""
+    write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), folder / "config.yaml")

@@ -1,0 +1,290 @@
+"""Step 2: freeze both detectors, train the router alone.
+
+One pass of the frozen detectors over V augmented views of the training set stores,
+per image, the router's input (pooled B1 features) and both detectors' losses L1, L2
+(:data:`~dynamicdet.runs.VIEW_CACHE`; the val split likewise, :data:`~dynamicdet.runs.VAL_CACHE`).
+The router then trains on that cache in seconds (:func:`fit_router`); the uncached path
+(:func:`fit_router_direct`, the authors' loop shape) reaches the same router.
+
+Writes into the step-2 folder (:data:`~dynamicdet.runs.STEP2`): ``step2.pt``,
+``router_metrics.csv``, ``train_losses.csv`` and ``val_scores.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .build import build_model, is_dynamic, resolve_device
+from .checkpoint import CheckpointError, load_into, save_checkpoint
+from .config import Config
+from .data.coco import prepare_dataset
+from .data.loaders import build_dataset, make_loader, to_device
+from .files import save_torch, write_csv
+from .losses import RunningMedian, router_loss
+from .model import AdaptiveRouter
+from .predict import image_ids_of
+from .runs import STEP2, VAL_CACHE, VIEW_CACHE, write_config
+from .step1 import train_step1
+from .validate import val_loader
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter frozen, every layer (BN included) in eval mode."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def view_dataset(cfg: Config, info):
+    """The training set with the router's view augmentation (no mosaic or mixup, as the authors')."""
+    r = cfg.router
+    aug = dict(
+        mosaic=0.0,
+        mixup=0.0,
+        hsv_h=r.hsv_h,
+        hsv_s=r.hsv_s,
+        hsv_v=r.hsv_v,
+        translate=r.translate,
+        scale=r.scale,
+        fliplr=r.fliplr,
+    )
+    return build_dataset(info.data, "train", cfg.data.img_size, augment=True, batch=r.batch, **aug)
+
+
+def view_loader(cfg: Config, dataset, view: int, batch: int | None = None):
+    """The v-th augmented view of the training set; its order and augmentation depend on (seed, v)."""
+    return make_loader(dataset, batch or cfg.router.batch, True, cfg.train.seed * 7919 + 104729 + view, 0)
+
+
+def view_batches(model, cfg: Config, dataset, device, progress: bool = True):
+    """Yield ``(view, batch, (pooled (B, C), L1 (B,), L2 (B,)))`` over the augmented views, frozen detectors."""
+    _frozen(model)
+    for v in range(cfg.router.views):
+        loader = view_loader(cfg, dataset, v)
+        desc = f"router view {v + 1}/{cfg.router.views}"
+        for b in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            b = to_device(b, device)
+            yield v, b, model.router_batch(b)
+
+
+def build_router_cache(model, cfg: Config, info, device, progress: bool = True) -> dict[str, torch.Tensor]:
+    """One pass over V augmented views of the training set with the frozen detectors.
+
+    Returns:
+        ``{"pooled": (M, C), "l1": (M,), "l2": (M,), "image_id": (M,), "view": (M,),
+        "batch_start": (nbatches,)}``, M = V x N, in the order the views were read
+        (batch boundaries kept so router training can replay the direct path exactly).
+    """
+    parts: dict[str, list] = {"pooled": [], "l1": [], "l2": [], "image_id": [], "view": [], "batch_start": []}
+    n = 0
+    for v, batch, (pooled, l1, l2) in view_batches(model, cfg, view_dataset(cfg, info), device, progress):
+        ids = image_ids_of(batch, info.file_to_image_id["train"])
+        parts["batch_start"].append(torch.tensor([n]))
+        n += len(ids)
+        for k, t in (("pooled", pooled), ("l1", l1), ("l2", l2)):
+            parts[k].append(t.float().cpu())
+        parts["image_id"].append(torch.tensor(ids))
+        parts["view"].append(torch.full((len(ids),), v))
+    return {k: torch.cat(t) for k, t in parts.items()}
+
+
+@torch.no_grad()
+def build_val_cache(model, cfg: Config, info, device, progress: bool = True) -> dict:
+    """Router input and per-image L1, L2 on the val split (no augmentation)."""
+    _frozen(model)
+    parts: dict[str, list] = {"pooled": [], "l1": [], "l2": [], "image_id": []}
+    for batch in tqdm(val_loader(cfg, info), desc="val cache", leave=False, disable=not progress):
+        batch = to_device(batch, device)
+        pooled, l1, l2 = model.router_batch(batch)
+        parts["pooled"].append(pooled.float().cpu())
+        parts["l1"].append(l1.float().cpu())
+        parts["l2"].append(l2.float().cpu())
+        parts["image_id"].append(torch.tensor(image_ids_of(batch, info.file_to_image_id["val"])))
+    return {k: torch.cat(t) for k, t in parts.items()}
+
+
+@dataclass
+class RouterFit:
+    """A trained router and how it got there."""
+
+    router: AdaptiveRouter
+    delta: float  # Delta used (final value for the running median)
+    history: pd.DataFrame  # per epoch: loss, mean phi, fraction phi > 0.5
+
+
+def _new_router(in_channels: int, seed: int) -> AdaptiveRouter:
+    torch.manual_seed(seed)
+    return AdaptiveRouter(in_channels)
+
+
+def _train_router(
+    epoch_batches, in_channels: int, cfg: Config, kind: str, lam: float, delta: float, running, epochs: int
+) -> RouterFit:
+    """The router-training loop shared by the cached and the direct path.
+
+    Args:
+        epoch_batches: callable returning, for one epoch, an iterable of
+            ``(pooled (B, C), L1 (B,), L2 (B,))`` batches on the CPU.
+        delta: Delta of the adaptive offset (ignored by the naive losses); replaced by
+            ``running.update(L1 - L2)`` at every batch when ``running`` is a RunningMedian.
+    """
+    r = cfg.router
+    router = _new_router(in_channels, cfg.train.seed)
+    opt = torch.optim.AdamW(router.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    rows = []
+    for epoch in range(epochs):
+        losses, phis = [], []
+        for pooled, l1, l2 in epoch_batches():
+            if running is not None:
+                delta = running.update(l1 - l2)
+            phi = router.head(pooled)
+            loss = router_loss(phi, l1, l2, kind=kind, lam=lam, delta=delta)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            phis.append(phi.detach())
+        phi = torch.cat(phis)
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "delta": delta,
+                "mean_phi": float(phi.mean()),
+                "frac_hard": float((phi > 0.5).float().mean()),
+            }
+        )
+    return RouterFit(router=router.eval(), delta=delta, history=pd.DataFrame(rows))
+
+
+def fit_router(
+    cache: dict[str, torch.Tensor],
+    cfg: Config,
+    kind: str | None = None,
+    lam: float | None = None,
+    delta_mode: str | None = None,
+    epochs: int | None = None,
+) -> RouterFit:
+    """Train a fresh router on the cache (seconds): AdamW, constant lr.
+
+    The batches replay the cache's stored order (view by view, the views' own shuffled
+    order and batch boundaries), so the result equals :func:`fit_router_direct` on the
+    same data. ``kind``/``lam``/``delta_mode``/``epochs`` override the config.
+    """
+    r = cfg.router
+    kind, lam = kind or r.loss, r.lam if lam is None else lam
+    delta_mode, epochs = delta_mode or r.delta, r.epochs if epochs is None else epochs
+    # Delta = median over the training images of (L1 - L2), before router training (paper)
+    delta = float(np.median((cache["l1"] - cache["l2"]).numpy()))
+    running = RunningMedian() if delta_mode == "running" else None
+    bounds = cache["batch_start"].tolist() + [len(cache["l1"])]
+
+    def epoch_batches():
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+            yield cache["pooled"][s:e], cache["l1"][s:e], cache["l2"][s:e]
+
+    return _train_router(epoch_batches, cache["pooled"].shape[1], cfg, kind, lam, delta, running, epochs)
+
+
+def fit_router_direct(model, cfg: Config, info, device, progress: bool = True) -> RouterFit:
+    """The uncached path: run both frozen detectors on every step (the authors' loop shape).
+
+    Each epoch replays the V augmented views; with the same seeds it sees exactly the
+    batches :func:`build_router_cache` stores, so it reaches the same router.
+    """
+    r = cfg.router
+    dataset = view_dataset(cfg, info)
+
+    def epoch_batches():
+        for _, _, (pooled, l1, l2) in view_batches(model, cfg, dataset, device, progress):
+            yield pooled.float().cpu(), l1.float().cpu(), l2.float().cpu()
+
+    running, delta = None, 0.0
+    if r.delta == "median":  # the paper's Delta needs one pass over the training views first
+        diffs = [(l1 - l2) for _, l1, l2 in epoch_batches()]
+        delta = float(np.median(torch.cat(diffs).numpy()))
+    else:
+        running = RunningMedian()
+    return _train_router(epoch_batches, model.router.fc1.in_features, cfg, r.loss, r.lam, delta, running, r.epochs)
+
+
+def load_cache(path: Path) -> dict[str, torch.Tensor]:
+    """Read a cache written by :func:`train_step2` (clear error if it is unreadable)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable cache ({type(e).__name__}: {e}); delete it to rebuild") from None
+
+
+def train_step2(cfg: Config, progress: bool = True) -> Path:
+    """Step 2: freeze both detectors, train the router; write the step-2 artefacts.
+
+    Builds (or reuses) the per-image caches, trains the router with ``cfg.router.loss``
+    (cached or direct path), and writes ``step2.pt``, ``router_metrics.csv``,
+    ``train_losses.csv`` (image id, view, L1, L2, L1 - L2) and ``val_scores.csv``
+    (image id, phi, logit, L1, L2; thresholds are chosen on the logit, see ``route``).
+    Returns the step-2 checkpoint path (reused if it exists).
+    """
+    if not cfg.model.dual:
+        raise ValueError(f"{cfg.source or cfg.name}: step 2 trains a router; this config has model.dual = false")
+    out = STEP2.path(cfg)
+    final = out / "step2.pt"
+    if final.exists():
+        return final
+    device = resolve_device(cfg.device)
+    step1 = train_step1(cfg, progress=progress, resume=True)  # an interrupted step 1 continues
+    info = prepare_dataset(cfg)
+    model = build_model(cfg, nc=len(info.names))
+    assert is_dynamic(model)
+    load_into(model, step1)
+    model.to(device)
+    cache_file, val_file = VIEW_CACHE.path(cfg), VAL_CACHE.path(cfg)
+    if cache_file.exists():
+        cache = load_cache(cache_file)
+    else:
+        cache = build_router_cache(model, cfg, info, device, progress)
+        save_torch(cache, cache_file)
+    if val_file.exists():
+        val = load_cache(val_file)
+    else:
+        val = build_val_cache(model, cfg, info, device, progress)
+        save_torch(val, val_file)
+
+    t0 = time.time()
+    fit = fit_router(cache, cfg) if cfg.router.cached else fit_router_direct(model, cfg, info, device, progress)
+    wall = time.time() - t0
+    model.router.load_state_dict(fit.router.state_dict())
+    write_config(cfg, out)
+    write_csv(fit.history.assign(wall_s=round(wall, 3)), out / "router_metrics.csv")
+    losses = {
+        "image_id": cache["image_id"].numpy(),
+        "view": cache["view"].numpy(),
+        "L1": cache["l1"].numpy(),
+        "L2": cache["l2"].numpy(),
+        "L1_minus_L2": (cache["l1"] - cache["l2"]).numpy(),
+    }
+    write_csv(pd.DataFrame(losses), out / "train_losses.csv")
+    with torch.no_grad():
+        z = model.router.logit(val["pooled"].to(device)).cpu()
+    scores = {
+        "image_id": val["image_id"].numpy(),
+        "phi": torch.sigmoid(z).numpy(),
+        "logit": z.numpy(),
+        "L1": val["l1"].numpy(),
+        "L2": val["l2"].numpy(),
+    }
+    write_csv(pd.DataFrame(scores), out / "val_scores.csv")
+    save_checkpoint(final, model, config=cfg.to_dict(), delta=fit.delta, loss=cfg.router.loss)
+    return final
+
+
+def step_caches(cfg: Config) -> tuple[dict, dict]:
+    """The training-view cache and the val cache of a config (after :func:`train_step2`)."""
+    return load_cache(VIEW_CACHE.path(cfg)), load_cache(VAL_CACHE.path(cfg))
