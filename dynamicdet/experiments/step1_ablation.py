@@ -1,0 +1,136 @@
+"""Step-1 ablation: why do the jointly trained detectors lose to a plain yolov8n? (notebook 09)
+
+One row per training recipe, same data, same seed, same epochs; each row is one config
+change (``train.clip``, ``train.detach_links``, ``model.dual``) trained by the ordinary
+entry points (:func:`~dynamicdet.step1.train_step1`, or ultralytics' trainer for row a),
+so every row is a cached stage and an interrupted ablation resumes where it stopped.
+
+====  =============================================================  =======================================
+row   recipe                                                         config change
+====  =============================================================  =======================================
+a     static yolov8n, ultralytics' trainer (the published baseline)   (``experiments.static_models``)
+b     static yolov8n, our step-1 loop (one detector)                 ``model.dual: false``
+c     joint, one clip over both detectors (the default until now)    ``train.clip: joint``
+d     joint, each detector clipped on its own                        ``train.clip: per_detector``
+e     joint, no clipping (the authors' YOLOv7 loop)                  ``train.clip: none``
+f     joint, composite links detached                                ``train.detach_links: true``
+f2    per-detector clipping and links detached                       both
+g     the best joint recipe of c-f2, and row a, at twice the epochs  ``train.epochs: 2x``
+====  =============================================================  =======================================
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+
+from ..config import Config, load_config
+from ..runs import STEP1
+from ..step1 import train_step1
+from .static_models import static_baselines
+
+# row -> (recipe, overrides of the base config)
+RECIPES: dict[str, tuple[str, dict]] = {
+    "b": ("static, our loop", {"model": {"dual": False}}),
+    "c": ("joint, one clip", {"train": {"clip": "joint", "detach_links": False}}),
+    "d": ("joint, per-detector clip", {"train": {"clip": "per_detector", "detach_links": False}}),
+    "e": ("joint, no clip", {"train": {"clip": "none", "detach_links": False}}),
+    "f": ("joint, links detached", {"train": {"clip": "joint", "detach_links": True}}),
+    "f2": ("per-detector clip + links detached", {"train": {"clip": "per_detector", "detach_links": True}}),
+}
+JOINT_ROWS = ("c", "d", "e", "f", "f2")
+
+
+def variant(base: str | Config, overrides: dict, epochs_factor: int = 1, seed: int | None = None) -> Config:
+    """The base config with one recipe's overrides (and optionally more epochs or another seed)."""
+    cfg = copy.deepcopy(base) if isinstance(base, Config) else load_config(base)
+    for section, values in overrides.items():
+        for k, v in values.items():
+            setattr(getattr(cfg, section), k, v)
+    if epochs_factor != 1:
+        cfg.train.epochs *= epochs_factor
+        cfg.train.close_mosaic *= epochs_factor
+    if seed is not None:
+        cfg.train.seed = seed
+    return cfg
+
+
+def _joint_row(row: str, recipe: str, cfg: Config, progress: bool) -> dict:
+    train_step1(cfg, resume=True, progress=progress)
+    metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
+    norms = pd.read_csv(STEP1.path(cfg) / "step1_grad_norms.csv")
+    last = metrics.iloc[-1]
+    late = norms[norms["epoch"] > cfg.train.epochs // 2]  # second half of training
+    out = {
+        "row": row,
+        "recipe": recipe,
+        "epochs": cfg.train.epochs,
+        "seed": cfg.train.seed,
+        "AP det1": float(last["det1_AP"]),
+        "AP det2": float(last["det2_AP"]) if "det2_AP" in last else float("nan"),
+        "grad_norm (late)": float(late["grad_norm"].median()),
+        "grad_norm det1 (late)": float(late["grad_norm_det1"].median()),
+        "grad_norm det2 (late)": float(late["grad_norm_det2"].median()) if "grad_norm_det2" in late else float("nan"),
+        "clipped_frac": float(norms["clipped"].mean()),
+        "train_min": float(metrics["time_s"].sum() / 60),
+        "run": STEP1.path(cfg).name,
+    }
+    return out
+
+
+def _static_row(row: str, cfg: Config, progress: bool) -> dict:
+    s = copy.deepcopy(cfg)
+    s.eval.static_scales = [cfg.model.scale]
+    s.eval.static_epochs = cfg.train.epochs
+    r = static_baselines(s, progress=progress).iloc[0]
+    return {
+        "row": row,
+        "recipe": "static, ultralytics' trainer",
+        "epochs": cfg.train.epochs,
+        "seed": cfg.train.seed,
+        "AP det1": float(r["AP"]),
+        "AP det2": float("nan"),
+        "train_min": float(r["train_wall_s"]) / 60,
+    }
+
+
+def ablation_table(
+    base: str | Config, rows: tuple[str, ...] = ("a", "b", *JOINT_ROWS, "g"), seeds=(None,), progress: bool = True
+) -> pd.DataFrame:
+    """Train (or reuse) every row of the step-1 ablation and tabulate it.
+
+    Args:
+        base: the base config (data, model, schedule shared by every row).
+        rows: which rows to run; ``g`` picks the joint row with the best detector-1 AP
+            (ties: detector 2) among those run, and runs it and row a at twice the epochs.
+        seeds: training seeds; ``None`` = the config's own.
+
+    Returns:
+        One row per (row, seed): AP of detector 1 and 2, the late-training median gradient
+        norms (total and per detector, before clipping), the fraction of clipped steps,
+        training minutes and the run folder.
+    """
+    out = []
+    for seed in seeds:
+        cfg0 = variant(base, {}, seed=seed)
+        if "a" in rows:
+            out.append(_static_row("a", cfg0, progress))
+        for row in rows:
+            if row in RECIPES:
+                recipe, overrides = RECIPES[row]
+                out.append(_joint_row(row, recipe, variant(cfg0, overrides), progress))
+        if "g" in rows:
+            joint = [r for r in out if r["row"] in JOINT_ROWS and r["seed"] == cfg0.train.seed]
+            if joint:
+                best = max(joint, key=lambda r: (r["AP det1"], r["AP det2"]))
+                recipe, overrides = RECIPES[best["row"]]
+                g = _joint_row("g", f"{recipe}, 2x epochs", variant(cfg0, overrides, epochs_factor=2), progress)
+                out.append(g)
+            out.append(
+                {
+                    **_static_row("g", variant(cfg0, {}, epochs_factor=2), progress),
+                    "recipe": "static, ultralytics' trainer, 2x epochs",
+                }
+            )
+    return pd.DataFrame(out)
