@@ -246,7 +246,8 @@ def test_latency_harness_times_the_two_stage_routes(monkeypatch):
     monkeypatch.setattr(speed, "time_interleaved", _ordered_fake_times)
     torch.manual_seed(0)
     r = speed.route_latencies(DynamicTwoStage("faster_rcnn", "resnet18", nc=3, sizes=SMALL), SIZE, warmup=1, repeats=3)
-    assert set(r) == {"batch", "img_size", "easy", "hard", "score", "router"} and r["batch"] == 1
+    assert set(r) == {"batch", "img_size", "easy", "hard", "score", "router", "noisy"} and r["batch"] == 1
+    assert (r["easy"], r["hard"], r["router"], r["noisy"]) == (2.0, 3.0, 0.1, False)
 
 
 def _ordered_fake_times(fns, device, warmup, repeats):
