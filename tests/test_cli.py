@@ -35,6 +35,7 @@ def test_speed_command_reports_routes_and_environment(smoke_cfg):
     assert out["env"]["threads"] >= 1 and out["env"]["torch"].startswith("2.14.1")
 
 
+@pytest.mark.slow
 def test_bad_config_is_a_clear_error(tmp_path):
     r = _run("data", "--config", "nope")
     assert r.returncode == 2 and "config file not found" in r.stderr

@@ -47,6 +47,7 @@ def test_output_shapes_per_mode(model):
         assert out[k]["boxes"].shape == (2, 64, anchors)
 
 
+@pytest.mark.slow
 def test_scales_build():
     for scale in ("s", "m"):
         m = DynamicDetector("yolov8", scale, nc=NC)
@@ -168,6 +169,7 @@ def test_per_image_loss_in_batch_equals_alone(model):
     assert batch_loss["box"][1] == 0 and batch_loss["dfl"][1] == 0 and batch_loss["cls"][1] > 0
 
 
+@pytest.mark.slow
 def test_step1_gradients_reach_detectors_not_router():
     torch.manual_seed(4)
     m = DynamicDetector("yolov8", "n", nc=NC).train()
@@ -203,6 +205,7 @@ def test_fuse_keeps_outputs(model):
         torch.testing.assert_close(fused.score(x), model.score(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_and_errors(tmp_path, model):
     path = save_checkpoint(tmp_path / "m.pt", model)
     other = DynamicDetector(model.family, "n", nc=NC)

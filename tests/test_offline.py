@@ -32,6 +32,7 @@ def test_import_configures_ultralytics_offline():
     assert (paths.ultralytics_config_dir() / "Arial.ttf").is_file()
 
 
+@pytest.mark.slow
 def test_model_build_and_training_step_offline():
     from dynamicdet.losses import DetectionLoss
     from dynamicdet.model import DynamicDetector

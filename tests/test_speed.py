@@ -56,6 +56,7 @@ def test_route_latencies_accept_a_retry_that_restores_the_order(monkeypatch):
     assert r["easy"] == 10.0 and r["hard"] == 20.0 and not r["noisy"]
 
 
+@pytest.mark.slow
 def test_real_route_latencies_run_on_a_small_model():
     # real timings: their order is not asserted (a busy machine may invert it); the harness must time all four
     torch.manual_seed(0)

@@ -47,6 +47,7 @@ def dyn(request):
     return DynamicTwoStage(request.param, "resnet18", nc=3, sizes=SMALL).eval()
 
 
+@pytest.mark.slow
 def test_every_forward_mode(dyn):
     x = torch.rand(3, 3, SIZE, SIZE)
     dyn.train()
@@ -77,6 +78,7 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["all easy", "mixed", "all hard"])
 def test_batched_route_equals_per_image_routing(dyn, split):
     torch.manual_seed(1)
@@ -241,6 +243,7 @@ def test_two_stage_configs_run_through_the_same_training_entry_points():
         train_step2(static_config(cfg, "resnet18"), progress=False)
 
 
+@pytest.mark.slow
 def test_latency_harness_times_the_two_stage_routes(monkeypatch):
     # the timings themselves are noise on a shared machine: only the harness's plumbing is checked
     monkeypatch.setattr(speed, "time_interleaved", _ordered_fake_times)
