@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-fast bench lint data venv notebooks
+.PHONY: reproduce test test-fast bench ablation lint data venv notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m ruff check --no-cache dynamicdet tests bench
 	$(PY) -m pytest -q -m "not slow"
+
+# The step-1 ablation (notebook 09, not part of the default main job): every recipe row on the
+# `ablation` config, each a cached, resumable run (about 1.5-2 h on 2 CPU cores).
+ablation: $(STAMP)
+	$(PY) -m dynamicdet.cli reproduce --config ablation --no-stages --notebooks 09_step1_ablation
 
 bench: $(STAMP)
 	$(PY) bench/suite.py --config $(CONFIG)

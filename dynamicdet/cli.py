@@ -70,7 +70,7 @@ def _cmd_speed(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     only = [n.strip() for n in args.notebooks.split(",") if n.strip()] or None
-    reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only)
+    reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only, stages=not args.no_stages)
     return 0
 
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reproduce", help="the whole pipeline, then every notebook into results/<config>/")
     r.add_argument("--config", default="quick")
     r.add_argument("--no-notebooks", action="store_true")
+    r.add_argument("--no-stages", action="store_true", help="skip the pipeline stages (the notebooks compute theirs)")
     r.add_argument(
         "--notebooks", default="", help="run only these notebooks (comma-separated stems, e.g. 08_two_stage)"
     )

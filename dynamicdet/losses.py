@@ -19,8 +19,6 @@ from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import bbox2dist, make_anchors
 
-import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
-
 
 def attach_hyp(det, **overrides) -> None:
     """Give an ultralytics model the ``args`` namespace its loss reads (box/cls/dfl gains)."""

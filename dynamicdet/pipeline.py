@@ -29,9 +29,13 @@ from .experiments import (
 )
 from .results import out_dir, provenance
 
+# notebooks that `make reproduce` runs only when asked (`--notebooks`): experiments about this
+# replication itself rather than tables of the paper, too long for the default main job
+ON_REQUEST = ("09_step1_ablation",)
+
 
 def notebook_paths() -> list[Path]:
-    """The paper's notebooks, in paper order."""
+    """Every notebook, in paper order (the paper's tables and figures, then our own ablations)."""
     return sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -72,16 +76,24 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
 
 
 def reproduce(
-    config: str = "quick", run_notebooks: bool = True, progress: bool = True, notebooks: list[str] | None = None
+    config: str = "quick",
+    run_notebooks: bool = True,
+    progress: bool = True,
+    notebooks: list[str] | None = None,
+    stages: bool = True,
 ) -> None:
     """Run every stage for ``config`` and regenerate its results folder.
 
     Stages already computed for this config are reused; ``provenance.json`` keeps the wall
     time of the run that computed each stage (a reused stage does not overwrite it and is
     listed under ``cached_stages``). ``notebooks``: run only these (file stems), e.g.
-    ``["08_two_stage"]``; default all.
+    ``["08_two_stage"]``; default: the paper's notebooks (every one but :data:`ON_REQUEST`).
+    ``stages=False`` skips the pipeline's stages (the notebooks compute what they need),
+    e.g. for ``09_step1_ablation`` on the ``ablation`` config (``make ablation``).
     """
     cfg = load_config(config)
+    if not stages:
+        return _run_notebooks(config, cfg, notebooks, None, [], time.time()) if run_notebooks else None
     times: dict[str, float] = {}
     cached: list[str] = []
 
@@ -112,21 +124,30 @@ def reproduce(
             generate_from_config(ts_cfg, progress=progress)
         done = runs.TWO_STAGE_TABLE.done(ts_cfg)
         stage(f"two-stage {kind}", done, lambda kind=kind: two_stage_table(config, kind, progress=progress))
-    nb_times = {}
     if run_notebooks:
-        for nb in notebook_paths():
-            if notebooks and nb.stem not in notebooks:
-                continue
-            print(f"running {nb.name} ...", flush=True)
-            _, dt = run_notebook(nb, config, progress=False)
-            nb_times[nb.name] = round(dt, 1)
+        return _run_notebooks(config, cfg, notebooks, times, cached, t0)
+    _record(config, cfg, notebooks, times, cached, {}, t0)
+
+
+def _run_notebooks(config: str, cfg, notebooks: list[str] | None, times: dict | None, cached: list, t0: float) -> None:
+    nb_times = {}
+    for nb in notebook_paths():
+        if (notebooks and nb.stem not in notebooks) or (not notebooks and nb.stem in ON_REQUEST):
+            continue
+        print(f"running {nb.name} ...", flush=True)
+        _, dt = run_notebook(nb, config, progress=False)
+        nb_times[nb.name] = round(dt, 1)
+    _record(config, cfg, notebooks, times, cached, nb_times, t0)
+
+
+def _record(config: str, cfg, notebooks, times: dict | None, cached: list, nb_times: dict, t0: float) -> None:
+    """Merge this run's stage and notebook times into the provenance (``times`` None: stages skipped)."""
     total = time.time() - t0
-    record = {
-        "stage_wall_s": {k: round(v, 1) for k, v in times.items()},
-        "notebook_wall_s": nb_times,
-        "cached_stages": cached,
-    }
+    record: dict = {"notebook_wall_s": nb_times}
+    if times is not None:
+        record.update(stage_wall_s={k: round(v, 1) for k, v in times.items()}, cached_stages=cached)
     # the end-to-end time only means something when every stage was computed by this run
-    record["reproduce_wall_s" if not cached and not notebooks else "last_partial_run_wall_s"] = round(total, 1)
+    complete = times is not None and not cached and not notebooks
+    record["reproduce_wall_s" if complete else "last_partial_run_wall_s"] = round(total, 1)
     provenance(config, cfg.to_dict(), record)
     print(f"reproduce {config}: done in {total / 60:.1f} min -> {out_dir(config)}")

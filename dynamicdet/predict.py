@@ -12,8 +12,6 @@ from tqdm.auto import tqdm
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import scale_boxes, scale_masks
 
-import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
-
 from .data.loaders import to_device
 
 

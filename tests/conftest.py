@@ -69,6 +69,8 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def smoke_cfg():
     """The smoke config with its dataset generated and converted (once per session)."""
+    # imported here, not at the top: importing dynamicdet configures ultralytics' folders from
+    # DYNAMICDET_HOME, which this file sets first
     from dynamicdet.config import load_config
     from dynamicdet.data.coco import prepare_dataset
     from dynamicdet.data.synthetic import generate_from_config

@@ -5,11 +5,27 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from dynamicdet import routing
 from dynamicdet.evaluate import coco_evaluate, detections_to_coco, per_image_ap
+from dynamicdet.experiments import (
+    evaluate_dets,
+    latency_table,
+    predict_val,
+    route_detections,
+    routed_evaluator,
+    stream_latency,
+    sweep_latency,
+    target_latency,
+    timing_stream,
+    tradeoff,
+    trained,
+    variable_speed,
+    variable_speed_table,
+)
 
 # the tests that use a trained smoke model (steps 1 and 2, trained once for the module) are slow
 slow = pytest.mark.slow
@@ -17,14 +33,12 @@ slow = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained_smoke(smoke_cfg):
-    from dynamicdet.experiments import trained
 
     return trained(smoke_cfg, progress=False)
 
 
 @slow
 def test_routed_eval_reproduces_both_detectors_at_k0_and_k1(trained_smoke):
-    from dynamicdet.experiments import evaluate_dets, predict_val, route_detections
 
     t = trained_smoke
     dets1, dets2 = route_detections(t, progress=False)
@@ -45,7 +59,6 @@ def test_routed_eval_reproduces_both_detectors_at_k0_and_k1(trained_smoke):
 
 @slow
 def test_tradeoff_table_rows_and_fractions(trained_smoke, smoke_cfg):
-    from dynamicdet.experiments import tradeoff
 
     res = tradeoff(trained_smoke, progress=False)
     table, sweep = res["table"], res["sweep"]
@@ -60,7 +73,6 @@ def test_tradeoff_table_rows_and_fractions(trained_smoke, smoke_cfg):
 @slow
 def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
     """The sweep's spliced points use the decisions and the matches route() would produce."""
-    from dynamicdet.experiments import routed_evaluator, tradeoff
 
     t = trained_smoke
     sweep = tradeoff(t, progress=False)["sweep"]
@@ -78,7 +90,6 @@ def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
 
 @slow
 def test_timing_stream_spreads_over_the_router_scores(trained_smoke):
-    from dynamicdet.experiments import timing_stream
 
     t = trained_smoke
     all_z = np.sort(t.val_scores["logit"].to_numpy())
@@ -100,7 +111,6 @@ def test_timing_stream_spreads_over_the_router_scores(trained_smoke):
 
 @slow
 def test_stream_latency_times_every_threshold_per_image(trained_smoke):
-    from dynamicdet.experiments import stream_latency, timing_stream
 
     t = trained_smoke
     images, _ = timing_stream(t, 5)
@@ -114,7 +124,6 @@ def _fake_stream_latency(easy: float, hard: float):
     """Stand-in for stream_latency: ms/img = easy + (fraction of the stream on the hard route) (hard - easy)."""
 
     def fake(t, fns, images, batch=1):
-        from dynamicdet.experiments import timing_stream
 
         _, z = timing_stream(t, len(images))
         out = {}
@@ -128,7 +137,6 @@ def _fake_stream_latency(easy: float, hard: float):
 
 @slow
 def test_target_latency_rows_follow_the_threshold_rule(trained_smoke, monkeypatch):
-    from dynamicdet.experiments import target_latency, variable_speed
 
     t = trained_smoke
     ks = (0.25, 0.75)
@@ -156,7 +164,6 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke, monkeypatc
 @slow
 def test_target_latency_records_noisy_calibrations_and_carries_on(trained_smoke, monkeypatch):
     """A machine so busy that the hard route times faster than the easy one fails nothing."""
-    from dynamicdet.experiments import target_latency, variable_speed
 
     calls = []
 
@@ -174,9 +181,6 @@ def test_target_latency_records_noisy_calibrations_and_carries_on(trained_smoke,
 
 @slow
 def test_latency_table_times_every_row_and_feeds_the_sweep_and_table(trained_smoke, smoke_cfg):
-    import pandas as pd
-
-    from dynamicdet.experiments import latency_table, sweep_latency, tradeoff, variable_speed_table
 
     t = trained_smoke
     res = tradeoff(t, progress=False)

@@ -35,6 +35,7 @@ def test_there_are_notebooks_in_paper_order():
         "06_tradeoffs",
         "07_easy_hard",
         "08_two_stage",
+        "09_step1_ablation",
     ]
 
 
@@ -110,6 +111,9 @@ def test_notebooks_run_and_write_only_results(executed):
         "two_stage_faster_rcnn.csv",
         "two_stage_mask_rcnn.csv",
         "two_stage.png",
+        "step1_ablation.csv",
+        "step1_ablation.png",
+        "step1_grad_norms.png",
     ):
         assert name in produced, f"missing {name}"
 

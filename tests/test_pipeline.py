@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
-from dynamicdet import paths
+from dynamicdet import paths, results, runs
+from dynamicdet.config import load_config
+from dynamicdet.experiments import latency_table, static_baselines, tradeoff, trained
 from dynamicdet.pipeline import reproduce
 
 
@@ -32,9 +35,6 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
 @pytest.mark.slow
 def test_an_eval_change_recomputes_the_stages_that_read_it_and_only_those(smoke_cfg):
     """After a full smoke run, a new eval.stream_images leaves every stage done but the latency table."""
-    from dynamicdet import runs
-    from dynamicdet.config import load_config
-    from dynamicdet.experiments import latency_table, static_baselines, tradeoff, trained
 
     reproduce("smoke", run_notebooks=False, progress=False)
     changed = load_config("smoke", overrides={"eval": {"stream_images": 7}})
@@ -50,9 +50,6 @@ def test_an_eval_change_recomputes_the_stages_that_read_it_and_only_those(smoke_
 
 
 def test_git_sha_is_dirty_for_code_changes_not_for_regenerated_results(tmp_path, monkeypatch):
-    import subprocess
-
-    from dynamicdet import results
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)

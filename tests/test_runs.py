@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynamicdet import runs
-from dynamicdet.config import load_config
+from dynamicdet.config import EvalConfig, load_config
 
 # every YOLO-pipeline stage, by name; STATIC_ROW for the config's first static scale
 STAGES = {
@@ -46,7 +46,6 @@ EVAL_CHANGES = [
 
 
 def test_every_eval_field_is_covered():
-    from dynamicdet.config import EvalConfig
 
     assert {c[0] for c in EVAL_CHANGES} == set(EvalConfig.__dataclass_fields__)
 

@@ -18,8 +18,9 @@ from dynamicdet.build import build_model
 from dynamicdet.checkpoint import read_checkpoint
 from dynamicdet.config import load_config
 from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.model import DynamicDetector
 from dynamicdet.runs import router_dir, run_dir
-from dynamicdet.step1 import train_step1
+from dynamicdet.step1 import clip_gradients, train_step1
 from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, step_caches, train_step2
 
 
@@ -205,7 +206,6 @@ def test_ddp_two_gloo_ranks_hold_identical_weights(smoke_cfg, tmp_path):
 # ---------------------------------------------------------------------- gradient clipping (train.clip)
 def _model_with_gradients(scale1: float, scale2: float):
     """A small dynamic model whose detector-1 and detector-2 gradients have norms ~scale1 and ~scale2."""
-    from dynamicdet.model import DynamicDetector
 
     torch.manual_seed(0)
     model = DynamicDetector("yolov8", "n", nc=2)
@@ -221,7 +221,6 @@ def _norm(params) -> float:
 
 
 def test_per_detector_clipping_bounds_each_detectors_own_norm():
-    from dynamicdet.step1 import clip_gradients
 
     model, groups = _model_with_gradients(3.0, 40.0)
     n1, n2 = _norm(groups["det1"]), _norm(groups["det2"])
@@ -235,7 +234,6 @@ def test_per_detector_clipping_bounds_each_detectors_own_norm():
 
 
 def test_joint_clipping_shares_one_step_length_and_none_leaves_gradients():
-    from dynamicdet.step1 import clip_gradients
 
     model, groups = _model_with_gradients(3.0, 40.0)
     n1, n2 = _norm(groups["det1"]), _norm(groups["det2"])

@@ -39,7 +39,8 @@ from PIL import Image
 from ultralytics.data.converter import merge_multi_segment
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
 
-from .. import paths  # importing the package first configures ultralytics for offline use
+from .. import paths
+from ..files import write_json, write_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -583,7 +584,7 @@ def prepare_dataset(cfg, force: bool = False, check_images: bool = True, segment
                 "file_to_image_id": out["file_to_image_id"],
                 "report": asdict(split.report),
             }
-            stamp_path.write_text(json.dumps({"key": key, "payload": payload}))
+            write_json({"key": key, "payload": payload}, stamp_path)  # written last: marks the split done
         gt_json[s] = js
         f2id[s] = {k: int(v) for k, v in payload["file_to_image_id"].items()}
         reports[s] = SplitReport(**payload["report"])
@@ -607,7 +608,7 @@ def prepare_dataset(cfg, force: bool = False, check_images: bool = True, segment
         sort_keys=False,
     )
     if not yaml_path.is_file() or yaml_path.read_text() != text:
-        yaml_path.write_text(text)
+        write_text(text, yaml_path)
     # Local yaml + autodownload=False: check_det_dataset only reads and resolves paths (no network).
     data = check_det_dataset(str(yaml_path), autodownload=False)
     data["dd_segments"] = segments  # build_dataset: polygon labels -> per-instance masks

@@ -17,8 +17,6 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from ultralytics.cfg import get_cfg
 from ultralytics.data.build import build_yolo_dataset
 
-import dynamicdet  # noqa: F401  (offline configuration before ultralytics is imported)
-
 
 def hyp_namespace(img_size: int, **aug: Any):
     """ultralytics' hyperparameter namespace (augmentation settings) with our overrides."""

@@ -56,6 +56,18 @@ def variant(base: str | Config, overrides: dict, epochs_factor: int = 1, seed: i
     return cfg
 
 
+def row_config(base: str | Config, row: str, seed: int | None = None) -> Config:
+    """The config that trains ``row`` (``b``...``f2``) of the ablation on ``base``."""
+    if row not in RECIPES:
+        raise ValueError(f"row {row!r} is not a step-1 loop recipe; choose from {sorted(RECIPES)}")
+    return variant(variant(base, {}, seed=seed), RECIPES[row][1])
+
+
+def grad_norm_log(base: str | Config, row: str, seed: int | None = None) -> pd.DataFrame:
+    """Per optimizer step of ``row``'s training: ``epoch``, ``step``, gradient norms before clipping, ``clipped``."""
+    return pd.read_csv(STEP1.path(row_config(base, row, seed)) / "step1_grad_norms.csv")
+
+
 def _joint_row(row: str, recipe: str, cfg: Config, progress: bool) -> dict:
     train_step1(cfg, resume=True, progress=progress)
     metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
@@ -118,8 +130,7 @@ def ablation_table(
             out.append(_static_row("a", cfg0, progress))
         for row in rows:
             if row in RECIPES:
-                recipe, overrides = RECIPES[row]
-                out.append(_joint_row(row, recipe, variant(cfg0, overrides), progress))
+                out.append(_joint_row(row, RECIPES[row][0], row_config(cfg0, row), progress))
         if "g" in rows:
             joint = [r for r in out if r["row"] in JOINT_ROWS and r["seed"] == cfg0.train.seed]
             if joint:
