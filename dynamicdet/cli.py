@@ -1,4 +1,4 @@
-"""Command line: ``dynamicdet {data,train,speed,reproduce} --config NAME``.
+"""Command line: ``dynamicdet {data,train,speed,predict,reproduce}``.
 
 Also runs as ``python -m dynamicdet.cli``; under ``torchrun`` the ``train`` command
 starts one DDP process per rank (nccl on GPUs, gloo on CPU).
@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
+import cv2
 import torch
 import torch.distributed as dist
 
@@ -18,13 +20,15 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data.coco import DatasetError, prepare_dataset
 from .data.synthetic import generate_from_config, summarize
+from .files import write_json
+from .inference import DynamicDetPredictor, annotate, results_to_coco
 from .pipeline import reproduce
 from .speed import measure_config
 from .step1 import train_step1
 from .step2 import train_step2
 
-# errors in what the user gave us (config, dataset, checkpoint): one line, exit code 2, no traceback
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+# errors in what the user gave us (config, dataset, checkpoint, source): one line, exit code 2, no traceback
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
 
 
 def _cmd_data(args) -> int:
@@ -68,6 +72,46 @@ def _cmd_speed(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    if args.config and args.weights:
+        raise SystemExit("error: give --config or --weights, not both")
+    det = DynamicDetPredictor.load(args.weights or args.config or "quick")
+    try:
+        results = det.predict(
+            args.source,
+            target_ms=args.target_ms,
+            hard_fraction=args.hard_fraction,
+            threshold=args.threshold,
+            conf=args.conf,
+            batch=args.batch,
+        )
+    except ValueError as e:  # a bad hard fraction or batch, an uncalibratable target latency
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = det.summary
+    save = Path(args.save)
+    save.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        cv2.imwrite(str(save / Path(r.path).name), annotate(r))
+    write_json(results_to_coco(results), save / "predictions.json", indent=1)
+    summary = {
+        "images": s.images,
+        "easy": s.easy,
+        "hard": s.hard,
+        "logit_threshold": s.threshold,
+        "target_ms_per_image": s.target_ms,
+        "achieved_ms_per_image": round(s.ms_per_image, 2),
+        "failures": s.failures,
+    }
+    write_json(summary, save / "summary.json", indent=2)
+    target = f" (target {s.target_ms:.1f} ms)" if s.target_ms is not None else ""
+    print(f"{s.images} images: {s.easy} easy route, {s.hard} hard route; {s.ms_per_image:.1f} ms/img{target}")
+    print(f"annotated images, predictions.json and summary.json in {save}")
+    for f in s.failures:
+        print(f"error: {f}", file=sys.stderr)
+    return 1 if s.failures else 0
+
+
 def _cmd_reproduce(args) -> int:
     only = [n.strip() for n in args.notebooks.split(",") if n.strip()] or None
     reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only, stages=not args.no_stages)
@@ -89,6 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", default="quick")
     s.add_argument("--batch", type=int, default=None, help="batched figure's batch size (default: eval.batch)")
     s.set_defaults(fn=_cmd_speed)
+    pr = sub.add_parser("predict", help="run a trained dynamic detector on your pictures (annotated, json)")
+    pr.add_argument("source", nargs="+", help="image or video files, folders, globs")
+    pr.add_argument("--config", default=None, help="a trained config (default quick)")
+    pr.add_argument("--weights", default=None, help="a step2.pt checkpoint instead of a config")
+    how = pr.add_mutually_exclusive_group()
+    how.add_argument("--target-ms", type=float, default=None, help="target latency per image (ms) on this machine")
+    how.add_argument("--hard-fraction", type=float, default=None, help="fraction k of images on the hard route")
+    how.add_argument("--threshold", type=float, default=None, help="threshold on the router logit")
+    pr.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--save", default="predictions", help="output folder")
+    pr.set_defaults(fn=_cmd_predict)
     r = sub.add_parser("reproduce", help="the whole pipeline, then every notebook into results/<config>/")
     r.add_argument("--config", default="quick")
     r.add_argument("--no-notebooks", action="store_true")

@@ -281,7 +281,7 @@ def train_step2(cfg: Config, progress: bool = True) -> Path:
         "L2": val["l2"].numpy(),
     }
     write_csv(pd.DataFrame(scores), out / "val_scores.csv")
-    save_checkpoint(final, model, config=cfg.to_dict(), delta=fit.delta, loss=cfg.router.loss)
+    save_checkpoint(final, model, config=cfg.to_dict(), delta=fit.delta, loss=cfg.router.loss, names=list(info.names))
     return final
 
 

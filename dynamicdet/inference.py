@@ -1,0 +1,324 @@
+"""Use a trained dynamic detector on your own pictures.
+
+::
+
+    from dynamicdet import DynamicDetPredictor
+
+    det = DynamicDetPredictor.load("standard")            # a config name, or a step2.pt path
+    results = det.predict("bus.jpg", hard_fraction=0.5)   # or target_ms=..., or threshold=...
+    results[0].route, results[0].phi                      # "easy" | "hard", difficulty score
+    results[0].plot(); results[0].save("out.jpg"); results[0].to_json()
+
+Sources, letterboxing and results are ultralytics' own (``load_inference_source``,
+``LetterBox``, ``Results``), so a result behaves as an ultralytics user expects; each also
+carries the route it took, phi, the router logit and the time per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from ultralytics.data import load_inference_source
+from ultralytics.data.augment import LetterBox
+from ultralytics.data.loaders import LoadImagesAndVideos
+from ultralytics.data.utils import VID_FORMATS
+from ultralytics.engine.results import Results
+from ultralytics.utils.nms import non_max_suppression
+from ultralytics.utils.ops import scale_boxes
+
+from . import routing
+from .build import build_model, is_dynamic, resolve_device
+from .checkpoint import CheckpointError, load_into, read_checkpoint
+from .config import ConfigError, config_from_dict, load_config
+from .data.coco import DatasetError, prepare_dataset
+from .runs import STEP2
+from .speed import route_latencies
+
+
+@dataclass
+class PredictSummary:
+    """What a :meth:`DynamicDetPredictor.predict` call did."""
+
+    images: int = 0
+    hard: int = 0
+    threshold: float = 0.0  # on the router logit
+    target_ms: float | None = None  # per image, when asked for a target latency
+    ms_per_image: float = 0.0  # achieved: preprocess + route + NMS, averaged over the images
+    failures: list[str] = field(default_factory=list)  # "<file>: <problem>" for every input skipped
+
+    @property
+    def easy(self) -> int:
+        return self.images - self.hard
+
+
+class DynamicDetPredictor:
+    """A trained dynamic detector ready for pictures (see the module docstring).
+
+    Args:
+        model: a trained dynamic model (:func:`~dynamicdet.build.build_model` + step 2 weights).
+        names: class names, by class index.
+        img_size: network input side (letterboxed).
+        val_logits: the router's logits on the val split (from step 2), for thresholds by
+            hard fraction or target latency; None: only explicit thresholds work.
+        device: where to run.
+    """
+
+    def __init__(self, model, names: list[str], img_size: int, val_logits: np.ndarray | None, device="auto"):
+        if not is_dynamic(model):
+            raise ValueError("predict needs a dynamic model (two routes and a router); this one is static")
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.names = dict(enumerate(names))
+        self.img_size = img_size
+        self.val_logits = val_logits
+        self.letterbox = LetterBox((img_size, img_size), auto=False, stride=32)
+        self.summary = PredictSummary()
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, config_or_weights: str | Path, device: str = "auto") -> DynamicDetPredictor:
+        """From a config name (its trained step-2 model) or a ``step2.pt`` path.
+
+        Raises:
+            ConfigError / CheckpointError: unknown config, config not trained yet, unreadable
+                or foreign checkpoint (the message names the file).
+        """
+        p = Path(config_or_weights)
+        if p.suffix == ".pt" or p.is_file():
+            return cls.from_weights(p, device)
+        cfg = load_config(str(config_or_weights))
+        weights = STEP2.path(cfg) / "step2.pt"
+        if not weights.exists():
+            raise CheckpointError(
+                f"{weights}: config {cfg.name!r} has no trained model yet; run `dynamicdet train --config "
+                f"{cfg.name} --step 2` (or `make reproduce CONFIG={cfg.name}`) first"
+            )
+        return cls.from_weights(weights, device)
+
+    @classmethod
+    def from_weights(cls, path: str | Path, device: str = "auto") -> DynamicDetPredictor:
+        """From a step-2 checkpoint; its val scores (``val_scores.csv`` beside it) give the thresholds."""
+        path = Path(path)
+        ckpt = read_checkpoint(path)
+        if "config" not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint carries no config (not written by step 2)")
+        try:
+            cfg = config_from_dict(ckpt["config"], source=str(path))
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: its config does not load: {e}") from None
+        nc = ckpt["model_config"]["nc"]
+        model = build_model(cfg, nc=nc)
+        if not is_dynamic(model):
+            raise CheckpointError(f"{path}: a static model's checkpoint; predict needs a step-2 (dynamic) one")
+        load_into(model, path)
+        names = ckpt.get("names") or _dataset_names(cfg, nc)
+        scores = path.parent / "val_scores.csv"
+        val_logits = pd.read_csv(scores)["logit"].to_numpy() if scores.exists() else None
+        return cls(model, names, cfg.data.img_size, val_logits, device)
+
+    # ---------------------------------------------------------------- thresholds
+    def threshold_for(
+        self,
+        target_ms: float | None = None,
+        hard_fraction: float | None = None,
+        threshold: float | None = None,
+        batch: int = 1,
+    ) -> tuple[float, float | None]:
+        """The logit threshold for exactly one of the three ways to ask (none: hard fraction 0.5).
+
+        ``target_ms`` times the easy and hard routes on this machine now (random inputs at
+        ``batch``), then k = (target - lat_easy) / (lat_hard - lat_easy), clipped to [0, 1]
+        with a warning when the target is out of reach; ``hard_fraction`` k picks the
+        threshold with a fraction k of the val images above it.
+
+        Returns:
+            ``(tau, target_ms)``.
+        """
+        given = [v is not None for v in (target_ms, hard_fraction, threshold)]
+        if sum(given) > 1:
+            raise ValueError("give at most one of target_ms, hard_fraction, threshold")
+        if threshold is not None:
+            return float(threshold), None
+        if self.val_logits is None:
+            raise ValueError("no val scores beside the checkpoint: give an explicit threshold (on the router logit)")
+        if target_ms is not None:
+            lat = route_latencies(self.model, self.img_size, batch, self.device, warmup=2, repeats=10)
+            if lat["noisy"]:
+                raise ValueError(
+                    "the machine is too busy to calibrate a target latency now (the hard route timed no slower "
+                    "than the easy one); try again, or ask for a hard fraction instead"
+                )
+            # per image: lat_easy, lat_hard at this batch size
+            easy, hard = lat["easy"] / batch, lat["hard"] / batch
+            return routing.threshold_for_latency(self.val_logits, target_ms, easy, hard, clip=True), target_ms
+        k = 0.5 if hard_fraction is None else hard_fraction
+        return routing.threshold_for_fraction(self.val_logits, k), None
+
+    # ---------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predict(
+        self,
+        source,
+        target_ms: float | None = None,
+        hard_fraction: float | None = None,
+        threshold: float | None = None,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        batch: int = 1,
+        progress: bool = True,
+    ) -> list[Results]:
+        """Detect on every picture of ``source`` (a file, folder, glob, video, or a list of them).
+
+        Each returned ``Results`` has boxes in the original image's pixels and extra
+        attributes ``route`` ("easy" | "hard"), ``phi``, ``logit``; its ``speed`` holds the
+        milliseconds per image of each stage (preprocess, route, postprocess). Missing or
+        unreadable pictures are skipped and listed in ``self.summary.failures``.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        tau, target = self.threshold_for(target_ms, hard_fraction, threshold, batch)
+        sources, failures = _existing(source)
+        self.summary = PredictSummary(threshold=tau, target_ms=target, failures=failures)
+        if not sources:
+            return []
+        dataset = load_inference_source(sources if len(sources) > 1 else sources[0], batch=batch)
+        out: list[Results] = []
+        total_ms = 0.0
+        for paths, im0s, _ in tqdm(dataset, desc="predict", disable=not progress, leave=False):
+            t0 = time.perf_counter()
+            x = self._preprocess(im0s)
+            t1 = time.perf_counter()
+            r = self.model.route(x, tau)
+            t2 = time.perf_counter()
+            dets = non_max_suppression(r.preds, conf_thres=conf, iou_thres=iou, max_det=max_det)
+            t3 = time.perf_counter()
+            n = len(im0s)
+            speed = {
+                "preprocess": (t1 - t0) * 1e3 / n,
+                "route": (t2 - t1) * 1e3 / n,
+                "postprocess": (t3 - t2) * 1e3 / n,
+            }
+            total_ms += (t3 - t0) * 1e3
+            for i, (path, im0, d) in enumerate(zip(paths, im0s, dets, strict=True)):
+                d = d.clone()
+                d[:, :4] = scale_boxes(x.shape[2:], d[:, :4], im0.shape[:2])
+                res = Results(im0, path=path, names=self.names, boxes=d.cpu(), speed=dict(speed))
+                res.route = "hard" if bool(r.hard[i]) else "easy"
+                res.phi = float(r.phi[i])
+                res.logit = float(r.logit[i])
+                out.append(res)
+        self.summary.images = len(out)
+        self.summary.hard = sum(r.route == "hard" for r in out)
+        self.summary.ms_per_image = total_ms / max(len(out), 1)
+        return out
+
+    def _preprocess(self, im0s: list[np.ndarray]) -> torch.Tensor:
+        """BGR HWC uint8 pictures -> letterboxed RGB (B, 3, S, S) in [0, 1] (as ultralytics' predictor)."""
+        ims = np.stack([self.letterbox(image=im) for im in im0s])
+        ims = ims[..., ::-1].transpose(0, 3, 1, 2)  # BGR -> RGB, BHWC -> BCHW
+        x = torch.from_numpy(np.ascontiguousarray(ims)).to(self.device).float() / 255
+        return x
+
+
+def route_label(result: Results) -> str:
+    """The text drawn on an annotated picture: the route and phi."""
+    return f"{result.route} route, phi {result.phi:.2f}"
+
+
+def annotate(result: Results) -> np.ndarray:
+    """ultralytics' plot of the detections with the route and phi written in the top-left corner (BGR)."""
+    im = result.plot()
+    text = route_label(result)
+    scale = max(im.shape[0], im.shape[1]) / 900
+    thick = max(1, round(2 * scale))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    colour = (40, 40, 200) if result.route == "hard" else (60, 150, 40)
+    cv2.rectangle(im, (0, 0), (w + 12, h + base + 12), colour, -1)
+    cv2.putText(im, text, (6, h + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return im
+
+
+def _is_video(path: str) -> bool:
+    return path.rpartition(".")[-1].lower() in VID_FORMATS
+
+
+def _existing(source) -> tuple[list, list[str]]:
+    """The readable inputs of a source (a file, folder, glob, video, or a list of them) and the failures.
+
+    ultralytics' loader expands folders and globs; every image file is then opened once
+    here (OpenCV, or PIL for what OpenCV cannot read), so a missing or corrupt picture
+    becomes a ``"<file>: <problem>"`` failure while the others are still processed.
+    """
+    items = list(source) if isinstance(source, (list, tuple)) else [source]
+    ok, failures = [], []
+    for s in items:
+        if not isinstance(s, (str, Path)) or str(s).startswith(("http:", "https:", "rtsp:")):
+            ok.append(s)  # arrays, tensors, streams: ultralytics reads them as they are
+            continue
+        if "*" not in str(s) and not Path(s).exists():
+            failures.append(f"{s}: not found")
+            continue
+        try:
+            files = LoadImagesAndVideos(str(s)).files
+        except FileNotFoundError as e:
+            failures.append(f"{s}: {e}")
+            continue
+        for f in files:
+            if _is_video(f) or _readable(f):
+                ok.append(f)
+            else:
+                failures.append(f"{f}: unreadable image (not decoded)")
+    return ok, failures
+
+
+def _readable(path: str) -> bool:
+    if cv2.imread(path) is not None:
+        return True
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (OSError, ValueError, ImportError):  # ImportError: ultralytics' HEIF fallback without its plugin
+        return False
+
+
+def _dataset_names(cfg, nc: int) -> list[str]:
+    """Class names from the config's dataset when it is on disk; ``class<i>`` otherwise."""
+    try:
+        return list(prepare_dataset(cfg).names)
+    except (DatasetError, OSError):  # dataset not here (a checkpoint moved to another machine): names are cosmetic
+        return [f"class{i}" for i in range(nc)]
+
+
+def results_to_coco(results: list[Results]) -> list[dict]:
+    """COCO-results records of predictions on arbitrary pictures: ``image_id`` = position in the list,
+    plus ``file_name``, ``category_id`` = class index, ``bbox`` = [x, y, w, h] in original pixels, ``score``,
+    and the picture's ``route`` and ``phi``."""
+    out = []
+    for i, r in enumerate(results):
+        boxes = r.boxes
+        for (x1, y1, x2, y2), score, cls in zip(
+            boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True
+        ):
+            out.append(
+                {
+                    "image_id": i,
+                    "file_name": Path(r.path).name,
+                    "category_id": int(cls),
+                    "category": r.names[int(cls)],
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 5),
+                    "route": r.route,
+                    "phi": round(r.phi, 5),
+                }
+            )
+    return out
