@@ -12,7 +12,9 @@ on this machine and in one run, and merges into ``results/bench.json`` / ``resul
    and the authors' recipe (batch 1, both detectors every step);
 5. step-1 throughput: img/s of joint training vs ultralytics' trainer on one plain detector;
 6. threshold controller: achieved / target latency for k in {0.1, 0.5, 0.9} (goal within 5%);
-7. data generation speed (images/s at 256 px).
+7. data generation speed (images/s at 256 px);
+8. route-aware stream scheduling (full hard batches, `dynamicdet.stream`) vs the ideal mix at batch 8 and 32
+   (goal within 5%), and per-image p50/p95 latency with and without a max-wait deadline.
 
 Latencies are medians over repeats after a warm-up, alternating the compared variants
 so that machine noise hits both. A benchmark reports; it exits 0 whether goals pass or not.
@@ -29,10 +31,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from bench_datagen import measure_datagen
 
-from dynamicdet import paths
+from dynamicdet import paths, routing
 from dynamicdet.build import build_model
 from dynamicdet.checkpoint import load_into
 from dynamicdet.config import Config, load_config
@@ -43,6 +46,7 @@ from dynamicdet.results import git_sha
 from dynamicdet.speed import environment, prepare_for_timing, time_interleaved
 from dynamicdet.step1 import train_step1
 from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
+from dynamicdet.stream import StreamScheduler
 
 
 def _median_ms(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
@@ -310,7 +314,65 @@ def bench_controller(cfg: Config, rounds: int = 3) -> list[dict]:
     return rows
 
 
-PARTS = ("routes", "step2", "step1", "controller", "datagen")
+def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0.5, 0.875)) -> list[dict]:
+    """Item 8: the route-aware stream scheduler (full hard batches) vs the ideal mix, and its per-image latency.
+
+    A stream of 4 x batch random images; the threshold is the logit quantile that sends a
+    fraction k of them to the hard route. ``t_easy`` / ``t_hard``: the same stream with every
+    image easy / hard; ideal = (1 - k) t_easy + k t_hard; all three timed in alternation.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = prepare_for_timing(model, device)
+    size = cfg.data.img_size
+    rows = []
+    for b in batches:
+        torch.manual_seed(0)
+        xs = torch.rand(4 * b, 3, size, size, device=device)
+        with torch.inference_mode():
+            z = m.score_logit(xs).float().cpu().numpy()
+
+        def stream(tau, max_wait_s=None, xs=xs, b=b):
+            return list(StreamScheduler(m, tau, batch=b, max_wait_s=max_wait_s).run(enumerate(xs)))
+
+        for k in ks:
+            tau = routing.threshold_for_fraction(z, k)
+            k_real = float((z >= tau).mean())
+            t = _median_ms(
+                {
+                    "stream": lambda tau=tau: stream(tau),
+                    "easy": lambda: stream(float("inf")),
+                    "hard": lambda: stream(float("-inf")),
+                },
+                1,
+                repeats,
+            )
+            ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
+            rows.append(
+                {
+                    "item": f"8. stream scheduler / ideal mix, batch {b}, k={k_real:.3f}",
+                    "value": t["stream"] / ideal,
+                    "goal": "<= 1.05",
+                    "mark": _goal(t["stream"] / ideal, 1.05, False),
+                    "detail": f"stream {t['stream'] / len(xs):.2f} ms/img, ideal {ideal / len(xs):.2f} ms/img",
+                }
+            )
+        tau = routing.threshold_for_fraction(z, 0.5)
+        for wait in (None, 0.0):
+            lat = np.array([r.latency_ms for r in stream(tau, wait)])
+            rows.append(
+                {
+                    "item": f"8b. stream p95 per-image latency (ms), batch {b}, k=0.5, max wait "
+                    + ("none" if wait is None else f"{wait:g} s"),
+                    "value": float(np.percentile(lat, 95)),
+                    "goal": "report",
+                    "mark": "-",
+                    "detail": f"p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms",
+                }
+            )
+    return rows
+
+
+PARTS = ("routes", "step2", "step1", "controller", "stream", "datagen")
 # the part that measures each numbered item of the report
 _PART_OF_ITEM = {
     "1": "routes",
@@ -320,6 +382,7 @@ _PART_OF_ITEM = {
     "5": "step1",
     "6": "controller",
     "7": "datagen",
+    "8": "stream",
 }
 
 
@@ -346,6 +409,8 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
         rows += bench_step1(cfg)
     if "controller" in parts:
         rows += bench_controller(cfg, rounds=1 if quick_timing else 3)
+    if "stream" in parts:
+        rows += bench_stream(cfg, model, max(3, repeats // 4), batches=(8,) if quick_timing else (8, 32))
     if "datagen" in parts:
         g = measure_datagen(n=100 if quick_timing else 400)
         rows.append(

@@ -1,0 +1,104 @@
+"""Route-aware stream batching gives route()'s detections image by image; the latency controller's rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ultralytics.utils.nms import non_max_suppression
+
+from dynamicdet import routing
+from dynamicdet.model import DynamicDetector, StaticDetector
+from dynamicdet.stream import LatencyController, StreamScheduler
+from dynamicdet.two_stage import DynamicTwoStage, HeadSizes
+
+SIZE = 64
+SMALL = HeadSizes(fpn_channels=16, head_channels=32, rpn_batch=32, roi_batch=16, detections=20)
+
+
+def _model(kind: str):
+    torch.manual_seed(0)
+    if kind == "yolo":
+        return DynamicDetector("yolov8", "n", nc=2).eval()
+    return DynamicTwoStage("faster_rcnn", "resnet18", nc=3, sizes=SMALL).eval()
+
+
+def _boxes(kind: str, pred) -> torch.Tensor:
+    """Comparable final boxes of one image's prediction: (n, 6) after NMS (YOLO) or torchvision's."""
+    if kind == "yolo":
+        return non_max_suppression(pred[None], conf_thres=0.001, iou_thres=0.7, max_det=300)[0]
+    return torch.cat([pred["boxes"], pred["scores"][:, None], pred["labels"][:, None].float()], 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["yolo", "two_stage"])
+def test_stream_gives_the_detections_of_route_image_by_image_in_input_order(kind):
+    model = _model(kind)
+    torch.manual_seed(1)
+    xs = torch.rand(10, 3, SIZE, SIZE)
+    with torch.no_grad():
+        z = model.score_logit(xs)
+    tau = routing.threshold_for_fraction(z.numpy(), 0.5)  # between two scores, never on one
+    out = list(StreamScheduler(model, tau, batch=4).run((f"img{i}", x) for i, x in enumerate(xs)))
+    assert [r.id for r in out] == [f"img{i}" for i in range(10)]
+    for i, r in enumerate(out):
+        with torch.no_grad():
+            alone = model.route(xs[i : i + 1], tau)
+        # scores within float noise (~1e-6) of the threshold may take either route: asserted with a margin only
+        if abs(float(z[i]) - tau) > 1e-4:
+            assert r.hard == bool(alone.hard[0]) == bool(z[i] >= tau)
+            got, want = _boxes(kind, r.preds), _boxes(kind, alone.preds[0])
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+        assert r.latency_ms > 0
+
+
+def test_hard_images_wait_for_a_full_batch_unless_the_deadline_passes(monkeypatch):
+    model = _model("yolo")
+    torch.manual_seed(2)
+    xs = torch.rand(12, 3, SIZE, SIZE)
+    with torch.no_grad():
+        z = model.score_logit(xs)
+    tau = routing.threshold_for_fraction(z.numpy(), 0.5)  # 6 hard images spread over 3 batches of 4
+    n_hard = int((z >= tau).sum())
+
+    def hard_batches(max_wait_s):
+        sched = StreamScheduler(model, tau, batch=4, max_wait_s=max_wait_s)
+        sizes = []
+        real = sched._hard
+        monkeypatch.setattr(sched, "_hard", lambda x, f1: sizes.append(len(x)) or real(x, f1))
+        results = list(sched.run(enumerate(xs)))
+        assert [r.id for r in results] == list(range(12)) and sum(r.hard for r in results) == n_hard
+        return sizes
+
+    full = hard_batches(None)
+    assert full[:-1] == [4] * (len(full) - 1) and sum(full) == n_hard  # full batches, the remainder at the end
+    eager = hard_batches(0.0)  # a deadline of 0: every batch's hard images go at once
+    assert sum(eager) == n_hard and len(eager) >= len(full)
+
+
+def test_controller_moves_the_hard_fraction_against_the_latency_error():
+    z = np.linspace(-3, 3, 101)
+    c = LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=20.0, gain=0.5, window=8)
+    # open loop: k = (15 - 10) / (20 - 10)
+    assert c.k == pytest.approx(0.5) and c.threshold == routing.threshold_for_fraction(z, 0.5)
+    c.observe_first_half(8, 4, 8 * 20.0)  # measured 20 ms/img: too slow -> fewer hard images
+    # k <- 0.5 + 0.5 (15 - 20) / 10 = 0.25
+    assert c.k == pytest.approx(0.25) and c.threshold == routing.threshold_for_fraction(z, 0.25)
+    c.observe_first_half(4, 0, 4 * 10.0)
+    c.observe_hard(0, 0.0)
+    assert len(c.history) == 1  # the window is not full yet
+    c.observe_first_half(4, 0, 4 * 10.0)  # 10 ms/img: fast -> more hard images
+    assert c.k == pytest.approx(0.5) and len(c.history) == 2
+    for _ in range(10):
+        c.observe_first_half(8, 8, 8 * 1000.0)  # far too slow: k stays clamped at 0
+    assert c.k == 0.0 and c.threshold == np.inf
+    with pytest.raises(ValueError, match="must exceed"):
+        LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=10.0)
+
+
+def test_scheduler_rejects_static_models_and_bad_batches():
+    with pytest.raises(TypeError, match="dynamic model"):
+        StreamScheduler(StaticDetector("yolov8", "n", nc=2), 0.0)
+    with pytest.raises(ValueError, match="batch"):
+        StreamScheduler(_model("yolo"), 0.0, batch=0)
