@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-fast bench ablation lint data venv notebooks
+.PHONY: reproduce test test-fast bench ablation lint data venv notebooks lab
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: $(STAMP)
 # so that the committed notebooks show the reference results.
 notebooks: $(STAMP)
 	$(PY) -c "from dynamicdet.pipeline import publish_notebooks as p; print(p('standard'))"
+
+# JupyterLab on notebooks/ with the project's kernel (python3 = this venv, installed by `make venv`).
+lab: $(STAMP)
+	$(PY) -m jupyterlab --notebook-dir=notebooks
 
 lint: $(STAMP)
 	$(PY) -m ruff check --no-cache dynamicdet tests bench

@@ -1,4 +1,4 @@
-"""Command line: ``dynamicdet {data,train,speed,predict,reproduce}``.
+"""Command line: ``dynamicdet {data,train,speed,predict,export,reproduce}``.
 
 Also runs as ``python -m dynamicdet.cli``; under ``torchrun`` the ``train`` command
 starts one DDP process per rank (nccl on GPUs, gloo on CPU).
@@ -20,9 +20,11 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data.coco import DatasetError, prepare_dataset
 from .data.synthetic import generate_from_config, summarize
+from .export import OnnxDynamicDetector, export_onnx
 from .files import write_json
 from .inference import DynamicDetPredictor, annotate, results_to_coco
 from .pipeline import reproduce
+from .runs import STEP2
 from .speed import measure_config
 from .step1 import train_step1
 from .step2 import train_step2
@@ -112,6 +114,34 @@ def _cmd_predict(args) -> int:
     return 1 if s.failures else 0
 
 
+def _cmd_export(args) -> int:
+    if args.config and args.weights:
+        raise SystemExit("error: give --config or --weights, not both")
+    det = DynamicDetPredictor.load(args.weights or args.config or "quick")
+    if isinstance(det.model, OnnxDynamicDetector):
+        raise SystemExit("error: that is already an ONNX export; give a config or a step2.pt")
+    src = Path(args.weights) if args.weights else None
+    out = Path(args.out) if args.out else (src.parent if src else _step2_folder(args.config or "quick")) / "onnx"
+    model = det.model.cpu()
+    export_onnx(model, out, det.img_size, list(det.names.values()), det.val_logits, opset=args.opset)
+    # the same random batch through torch and onnxruntime, both routes: the export's own check
+    x = torch.rand(4, model.ch, det.img_size, det.img_size)
+    ort_model = OnnxDynamicDetector(out)
+    with torch.no_grad():
+        diff = max(
+            float((model.route(x, t).preds - ort_model.route(x, t).preds).abs().max())
+            for t in (float("inf"), float("-inf"))
+        )
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
+    print(f"onnxruntime vs torch on a random batch of 4, both routes: max |diff| {diff:.2e}")
+    print(f"use it: dynamicdet predict SOURCE --weights {out}")
+    return 0
+
+
+def _step2_folder(config: str) -> Path:
+    return STEP2.path(load_config(config))
+
+
 def _cmd_reproduce(args) -> int:
     only = [n.strip() for n in args.notebooks.split(",") if n.strip()] or None
     reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only, stages=not args.no_stages)
@@ -136,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("predict", help="run a trained dynamic detector on your pictures (annotated, json)")
     pr.add_argument("source", nargs="+", help="image or video files, folders, globs")
     pr.add_argument("--config", default=None, help="a trained config (default quick)")
-    pr.add_argument("--weights", default=None, help="a step2.pt checkpoint instead of a config")
+    pr.add_argument("--weights", default=None, help="a step2.pt checkpoint or an ONNX export folder")
     how = pr.add_mutually_exclusive_group()
     how.add_argument("--target-ms", type=float, default=None, help="target latency per image (ms) on this machine")
     how.add_argument("--hard-fraction", type=float, default=None, help="fraction k of images on the hard route")
@@ -145,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--batch", type=int, default=1)
     pr.add_argument("--save", default="predictions", help="output folder")
     pr.set_defaults(fn=_cmd_predict)
+    e = sub.add_parser("export", help="ONNX graphs of a trained dynamic detector (run by onnxruntime)")
+    e.add_argument("--format", choices=("onnx",), default="onnx")
+    e.add_argument("--config", default=None, help="a trained config (default quick)")
+    e.add_argument("--weights", default=None, help="a step2.pt checkpoint instead of a config")
+    e.add_argument("--out", default=None, help="output folder (default: onnx/ beside the step-2 checkpoint)")
+    e.add_argument("--opset", type=int, default=17)
+    e.set_defaults(fn=_cmd_export)
     r = sub.add_parser("reproduce", help="the whole pipeline, then every notebook into results/<config>/")
     r.add_argument("--config", default="quick")
     r.add_argument("--no-notebooks", action="store_true")

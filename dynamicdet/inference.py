@@ -39,6 +39,7 @@ from .build import build_model, is_dynamic, resolve_device
 from .checkpoint import CheckpointError, load_into, read_checkpoint
 from .config import ConfigError, config_from_dict, load_config
 from .data.coco import DatasetError, prepare_dataset
+from .export import OnnxDynamicDetector, is_export
 from .runs import STEP2
 from .speed import route_latencies
 
@@ -63,7 +64,8 @@ class DynamicDetPredictor:
     """A trained dynamic detector ready for pictures (see the module docstring).
 
     Args:
-        model: a trained dynamic model (:func:`~dynamicdet.build.build_model` + step 2 weights).
+        model: a trained dynamic model (:func:`~dynamicdet.build.build_model` + step 2 weights),
+            or its ONNX export on onnxruntime (:class:`~dynamicdet.export.OnnxDynamicDetector`).
         names: class names, by class index.
         img_size: network input side (letterboxed).
         val_logits: the router's logits on the val split (from step 2), for thresholds by
@@ -72,10 +74,13 @@ class DynamicDetPredictor:
     """
 
     def __init__(self, model, names: list[str], img_size: int, val_logits: np.ndarray | None, device="auto"):
-        if not is_dynamic(model):
+        if isinstance(model, OnnxDynamicDetector):  # onnxruntime on the CPU; inputs stay torch tensors
+            self.device, self.model = torch.device("cpu"), model
+        elif not is_dynamic(model):
             raise ValueError("predict needs a dynamic model (two routes and a router); this one is static")
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
+        else:
+            self.device = resolve_device(device) if isinstance(device, str) else device
+            self.model = model.to(self.device).eval()
         self.names = dict(enumerate(names))
         self.img_size = img_size
         self.val_logits = val_logits
@@ -85,13 +90,16 @@ class DynamicDetPredictor:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, config_or_weights: str | Path, device: str = "auto") -> DynamicDetPredictor:
-        """From a config name (its trained step-2 model) or a ``step2.pt`` path.
+        """From a config name (its trained step-2 model), a ``step2.pt`` path or an ONNX export folder.
 
         Raises:
             ConfigError / CheckpointError: unknown config, config not trained yet, unreadable
                 or foreign checkpoint (the message names the file).
         """
         p = Path(config_or_weights)
+        if is_export(p):
+            ort_model = OnnxDynamicDetector(p)
+            return cls(ort_model, ort_model.names, ort_model.img_size, ort_model.val_logits)
         if p.suffix == ".pt" or p.is_file():
             return cls.from_weights(p, device)
         cfg = load_config(str(config_or_weights))
@@ -150,7 +158,10 @@ class DynamicDetPredictor:
         if self.val_logits is None:
             raise ValueError("no val scores beside the checkpoint: give an explicit threshold (on the router logit)")
         if target_ms is not None:
-            lat = route_latencies(self.model, self.img_size, batch, self.device, warmup=2, repeats=10)
+            if isinstance(self.model, OnnxDynamicDetector):
+                lat = self.model.route_latencies(batch, warmup=2, repeats=10)
+            else:
+                lat = route_latencies(self.model, self.img_size, batch, self.device, warmup=2, repeats=10)
             if lat["noisy"]:
                 raise ValueError(
                     "the machine is too busy to calibrate a target latency now (the hard route timed no slower "
