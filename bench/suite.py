@@ -14,7 +14,9 @@ on this machine and in one run, and merges into ``results/bench.json`` / ``resul
 6. threshold controller: achieved / target latency for k in {0.1, 0.5, 0.9} (goal within 5%);
 7. data generation speed (images/s at 256 px);
 8. route-aware stream scheduling (full hard batches, `dynamicdet.stream`) vs the ideal mix at batch 8 and 32
-   (goal within 5%), and per-image p50/p95 latency with and without a max-wait deadline.
+   (goal within 5%), and per-image p50/p95 latency with and without a max-wait deadline;
+9. ONNX export on onnxruntime vs the torch model: ms/img of the easy route, the hard route and
+   the routed stream at k = 0.5, batch 1 and 8 (report).
 
 Latencies are medians over repeats after a warm-up, alternating the compared variants
 so that machine noise hits both. A benchmark reports; it exits 0 whether goals pass or not.
@@ -42,8 +44,9 @@ from dynamicdet.config import Config, load_config
 from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.data.loaders import to_device
 from dynamicdet.experiments import target_latency, train_ultralytics, trained
+from dynamicdet.export import OnnxDynamicDetector, export_onnx
 from dynamicdet.results import git_sha
-from dynamicdet.speed import environment, prepare_for_timing, time_interleaved
+from dynamicdet.speed import environment, prepare_for_timing, time_interleaved, time_streams
 from dynamicdet.step1 import train_step1
 from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
 from dynamicdet.stream import StreamScheduler
@@ -372,7 +375,47 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
     return rows
 
 
-PARTS = ("routes", "step2", "step1", "controller", "stream", "datagen")
+def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]:
+    """Item 9: the ONNX export (three graphs, routed in Python) on onnxruntime vs the fused torch model, CPU.
+
+    A stream of 16 random images per batch size; k = 0.5 thresholds at the median of the
+    router's logits on that stream; torch and onnxruntime passes timed in alternation.
+    """
+    m = prepare_for_timing(model, torch.device("cpu")).float()
+    size = cfg.data.img_size
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
+        ort_model = OnnxDynamicDetector(export_onnx(model.cpu(), tmp, size, list(cfg.data.classes)))
+        torch.manual_seed(0)
+        xs = torch.rand(16, 3, size, size)
+        with torch.inference_mode():
+            tau = routing.threshold_for_fraction(m.score_logit(xs).numpy(), 0.5)
+        for b in batches:
+            batches_t = list(xs.split(b))
+            for route, t in (("easy route", float("inf")), ("hard route", float("-inf")), ("routed, k=0.5", tau)):
+                ms = time_streams(
+                    {
+                        "torch": lambda x, t=t: m.route(x, t),
+                        "onnxruntime": lambda x, t=t: ort_model.route(x, t),
+                    },
+                    batches_t,
+                    "cpu",
+                    warmup=1,
+                    repeats=repeats,
+                )
+                rows.append(
+                    {
+                        "item": f"9. onnxruntime / torch latency, {route}, batch {b}",
+                        "value": ms["onnxruntime"] / ms["torch"],
+                        "goal": "report",
+                        "mark": "-",
+                        "detail": f"onnxruntime {ms['onnxruntime']:.2f} ms/img, torch {ms['torch']:.2f} ms/img",
+                    }
+                )
+    return rows
+
+
+PARTS = ("routes", "step2", "step1", "controller", "stream", "datagen", "export")
 # the part that measures each numbered item of the report
 _PART_OF_ITEM = {
     "1": "routes",
@@ -383,6 +426,7 @@ _PART_OF_ITEM = {
     "6": "controller",
     "7": "datagen",
     "8": "stream",
+    "9": "export",
 }
 
 
@@ -411,6 +455,8 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
         rows += bench_controller(cfg, rounds=1 if quick_timing else 3)
     if "stream" in parts:
         rows += bench_stream(cfg, model, max(3, repeats // 4), batches=(8,) if quick_timing else (8, 32))
+    if "export" in parts:
+        rows += bench_export(cfg, model, max(3, repeats // 2))
     if "datagen" in parts:
         g = measure_datagen(n=100 if quick_timing else 400)
         rows.append(
