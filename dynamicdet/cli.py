@@ -86,6 +86,7 @@ def _cmd_predict(args) -> int:
             threshold=args.threshold,
             conf=args.conf,
             batch=args.batch,
+            max_wait_s=args.max_wait,
         )
     except ValueError as e:  # a bad hard fraction or batch, an uncalibratable target latency
         print(f"error: {e}", file=sys.stderr)
@@ -103,6 +104,9 @@ def _cmd_predict(args) -> int:
         "logit_threshold": s.threshold,
         "target_ms_per_image": s.target_ms,
         "achieved_ms_per_image": round(s.ms_per_image, 2),
+        "batch": args.batch,
+        "scheduler": "stream" if args.batch > 1 or s.target_ms is not None else "route",
+        "controller": s.controller,  # closed loop (--target-ms): per window, measured ms/img, k, threshold
         "failures": s.failures,
     }
     write_json(summary, save / "summary.json", indent=2)
@@ -172,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--hard-fraction", type=float, default=None, help="fraction k of images on the hard route")
     how.add_argument("--threshold", type=float, default=None, help="threshold on the router logit")
     pr.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--batch", type=int, default=1, help="> 1: route-aware stream batching (full hard batches)")
+    pr.add_argument(
+        "--max-wait", type=float, default=None, help="stream: seconds a hard image may wait for its batch to fill"
+    )
     pr.add_argument("--save", default="predictions", help="output folder")
     pr.set_defaults(fn=_cmd_predict)
     e = sub.add_parser("export", help="ONNX graphs of a trained dynamic detector (run by onnxruntime)")

@@ -42,6 +42,7 @@ from .data.coco import DatasetError, prepare_dataset
 from .export import OnnxDynamicDetector, is_export
 from .runs import STEP2
 from .speed import route_latencies
+from .stream import LatencyController, StreamScheduler
 
 
 @dataclass
@@ -50,10 +51,11 @@ class PredictSummary:
 
     images: int = 0
     hard: int = 0
-    threshold: float = 0.0  # on the router logit
+    threshold: float = 0.0  # on the router logit (closed loop: the last one used)
     target_ms: float | None = None  # per image, when asked for a target latency
     ms_per_image: float = 0.0  # achieved: preprocess + route + NMS, averaged over the images
     failures: list[str] = field(default_factory=list)  # "<file>: <problem>" for every input skipped
+    controller: list[dict] = field(default_factory=list)  # closed loop: per window, measured ms/img, k, threshold
 
     @property
     def easy(self) -> int:
@@ -169,6 +171,7 @@ class DynamicDetPredictor:
                 )
             # per image: lat_easy, lat_hard at this batch size
             easy, hard = lat["easy"] / batch, lat["hard"] / batch
+            self._lat_per_image = (easy, hard)
             return routing.threshold_for_latency(self.val_logits, target_ms, easy, hard, clip=True), target_ms
         k = 0.5 if hard_fraction is None else hard_fraction
         return routing.threshold_for_fraction(self.val_logits, k), None
@@ -185,13 +188,22 @@ class DynamicDetPredictor:
         iou: float = 0.7,
         max_det: int = 300,
         batch: int = 1,
+        max_wait_s: float | None = None,
         progress: bool = True,
     ) -> list[Results]:
         """Detect on every picture of ``source`` (a file, folder, glob, video, or a list of them).
 
+        With ``batch`` > 1 or a ``target_ms`` (torch models), the pictures flow through the
+        route-aware :class:`~dynamicdet.stream.StreamScheduler` (full B1 + router batches, hard
+        images queued until a full hard batch or ``max_wait_s``); with ``target_ms`` its
+        threshold comes from a :class:`~dynamicdet.stream.LatencyController` that starts at the
+        open-loop threshold and corrects the hard fraction from the measured times (its history
+        is in ``self.summary.controller``). Otherwise each batch goes through ``route()``.
+
         Each returned ``Results`` has boxes in the original image's pixels and extra
         attributes ``route`` ("easy" | "hard"), ``phi``, ``logit``; its ``speed`` holds the
-        milliseconds per image of each stage (preprocess, route, postprocess). Missing or
+        milliseconds per image of each stage (preprocess, route, postprocess; in the stream,
+        route = the image's time from entering the scheduler to its detections). Missing or
         unreadable pictures are skipped and listed in ``self.summary.failures``.
         """
         if batch < 1:
@@ -202,15 +214,29 @@ class DynamicDetPredictor:
         if not sources:
             return []
         dataset = load_inference_source(sources if len(sources) > 1 else sources[0], batch=batch)
+        batches = tqdm(dataset, desc="predict", disable=not progress, leave=False)
+        nms = {"conf_thres": conf, "iou_thres": iou, "max_det": max_det}
+        t_start = time.perf_counter()
+        streamed = not isinstance(self.model, OnnxDynamicDetector) and (batch > 1 or target is not None)
+        if streamed:
+            out = self._predict_stream(batches, tau, target, batch, max_wait_s, nms)
+        else:
+            out = self._predict_batches(batches, tau, nms)
+        self.summary.images = len(out)
+        self.summary.hard = sum(r.route == "hard" for r in out)
+        self.summary.ms_per_image = (time.perf_counter() - t_start) * 1e3 / max(len(out), 1)
+        return out
+
+    def _predict_batches(self, batches, tau: float, nms: dict) -> list[Results]:
+        """Every batch through ``route(x, tau)``, then NMS."""
         out: list[Results] = []
-        total_ms = 0.0
-        for paths, im0s, _ in tqdm(dataset, desc="predict", disable=not progress, leave=False):
+        for paths, im0s, _ in batches:
             t0 = time.perf_counter()
             x = self._preprocess(im0s)
             t1 = time.perf_counter()
             r = self.model.route(x, tau)
             t2 = time.perf_counter()
-            dets = non_max_suppression(r.preds, conf_thres=conf, iou_thres=iou, max_det=max_det)
+            dets = non_max_suppression(r.preds, **nms)
             t3 = time.perf_counter()
             n = len(im0s)
             speed = {
@@ -218,19 +244,48 @@ class DynamicDetPredictor:
                 "route": (t2 - t1) * 1e3 / n,
                 "postprocess": (t3 - t2) * 1e3 / n,
             }
-            total_ms += (t3 - t0) * 1e3
             for i, (path, im0, d) in enumerate(zip(paths, im0s, dets, strict=True)):
-                d = d.clone()
-                d[:, :4] = scale_boxes(x.shape[2:], d[:, :4], im0.shape[:2])
-                res = Results(im0, path=path, names=self.names, boxes=d.cpu(), speed=dict(speed))
-                res.route = "hard" if bool(r.hard[i]) else "easy"
-                res.phi = float(r.phi[i])
-                res.logit = float(r.logit[i])
-                out.append(res)
-        self.summary.images = len(out)
-        self.summary.hard = sum(r.route == "hard" for r in out)
-        self.summary.ms_per_image = total_ms / max(len(out), 1)
+                out.append(self._result(path, im0, x.shape[2:], d, speed, bool(r.hard[i]), float(r.logit[i])))
         return out
+
+    def _predict_stream(self, batches, tau, target, batch, max_wait_s, nms) -> list[Results]:
+        """The pictures through the stream scheduler (closed loop on ``target`` ms/img when given)."""
+        meta: list[tuple] = []  # per picture: path, original image, network input size, preprocess ms
+
+        def pictures():
+            for paths, im0s, _ in batches:
+                t0 = time.perf_counter()
+                x = self._preprocess(im0s)
+                pre_ms = (time.perf_counter() - t0) * 1e3 / len(im0s)
+                for path, im0, xi in zip(paths, im0s, x, strict=True):
+                    meta.append((path, im0, x.shape[2:], pre_ms))
+                    yield len(meta) - 1, xi
+
+        controller = None
+        if target is not None:
+            easy, hard = self._lat_per_image
+            controller = LatencyController(target, self.val_logits, easy, hard, window=max(4 * batch, 16))
+        out: list[Results] = []
+        for r in StreamScheduler(self.model, controller or tau, batch=batch, max_wait_s=max_wait_s).run(pictures()):
+            path, im0, shape, pre_ms = meta[r.id]
+            t0 = time.perf_counter()
+            d = non_max_suppression(r.preds[None], **nms)[0]
+            speed = {"preprocess": pre_ms, "route": r.latency_ms, "postprocess": (time.perf_counter() - t0) * 1e3}
+            out.append(self._result(path, im0, shape, d, speed, r.hard, r.logit))
+        if controller is not None:
+            self.summary.controller = controller.history
+            self.summary.threshold = controller.threshold
+        return out
+
+    def _result(self, path, im0, shape, d: torch.Tensor, speed: dict, hard: bool, logit: float) -> Results:
+        """An ultralytics ``Results`` with boxes in ``im0``'s pixels, plus ``route``, ``phi``, ``logit``."""
+        d = d.clone()
+        d[:, :4] = scale_boxes(shape, d[:, :4], im0.shape[:2])
+        res = Results(im0, path=path, names=self.names, boxes=d.cpu(), speed=dict(speed))
+        res.route = "hard" if hard else "easy"
+        res.logit = logit
+        res.phi = float(torch.sigmoid(torch.tensor(logit)))
+        return res
 
     def _preprocess(self, im0s: list[np.ndarray]) -> torch.Tensor:
         """BGR HWC uint8 pictures -> letterboxed RGB (B, 3, S, S) in [0, 1] (as ultralytics' predictor)."""

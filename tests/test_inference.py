@@ -88,6 +88,20 @@ def test_predict_equals_the_evaluation_path_on_val_images(det, smoke_cfg):
             assert got.shape == want.shape and np.allclose(got, want, atol=1e-2)
 
 
+def test_a_target_latency_runs_the_stream_with_the_closed_loop_controller(det, smoke_cfg, monkeypatch):
+    # calibration fixed (10 and 20 ms per image) so the open-loop start is k = 0.5; the loop then moves k
+    fixed = {"easy": 20.0, "hard": 40.0, "score": 5.0, "router": 0.1, "noisy": False}  # per batch of 2
+    monkeypatch.setattr(inference, "route_latencies", lambda *a, **k: dict(fixed))
+    files = sorted(val_loader(smoke_cfg, trained(smoke_cfg, progress=False).info, batch=1).dataset.im_files)
+    files = files * max(1, -(-24 // len(files)))  # at least 24 pictures: one controller window of 16 or more
+    res = det.predict(files, target_ms=15.0, batch=2, progress=False)
+    assert len(res) == len(files) and [r.path for r in res] == files  # input order kept by the scheduler
+    hist = det.summary.controller
+    assert len(hist) >= 1 and all(0.0 <= h["k"] <= 1.0 and h["ms_per_image"] > 0 for h in hist)
+    assert det.summary.threshold == hist[-1]["threshold"]
+    assert all(r.speed["route"] > 0 for r in res)
+
+
 def test_missing_and_corrupt_pictures_are_listed_and_the_others_processed(det, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"not a jpeg")
