@@ -16,7 +16,10 @@ on this machine and in one run, and merges into ``results/bench.json`` / ``resul
 8. route-aware stream scheduling (full hard batches, `dynamicdet.stream`) vs the ideal mix at batch 8 and 32
    (goal within 5%), and per-image p50/p95 latency with and without a max-wait deadline;
 9. ONNX export on onnxruntime vs the torch model: ms/img of the easy route, the hard route and
-   the routed stream at k = 0.5, batch 1 and 8 (report).
+   the routed stream at k = 0.5, batch 1 and 8 (report);
+10. latency controller under a disturbance (`experiments.controller`): a val stream through the
+   scheduler, quiet / loaded (a competing CPU-bound process) / quiet; closed-loop achieved /
+   target per phase (goal within 5%), the open-loop figure and the AP of both beside it.
 
 Latencies are medians over repeats after a warm-up, alternating the compared variants
 so that machine noise hits both. A benchmark reports; it exits 0 whether goals pass or not.
@@ -44,6 +47,7 @@ from dynamicdet.config import Config, load_config
 from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.data.loaders import to_device
 from dynamicdet.experiments import target_latency, train_ultralytics, trained
+from dynamicdet.experiments.controller import disturbed_stream
 from dynamicdet.export import OnnxDynamicDetector, export_onnx
 from dynamicdet.results import git_sha
 from dynamicdet.speed import environment, prepare_for_timing, time_interleaved, time_streams
@@ -415,7 +419,30 @@ def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]
     return rows
 
 
-PARTS = ("routes", "step2", "step1", "controller", "stream", "datagen", "export")
+def bench_disturbance(cfg: Config, passes: int = 3) -> list[dict]:
+    """Item 10: closed- vs open-loop latency through a quiet / loaded / quiet stream of val images."""
+    out = disturbed_stream(trained(cfg, progress=False), batch=8, passes=passes, progress=False)
+    ph = out["phases"].set_index(["loop", "phase"])
+    quiet_open = ph.loc[("open loop", "quiet"), "ms/img"]
+    rows = []
+    for phase in ph.loc["closed loop"].index:
+        c, o = ph.loc[("closed loop", phase)], ph.loc[("open loop", phase)]
+        rows.append(
+            {
+                "item": f"10. closed-loop achieved / target, batch 8, {phase} phase",
+                "value": float(c["achieved / target"]),
+                "goal": "0.95-1.05",
+                "mark": "PASS" if 0.95 <= c["achieved / target"] <= 1.05 else "MISS",
+                "detail": f"target {c['target ms/img']:.2f} ms/img; open loop {o['achieved / target']:.3f} "
+                f"(machine {o['ms/img'] / quiet_open:.2f}x the quiet open-loop time); hard fraction closed "
+                f"{c['fraction hard']:.2f} vs open {o['fraction hard']:.2f}; AP closed {c['AP']:.3f} vs open "
+                f"{o['AP']:.3f}; {int(c['images'])} images",
+            }
+        )
+    return rows
+
+
+PARTS = ("routes", "step2", "step1", "controller", "stream", "datagen", "export", "disturbance")
 # the part that measures each numbered item of the report
 _PART_OF_ITEM = {
     "1": "routes",
@@ -427,6 +454,7 @@ _PART_OF_ITEM = {
     "7": "datagen",
     "8": "stream",
     "9": "export",
+    "10": "disturbance",
 }
 
 
@@ -457,6 +485,8 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
         rows += bench_stream(cfg, model, max(3, repeats // 4), batches=(8,) if quick_timing else (8, 32))
     if "export" in parts:
         rows += bench_export(cfg, model, max(3, repeats // 2))
+    if "disturbance" in parts:
+        rows += bench_disturbance(cfg, passes=1 if quick_timing else 3)
     if "datagen" in parts:
         g = measure_datagen(n=100 if quick_timing else 400)
         rows.append(

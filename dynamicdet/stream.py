@@ -103,6 +103,7 @@ class StreamScheduler:
     @torch.no_grad()
     def run(self, stream: Iterable[tuple[object, torch.Tensor]]) -> Iterator[StreamResult]:
         """Yield a :class:`StreamResult` per ``(id, image (3, H, W) in [0, 1])``, in input order."""
+        self._clock = time.perf_counter()  # the controller is charged wall time, from here on
         order: list = []  # ids in arrival order, not yet yielded
         done: dict = {}
         queue: list[_Waiting] = []
@@ -131,7 +132,6 @@ class StreamScheduler:
 
     def _run_batch(self, pending, done: dict) -> list[_Waiting]:
         """B1 + router on one batch; easy images finish now, hard ones are returned to wait."""
-        t0 = time.perf_counter()
         tau = self.controller.threshold if self.controller else self.threshold
         x = torch.stack([p[1] for p in pending])
         state, f1, z = self._first_half(x)
@@ -147,11 +147,10 @@ class StreamScheduler:
             _Waiting(pending[j][0], x[j], [f[j] for f in f1], float(z[j]), pending[j][2]) for j in hard_idx.tolist()
         ]
         if self.controller:
-            self.controller.observe_first_half(len(pending), int(hard.sum()), (time.perf_counter() - t0) * 1e3)
+            self.controller.observe_first_half(len(pending), self._charge())
         return waiting
 
     def _run_hard(self, flush: list[_Waiting], done: dict) -> None:
-        t0 = time.perf_counter()
         levels = len(flush[0].feats)
         f1 = [torch.stack([w.feats[j] for w in flush]) for j in range(levels)]
         preds = self._hard(torch.stack([w.x for w in flush]), f1)
@@ -159,7 +158,14 @@ class StreamScheduler:
         for w, p in zip(flush, preds, strict=True):
             done[w.id] = StreamResult(w.id, p, True, w.logit, (t - w.t_in) * 1e3)
         if self.controller:
-            self.controller.observe_hard(len(flush), (t - t0) * 1e3)
+            self.controller.observe_hard(len(flush), self._charge())
+
+    def _charge(self) -> float:
+        """Wall ms since the last charge: model time plus everything between (the caller's work on
+        the results, e.g. NMS, included), which is what a target latency per image means."""
+        now = time.perf_counter()
+        ms, self._clock = (now - self._clock) * 1e3, now
+        return ms
 
 
 @dataclass
@@ -168,8 +174,9 @@ class LatencyController:
 
     Open loop, k = (target - lat_easy) / (lat_hard - lat_easy) from one calibration; the
     threshold is the val-score quantile that sends a fraction k of images to the hard route.
-    Closed loop, after every window of ``window`` images the measured cost per image
-    (first halves + hard batches, ms) corrects k in proportion to the error, scaled by the
+    Closed loop, after every window of ``window`` images the measured wall time per image
+    (charged by the scheduler at every batch: model time and the caller's work between)
+    corrects k in proportion to the error, scaled by the
     calibrated cost of one more hard image (an integral controller on k):
 
         k <- clip(k + gain (target - measured) / (lat_hard - lat_easy), 0, 1)
@@ -196,8 +203,8 @@ class LatencyController:
         self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
         self._images, self._ms = 0, 0.0
 
-    def observe_first_half(self, images: int, hard: int, ms: float) -> None:
-        """Time of one B1 + router (+ H1 for the easy images) batch."""
+    def observe_first_half(self, images: int, ms: float) -> None:
+        """Time of one B1 + router (+ H1 for the easy images) batch: ``images`` new images."""
         self._images += images
         self._ms += ms
         if self._images >= self.window:

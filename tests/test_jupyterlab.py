@@ -161,9 +161,10 @@ def test_notebook_00_runs_in_jupyterlab_in_a_real_browser(lab):
                     pytest.fail(f"cells still running after {RUN_TIMEOUT_S} s: {prompts}; screenshot {shot}")
                 time.sleep(1)
                 prompts = page.evaluate(PROMPTS_JS)
-                busy = any("*" in t for t in prompts) or page.locator(
-                    ".jp-Notebook-ExecutionIndicator[data-status='busy']"
-                ).count()
+                busy = (
+                    any("*" in t for t in prompts)
+                    or page.locator(".jp-Notebook-ExecutionIndicator[data-status='busy']").count()
+                )
                 idle = 0 if busy or not any(any(c.isdigit() for c in t) for t in prompts) else idle + 1
             page.screenshot(path=str(shot), full_page=True)
             before = saved.stat().st_mtime_ns

@@ -82,16 +82,16 @@ def test_controller_moves_the_hard_fraction_against_the_latency_error():
     c = LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=20.0, gain=0.5, window=8)
     # open loop: k = (15 - 10) / (20 - 10)
     assert c.k == pytest.approx(0.5) and c.threshold == routing.threshold_for_fraction(z, 0.5)
-    c.observe_first_half(8, 4, 8 * 20.0)  # measured 20 ms/img: too slow -> fewer hard images
+    c.observe_first_half(8, 8 * 20.0)  # measured 20 ms/img: too slow -> fewer hard images
     # k <- 0.5 + 0.5 (15 - 20) / 10 = 0.25
     assert c.k == pytest.approx(0.25) and c.threshold == routing.threshold_for_fraction(z, 0.25)
-    c.observe_first_half(4, 0, 4 * 10.0)
+    c.observe_first_half(4, 4 * 10.0)
     c.observe_hard(0, 0.0)
     assert len(c.history) == 1  # the window is not full yet
-    c.observe_first_half(4, 0, 4 * 10.0)  # 10 ms/img: fast -> more hard images
+    c.observe_first_half(4, 4 * 10.0)  # 10 ms/img: fast -> more hard images
     assert c.k == pytest.approx(0.5) and len(c.history) == 2
     for _ in range(10):
-        c.observe_first_half(8, 8, 8 * 1000.0)  # far too slow: k stays clamped at 0
+        c.observe_first_half(8, 8 * 1000.0)  # far too slow: k stays clamped at 0
     assert c.k == 0.0 and c.threshold == np.inf
     with pytest.raises(ValueError, match="must exceed"):
         LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=10.0)

@@ -1,0 +1,169 @@
+"""Holding a target latency while the machine slows down: closed vs open loop (notebook 05, bench item 10).
+
+A stream of val images goes through the route-aware :class:`~dynamicdet.stream.StreamScheduler`
+in three phases, quiet / loaded / quiet; during the loaded phase a competing CPU-bound
+process (started and stopped here, bounded in time) takes part of the machine. The same
+stream runs twice:
+
+- **open loop**: the threshold calibrated once, before the stream (what ``route(x, tau)``
+  with a fixed tau gives);
+- **closed loop**: a :class:`~dynamicdet.stream.LatencyController` starting from that same
+  threshold and correcting the hard fraction k from the measured batch times.
+
+Per phase: achieved ms/img (wall time of the phase / images) against the target, the mean k,
+and the routed AP of the images the phase processed (each pass over val scored by
+:func:`~dynamicdet.experiments.trained.routed_evaluator`), so the AP the controller gives up to
+hold the target is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import routing
+from ..speed import time_streams
+from ..stream import LatencyController, StreamScheduler
+from ..validate import val_loader
+from .trained import Trained, routed_evaluator
+
+PHASES = ("quiet", "loaded", "quiet again")
+ENDS = (("easy", float("inf")), ("hard", float("-inf")))
+
+
+def _busy(duty: float, seconds: float) -> None:
+    """A competing process: spin ``duty`` of every 10 ms, for at most ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.01 * duty:
+            pass
+        time.sleep(0.01 * (1 - duty))
+
+
+def val_images(t: Trained) -> tuple[list[int], list[torch.Tensor]]:
+    """Every val image as a (3, S, S) tensor in [0, 1] on ``t.device`` (letterboxed like evaluation), with its id."""
+    ds = val_loader(t.cfg, t.info, 1).dataset
+    ids, images = [], []
+    dtype = torch.float16 if t.device.type == "cuda" else torch.float32
+    for i in range(len(ds)):
+        item = ds[i]
+        ids.append(t.info.file_to_image_id["val"][item["im_file"].rsplit("/", 1)[-1]])
+        images.append(item["img"].to(t.device, dtype) / 255)
+    return ids, images
+
+
+def disturbed_stream(
+    t: Trained,
+    batch: int = 8,
+    passes: int = 3,
+    target_k: float = 0.75,
+    duty: float = 1.0,
+    gain: float = 0.5,
+    window: int | None = None,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Open vs closed loop through a quiet / loaded / quiet stream (see the module docstring).
+
+    Args:
+        t: the trained config.
+        batch: scheduler batch (B1 + router and B2 + H2).
+        passes: passes over the val images per phase.
+        target_k: the target is lat_easy + target_k (lat_hard - lat_easy) from a calibration
+            just before the stream (0.75 leaves the controller room to lower k under load).
+        duty: fraction of each 10 ms the competing process spins (1: one core fully taken).
+        gain: the controller's gain; window: images per correction (default 4 x batch).
+
+    Returns:
+        ``phases``: one row per (loop, phase): ``ms/img``, ``achieved / target``, ``mean k``,
+        ``AP`` (mean over the phase's passes), ``images``; ``history``: per controller window
+        (both loops; the open loop is a controller with gain 0): ``loop``, ``phase``,
+        ``images`` (cumulative), ``ms_per_image``, ``k``, ``threshold``; ``calibration``:
+        lat_easy, lat_hard, target (ms/img), open-loop threshold.
+    """
+    if not 0.0 <= target_k <= 1.0:
+        raise ValueError(f"target_k must be in [0, 1], got {target_k}")
+    window = window or 4 * batch
+    ids, images = val_images(t)
+    order = np.random.default_rng(0).permutation(len(ids))
+    ids, images = [ids[i] for i in order], [images[i] for i in order]
+    z_val = t.val_scores["logit"].to_numpy()
+    evaluator = routed_evaluator(t)
+    m = t.timing_model
+    # calibration: ms/img of the stream with every image easy / hard, through the scheduler itself
+    cal = time_streams(
+        {
+            name: (lambda xs, tau=tau: list(StreamScheduler(m, tau, batch=batch).run(enumerate(xs))))
+            for name, tau in ENDS
+        },
+        [images],
+        t.device,
+        warmup=1,
+        repeats=3,
+    )
+    if not cal["hard"] > cal["easy"]:
+        raise RuntimeError(
+            f"calibration inverted (hard {cal['hard']:.2f} <= easy {cal['easy']:.2f} ms/img): the machine is "
+            "too noisy to set a target now"
+        )
+    # lat_t = lat_easy + k (lat_hard - lat_easy)
+    target = cal["easy"] + target_k * (cal["hard"] - cal["easy"])
+    tau_open = routing.threshold_for_latency(z_val, target, cal["easy"], cal["hard"])
+    phase_rows, history = [], []
+    ctx = mp.get_context("spawn")
+    for loop, g in (("open loop", 0.0), ("closed loop", gain)):
+        # both start at the calibrated (open-loop) threshold; gain 0 keeps it
+        ctrl = LatencyController(target, z_val, cal["easy"], cal["hard"], gain=g, window=window)
+        done_images = 0
+        for phase in PHASES:
+            competitor = None
+            if phase == "loaded":
+                competitor = ctx.Process(target=_busy, args=(duty, 600.0), daemon=True)
+                competitor.start()
+                time.sleep(0.5)  # let it start spinning
+            n_hist = len(ctrl.history)
+            try:
+                sched = StreamScheduler(m, ctrl, batch=batch)
+                t0 = time.perf_counter()
+                results = []
+                for _ in tqdm(range(passes), desc=f"{loop}, {phase}", disable=not progress, leave=False):
+                    results.append(list(sched.run(enumerate(images))))
+                wall = time.perf_counter() - t0
+            finally:
+                if competitor is not None:
+                    competitor.terminate()
+                    competitor.join()
+            n = passes * len(images)
+            aps = [evaluator.evaluate({ids[r.id]: r.hard for r in res})["AP"] for res in results]
+            hard = np.mean([[r.hard for r in res] for res in results])
+            phase_rows.append(
+                {
+                    "loop": loop,
+                    "phase": phase,
+                    "images": n,
+                    "ms/img": wall * 1e3 / n,
+                    "target ms/img": target,
+                    "achieved / target": wall * 1e3 / n / target,
+                    "fraction hard": float(hard),
+                    "AP": float(np.mean(aps)),
+                }
+            )
+            for h in ctrl.history[n_hist:]:
+                done_images += h["images"]
+                history.append({"loop": loop, "phase": phase, **h, "images": done_images})
+    calibration = pd.DataFrame(
+        [
+            {
+                "lat_easy ms/img": cal["easy"],
+                "lat_hard ms/img": cal["hard"],
+                "target ms/img": target,
+                "tau_open": tau_open,
+            }
+        ]
+    )
+    return {"phases": pd.DataFrame(phase_rows), "history": pd.DataFrame(history), "calibration": calibration}
