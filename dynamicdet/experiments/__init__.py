@@ -6,6 +6,7 @@ module                     what                                                 
 :mod:`.trained`            a trained config, its val detections, routed evaluation     04-08
 :mod:`.tradeoffs`          the /k table and the dense sweep against every baseline     05, 06, 07
 :mod:`.variable_speed`     timing on a stream of val images, latency table, targets    05, 06
+:mod:`.controller`         closed vs open loop through a slow-down (stream scheduler)  05
 :mod:`.static_models`      plain ultralytics models trained by ultralytics' trainer    05, 06
 :mod:`.generality`         Dy-Faster / Dy-Mask R-CNN against static models             08
 =========================  ==========================================================  ==========
