@@ -240,3 +240,28 @@ def test_oracle_is_never_below_random_on_a_known_case(tmp_path):
         rand = [ap(routing.random_route(10, k, s)) for s in range(5)]
         assert oracle >= max(rand) - 1e-12
     assert ap(routing.top_fraction(gain, 0.5)) == pytest.approx(1.0)  # the oracle fixes exactly the 5 bad images
+
+
+def test_ablation_summary_averages_each_row_over_its_seeds():
+    from dynamicdet.experiments.step1_ablation import summary
+
+    table = pd.DataFrame(
+        [
+            {"row": "b", "recipe": "static", "seed": 0, "AP det1": 0.30, "AP det2": np.nan},
+            {"row": "c", "recipe": "joint", "seed": 0, "AP det1": 0.30, "AP det2": 0.40},
+            {"row": "c", "recipe": "joint", "seed": 1, "AP det1": 0.10, "AP det2": 0.20},
+        ]
+    )
+    s = summary(table).set_index("row")
+    assert s.loc["c", "seeds"] == 2 and s.loc["b", "seeds"] == 1
+    # (0.30 + 0.10) / 2, (0.40 + 0.20) / 2, and the mean of the two detectors: (0.2 + 0.3) / 2
+    assert np.isclose(s.loc["c", "AP det1"], 0.20) and np.isclose(s.loc["c", "AP det2"], 0.30)
+    assert np.isclose(s.loc["c", "AP mean(det1, det2)"], 0.25) and np.isclose(s.loc["c", "AP det1 range"], 0.20)
+    assert np.isnan(s.loc["b", "AP mean(det1, det2)"])  # a static model has no detector 2
+
+
+def test_ablation_second_seed_names_a_known_row(smoke_cfg):
+    from dynamicdet.experiments.step1_ablation import ablation_table
+
+    with pytest.raises(ValueError, match="second_seed: row 'z'"):
+        ablation_table(smoke_cfg, rows=(), second_seed={"z": 1}, progress=False)
