@@ -39,15 +39,16 @@ def notebook_paths() -> list[Path]:
     return sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebook(nb: Path, config: str, progress: bool = True) -> tuple[Path, float]:
-    """Execute one notebook with papermill at ``config`` into ``results/<config>/notebooks/``."""
+def run_notebook(nb: Path, config: str, progress: bool = True, parameters: dict | None = None) -> tuple[Path, float]:
+    """Execute one notebook with papermill at ``config`` (and any other ``parameters``) into
+    ``results/<config>/notebooks/``."""
     out = out_dir(config) / "notebooks" / nb.name
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     pm.execute_notebook(
         str(nb),
         str(out),
-        parameters={"config": config},
+        parameters={**(parameters or {}), "config": config},
         kernel_name="python3",
         cwd=str(paths.NOTEBOOKS_DIR),
         progress_bar=progress,
