@@ -178,7 +178,7 @@ def test_notebook_00_runs_in_jupyterlab_in_a_real_browser(lab):
             time.sleep(1)  # let the save finish writing
         finally:
             browser.close()
-    nb = json.loads(saved.read_text())
+    nb = nbformat.read(saved, as_version=4)  # joins the multi-line strings JupyterLab may save as lists
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     errors = [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     assert not errors, "\n".join(f"{e['ename']}: {e['evalue']}" for e in errors)
