@@ -389,7 +389,7 @@ def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]
     size = cfg.data.img_size
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
-        ort_model = OnnxDynamicDetector(export_onnx(model.cpu(), tmp, size, list(cfg.data.classes)))
+        ort_model = OnnxDynamicDetector(export_onnx(model, tmp, size, list(cfg.data.classes)))
         torch.manual_seed(0)
         xs = torch.rand(16, 3, size, size)
         with torch.inference_mode():
