@@ -82,7 +82,7 @@ class TrainConfig:
     workers: int = 2  # dataloader workers (CPU runs use the main process when 0)
     seed: int = 0  # training seed
     val_every: int = 1  # validate both detectors every N epochs (and at the end)
-    clip: str = "joint"  # gradient-norm clip at 10: joint (one norm over both detectors) | per_detector | none
+    clip: str = "per_detector"  # gradient-norm clip at 10: per_detector (each detector, links with detector 2) | joint (one norm over the pair) | none; see results/ablation
     detach_links: bool = False  # True: detector 2's loss does not reach backbone 1 through the composite links
 
 
