@@ -82,7 +82,9 @@ class TrainConfig:
     workers: int = 2  # dataloader workers (CPU runs use the main process when 0)
     seed: int = 0  # training seed
     val_every: int = 1  # validate both detectors every N epochs (and at the end)
-    clip: str = "per_detector"  # gradient-norm clip at 10: per_detector (each detector, links with detector 2) | joint (one norm over the pair) | none; see results/ablation
+    # gradient-norm clip at 10: per_detector (each detector on its own, the links with detector 2) |
+    # joint (one norm over the pair) | none (the authors); the step-1 ablation chose it (results/ablation)
+    clip: str = "per_detector"
     detach_links: bool = False  # True: detector 2's loss does not reach backbone 1 through the composite links
 
 

@@ -17,6 +17,7 @@ from dynamicdet.experiments import (
     predict_val,
     route_detections,
     routed_evaluator,
+    static_frontier,
     stream_latency,
     sweep_latency,
     target_latency,
@@ -207,6 +208,20 @@ def test_latency_table_times_every_row_and_feeds_the_sweep_and_table(trained_smo
     no_ends = {**res, "table": res["table"][res["table"]["k"] != 1.0]}
     with pytest.raises(ValueError, match="must include 0 and 1"):
         sweep_latency(no_ends, lat)
+
+
+def test_static_frontier_is_the_line_through_the_static_models():
+    static = pd.DataFrame({"model": ["s", "n"], "latency_ms_b1": [20.0, 10.0], "AP": [0.7, 0.6]})
+    points = pd.DataFrame({"model": ["/0", "/50", "/100"], "latency_ms_b1": [8.0, 15.0, 25.0], "AP": [0.6, 0.62, 0.8]})
+    f = static_frontier(points, static)
+    # AP_frontier = 0.6 + (lat - 10) * 0.01: extended below n and beyond s, interpolated between
+    assert np.allclose(f["AP_frontier"], [0.58, 0.65, 0.75])
+    assert np.allclose(f["gap"], [0.02, -0.03, 0.05])
+    three = pd.concat([static, pd.DataFrame({"model": ["m"], "latency_ms_b1": [30.0], "AP": [0.9]})])
+    assert np.allclose(static_frontier(points, three)["AP_frontier"], [0.58, 0.65, 0.8])  # piecewise
+    assert static_frontier(points, static.iloc[:1])["AP_frontier"].isna().all()  # one model: no line
+    with pytest.raises(ValueError, match=r"static lacks columns \['AP'\]"):
+        static_frontier(points, static.drop(columns="AP"))
 
 
 def _gt(tmp_path, n_images=10):

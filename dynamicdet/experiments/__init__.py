@@ -17,7 +17,7 @@ Every stage stores its output under the run folder, keyed by the config fields i
 
 from .generality import KINDS, record_provenance, static_config, two_stage_config, two_stage_table
 from .static_models import load_static, static_baselines, train_ultralytics
-from .tradeoffs import sweep_latency, tradeoff
+from .tradeoffs import static_frontier, sweep_latency, tradeoff
 from .trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator, trained
 from .variable_speed import latency_table, stream_latency, target_latency, timing_stream, variable_speed_table
 
@@ -34,6 +34,7 @@ __all__ = [
     "static_baselines",
     "static_config",
     "stream_latency",
+    "static_frontier",
     "sweep_latency",
     "target_latency",
     "timing_stream",

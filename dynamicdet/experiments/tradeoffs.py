@@ -144,3 +144,38 @@ def sweep_latency(res: dict, lat: pd.DataFrame) -> pd.DataFrame:
     # + k (lat_easy - lat_score): H1 already ran on the images sent on to detector 2
     sweep.loc[escalation, "latency_ms"] += sweep.loc[escalation, "k_measured"] * max(easy - ms["B1 + router"], 0.0)
     return sweep
+
+
+def static_frontier(points: pd.DataFrame, static: pd.DataFrame) -> pd.DataFrame:
+    """Where each point stands against the static models' accuracy-latency frontier.
+
+    The frontier is the piecewise-linear curve through the static models in (latency_ms_b1, AP),
+    sorted by latency and extended along its first and last segment beyond the ends (the
+    paper's claim: a dynamic point beats the static models of the same speed). With fewer
+    than two static models there is no line and ``AP_frontier`` is NaN.
+
+    Args:
+        points: one row per dynamic point, columns ``model``, ``latency_ms_b1``, ``AP``.
+        static: the static models, columns ``model``, ``latency_ms_b1``, ``AP``.
+
+    Returns:
+        ``points``' ``model``, ``latency_ms_b1``, ``AP`` with ``AP_frontier`` (the frontier's AP
+        at that latency) and ``gap`` = AP - AP_frontier (>= 0: on or above the frontier).
+    """
+    for name, df in (("points", points), ("static", static)):
+        missing = {"model", "latency_ms_b1", "AP"} - set(df.columns)
+        if missing:
+            raise ValueError(f"static_frontier: {name} lacks columns {sorted(missing)}")
+    s = static.sort_values("latency_ms_b1")
+    x, y = s["latency_ms_b1"].to_numpy(float), s["AP"].to_numpy(float)
+    out = points[["model", "latency_ms_b1", "AP"]].reset_index(drop=True).copy()
+    if len(s) < 2:
+        out["AP_frontier"] = np.nan
+    else:
+        lat = out["latency_ms_b1"].to_numpy(float)
+        # segment i joins static models i and i+1; points left of the first (right of the last) use the end segments
+        i = np.clip(np.searchsorted(x, lat) - 1, 0, len(x) - 2)
+        # AP_frontier = y_i + (lat - x_i) (y_{i+1} - y_i) / (x_{i+1} - x_i)
+        out["AP_frontier"] = y[i] + (lat - x[i]) * (y[i + 1] - y[i]) / (x[i + 1] - x[i])
+    out["gap"] = out["AP"] - out["AP_frontier"]
+    return out
