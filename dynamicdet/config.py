@@ -92,22 +92,30 @@ class TrainConfig:
 class RouterConfig:
     """Step 2: freeze both detectors, train the router only."""
 
-    loss: str = "adaptive_offset"  # naive | naive_lambda | adaptive_offset
+    # Defaults: the paper's loss on what notebook 04 found the router can rank (results/standard/router_variants.csv):
+    # detector 1's loss (target l1) on one un-augmented view. The paper's router is target gain on 2 augmented
+    # views (hsv 0.015/0.7/0.4, translate 0.2, scale 0.9, fliplr 0.5): experiments.router_study.PAPER_ROUTER.
+    loss: str = "adaptive_offset"  # naive | naive_lambda | adaptive_offset (paper) | soft_target | rank
     lam: float = 0.0  # naive_lambda: weight of the lambda * phi penalty
     delta: str = "median"  # adaptive_offset: "median" (whole train set, paper) | "running" (authors' code)
-    views: int = 2  # augmented views of the training set stored in the cache (authors: 2 epochs)
+    target: str = "l1"  # what the router ranks: gain = L1 - L2 (paper) | l1 = detector 1's own loss (L2 := 0)
+    views: int = 1  # views of the training set stored in the cache (authors: 2 augmented epochs)
     epochs: int = 100  # router epochs over the cache
     batch: int = 64  # images per router step (authors: 64 accumulated)
     lr: float = 1e-3  # AdamW learning rate (constant)
     weight_decay: float = 0.0  # AdamW weight decay
     cached: bool = True  # train on the per-image cache (fast) or run the detectors every step (direct)
-    hsv_h: float = 0.015  # augmentation of the cache views (authors: no mosaic/mixup)
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
-    translate: float = 0.2
-    scale: float = 0.9
-    fliplr: float = 0.5
+    hsv_h: float = 0.0  # augmentation of the cache views (no mosaic/mixup, as the authors); 0 = val-like images
+    hsv_s: float = 0.0
+    hsv_v: float = 0.0
+    translate: float = 0.0
+    scale: float = 0.0
+    fliplr: float = 0.0
     lambdas: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.2, 0.5])  # 04_router_losses sweep
+    # more variants beyond the paper (04_router_losses compares them)
+    target_views: str = "each"  # each: every view's own target | mean: the image's mean over its views
+    normalize: bool = False  # standardise the pooled features on the cache (folded into fc1 afterwards)
+    holdout: float = 0.0  # fraction of training images held out; > 0: keep the epoch that ranks them best
 
 
 @dataclass
@@ -155,11 +163,16 @@ class Config:
             keys: section names (``"data"``) or single fields (``"eval.batch"``).
 
         The ``model`` section counts only the fields its ``kind`` uses (a YOLO run does not
-        change folder when a two-stage field is added or edited, and vice versa).
+        change folder when a two-stage field is added or edited, and vice versa). Fields added
+        after results were cached (:data:`ADDED_FIELDS`) count only when they differ from their
+        default, which reproduces the behaviour from before they existed.
         """
         d = self.to_dict()
         m = d["model"]
         d["model"] = {k: m[k] for k in (YOLO_MODEL_FIELDS if m["kind"] == "yolo" else TWO_STAGE_MODEL_FIELDS)}
+        for (section, name), default in ADDED_FIELDS.items():
+            if d[section][name] == default:
+                del d[section][name]
         picked = {}
         for key in keys:
             section, _, name = key.partition(".")
@@ -169,6 +182,13 @@ class Config:
 
 
 YOLO_MODEL_FIELDS = ("kind", "family", "scale", "dual")
+# fields added later, with the default that keeps the old behaviour: left out of the stage keys at that default
+ADDED_FIELDS = {
+    ("router", "target"): "gain",
+    ("router", "target_views"): "each",
+    ("router", "normalize"): False,
+    ("router", "holdout"): 0.0,
+}
 TWO_STAGE_MODEL_FIELDS = (
     "kind",
     "backbone",
@@ -188,9 +208,13 @@ _CHOICES = {
     ("model", "scale"): {"n", "s", "m", "l", "x"},
     ("train", "optimizer"): {"SGD", "AdamW"},
     ("train", "clip"): {"joint", "per_detector", "none"},
-    ("router", "loss"): {"naive", "naive_lambda", "adaptive_offset"},
+    ("router", "loss"): {"naive", "naive_lambda", "adaptive_offset", "soft_target", "rank"},
+    ("router", "target"): {"gain", "l1"},
+    ("router", "target_views"): {"each", "mean"},
     ("router", "delta"): {"median", "running"},
 }
+
+_RANGES = {("router", "holdout"): (0.0, 0.5)}
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -240,6 +264,9 @@ def _build(cls: type, raw: dict[str, Any], where: str, source: str) -> Any:
         allowed = _CHOICES.get((where, key))
         if allowed is not None and value not in allowed:
             raise ConfigError(f"{source}: {path} = {value!r} is not one of {sorted(allowed)}")
+        lo, hi = _RANGES.get((where, key), (value, value))
+        if not lo <= value <= hi:
+            raise ConfigError(f"{source}: {path} = {value!r} is outside [{lo}, {hi}]")
         kwargs[key] = value
     return cls(**kwargs)
 

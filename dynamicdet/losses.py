@@ -8,12 +8,20 @@ with one of three losses of phi_i (the paper's section 3.3):
 - naive (2):          (1 - phi) L1 + phi L2 + lambda phi
 - adaptive offset:    (1 - phi)(L1 - Delta/2) + phi (L2 + Delta/2),
                       Delta = median over the training images of (L1 - L2)
+
+and two ranking-style objectives beyond the paper (notebook 04 compares them):
+
+- soft target:        BCE(phi, sigmoid((L1 - L2 - Delta) / s)), s = std of L1 - L2 over the
+                      training images: a target monotone in the gain, 0.5 at the median
+- rank:               RankNet over the batch's pairs, log(1 + exp(-(z_i - z_j))) for every
+                      pair with L1_i - L2_i > L1_j - L2_j (z = the router's logit)
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from ultralytics.cfg import get_cfg
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
@@ -98,7 +106,7 @@ class DetectionLoss(v8DetectionLoss):
 
 
 # ------------------------------------------------------------------------ router losses
-ROUTER_LOSSES = ("naive", "naive_lambda", "adaptive_offset")
+ROUTER_LOSSES = ("naive", "naive_lambda", "adaptive_offset", "soft_target", "rank")
 
 
 def router_loss(
@@ -108,15 +116,20 @@ def router_loss(
     kind: str = "adaptive_offset",
     lam: float = 0.0,
     delta: float | torch.Tensor = 0.0,
+    logit: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """Step-2 loss of the router, averaged over the images of the batch.
+    """Step-2 loss of the router, averaged over the images (``rank``: over the pairs) of the batch.
 
     Args:
         phi: (B,) difficulty scores (the only input with a gradient).
         l1, l2: (B,) per-image losses of detector 1 and 2 (detached here).
-        kind: ``"naive"``, ``"naive_lambda"`` or ``"adaptive_offset"``.
+        kind: one of :data:`ROUTER_LOSSES`.
         lam: lambda of ``naive_lambda``.
-        delta: Delta of ``adaptive_offset``, the median of L1 - L2 over training images.
+        delta: Delta of ``adaptive_offset`` and ``soft_target``, the median of L1 - L2 over training images.
+        logit: (B,) the router's pre-sigmoid scores, phi = sigmoid(logit); needed by ``soft_target``
+            and ``rank`` (numerically safe where phi saturates).
+        scale: s of ``soft_target``, the spread of L1 - L2 over the training images.
 
     Returns:
         Scalar loss.
@@ -131,6 +144,19 @@ def router_loss(
     elif kind == "adaptive_offset":
         # L = (1 - phi)(L1 - Delta/2) + phi (L2 + Delta/2)      dL/dphi = L2 - L1 + Delta
         loss = (1 - phi) * (l1 - delta / 2) + phi * (l2 + delta / 2)
+    elif kind in ("soft_target", "rank"):
+        if logit is None:
+            raise ValueError(f"router loss {kind!r} needs the router's logits (logit=...)")
+        d = l1 - l2
+        if kind == "soft_target":
+            # t = sigmoid((L1 - L2 - Delta) / s);   L = -t log(phi) - (1 - t) log(1 - phi)
+            loss = F.binary_cross_entropy_with_logits(logit, torch.sigmoid((d - delta) / scale), reduction="none")
+        else:
+            # L = mean over pairs (i, j) with d_i > d_j of log(1 + exp(-(z_i - z_j)))
+            wins = d[:, None] > d[None, :]
+            if not bool(wins.any()):  # every gain tied: nothing to rank (keeps the graph for backward)
+                return logit.sum() * 0.0
+            return F.softplus(-(logit[:, None] - logit[None, :])[wins]).mean()
     else:
         raise ValueError(f"unknown router loss {kind!r}; choose one of {ROUTER_LOSSES}")
     return loss.mean()

@@ -12,6 +12,7 @@ Writes into the step-2 folder (:data:`~dynamicdet.runs.STEP2`): ``step2.pt``,
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,15 @@ class RouterFit:
 
     router: AdaptiveRouter
     delta: float  # Delta used (final value for the running median)
-    history: pd.DataFrame  # per epoch: loss, mean phi, fraction phi > 0.5
+    history: pd.DataFrame  # per epoch: loss, mean phi, fraction phi > 0.5 (+ Spearman on held-out images)
+    best_epoch: int = 0  # the epoch kept (router.holdout > 0), else the last
+    holdout_ids: tuple = ()  # the training images held out (router.holdout > 0)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two 1-d arrays (average ranks for ties)."""
+    a, b = pd.Series(np.asarray(a, dtype=float)), pd.Series(np.asarray(b, dtype=float))
+    return float(a.rank().corr(b.rank()))
 
 
 def _new_router(in_channels: int, seed: int) -> AdaptiveRouter:
@@ -125,7 +134,16 @@ def _new_router(in_channels: int, seed: int) -> AdaptiveRouter:
 
 
 def _train_router(
-    epoch_batches, in_channels: int, cfg: Config, kind: str, lam: float, delta: float, running, epochs: int
+    epoch_batches,
+    in_channels: int,
+    cfg: Config,
+    kind: str,
+    lam: float,
+    delta: float,
+    running,
+    epochs: int,
+    scale: float = 1.0,
+    holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> RouterFit:
     """The router-training loop shared by the cached and the direct path.
 
@@ -134,34 +152,48 @@ def _train_router(
             ``(pooled (B, C), L1 (B,), L2 (B,))`` batches on the CPU.
         delta: Delta of the adaptive offset (ignored by the naive losses); replaced by
             ``running.update(L1 - L2)`` at every batch when ``running`` is a RunningMedian.
+        scale: s of the ``soft_target`` loss.
+        holdout: ``(pooled (H, C), L1 - L2 (H,))`` of held-out training images: each epoch's
+            Spearman correlation of the router's logit with L1 - L2 there is logged, and the
+            router of the best epoch is kept (early stopping on the ranking the routes need).
     """
     r = cfg.router
     router = _new_router(in_channels, cfg.train.seed)
     opt = torch.optim.AdamW(router.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    rows = []
+    rows, best, best_state = [], -np.inf, None
     for epoch in range(epochs):
         losses, phis = [], []
         for pooled, l1, l2 in epoch_batches():
             if running is not None:
                 delta = running.update(l1 - l2)
-            phi = router.head(pooled)
-            loss = router_loss(phi, l1, l2, kind=kind, lam=lam, delta=delta)
+            z = router.logit(pooled)
+            phi = torch.sigmoid(z)
+            loss = router_loss(phi, l1, l2, kind=kind, lam=lam, delta=delta, logit=z, scale=scale)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
             phis.append(phi.detach())
         phi = torch.cat(phis)
-        rows.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "delta": delta,
-                "mean_phi": float(phi.mean()),
-                "frac_hard": float((phi > 0.5).float().mean()),
-            }
-        )
-    return RouterFit(router=router.eval(), delta=delta, history=pd.DataFrame(rows))
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "delta": delta,
+            "mean_phi": float(phi.mean()),
+            "frac_hard": float((phi > 0.5).float().mean()),
+        }
+        if holdout is not None:
+            with torch.no_grad():
+                row["holdout_spearman"] = spearman(router.logit(holdout[0]).numpy(), holdout[1].numpy())
+            if row["holdout_spearman"] > best:
+                best, best_state = row["holdout_spearman"], copy.deepcopy(router.state_dict())
+        rows.append(row)
+    history = pd.DataFrame(rows)
+    best_epoch = len(rows)
+    if best_state is not None:
+        router.load_state_dict(best_state)
+        best_epoch = int(history.loc[history["holdout_spearman"].idxmax(), "epoch"])
+    return RouterFit(router=router.eval(), delta=delta, history=history, best_epoch=best_epoch)
 
 
 def fit_router(
@@ -177,20 +209,78 @@ def fit_router(
     The batches replay the cache's stored order (view by view, the views' own shuffled
     order and batch boundaries), so the result equals :func:`fit_router_direct` on the
     same data. ``kind``/``lam``/``delta_mode``/``epochs`` override the config.
+
+    Beyond the paper (``cfg.router``, all off by default): ``target: l1`` ranks images by
+    detector 1's loss alone (L2 := 0, Delta = median L1); ``target_views: mean`` trains on
+    each image's L1, L2 averaged over its views; ``normalize`` standardises the pooled
+    features with the cache's mean and std (folded into ``fc1`` at the end, so the router
+    still reads raw features); ``holdout`` keeps a fraction of the training images out of
+    the batches and keeps the epoch whose logits rank their L1 - L2 best.
     """
     r = cfg.router
     kind, lam = kind or r.loss, r.lam if lam is None else lam
     delta_mode, epochs = delta_mode or r.delta, r.epochs if epochs is None else epochs
+    l1, l2, pooled, image_id = cache["l1"], cache["l2"], cache["pooled"], cache["image_id"]
+    if r.target_views == "mean":
+        # L_k(i) <- mean over the views v of image i of L_k(i, v)
+        l1, l2 = _mean_over_views(image_id, l1), _mean_over_views(image_id, l2)
+    l2 = _target_l2(cfg, l2)
     # Delta = median over the training images of (L1 - L2), before router training (paper)
-    delta = float(np.median((cache["l1"] - cache["l2"]).numpy()))
+    delta = float(np.median((l1 - l2).numpy()))
+    # s = std over the training images of (L1 - L2) (the soft target's temperature)
+    scale = float((l1 - l2).std().clamp_min(1e-6))
     running = RunningMedian() if delta_mode == "running" else None
-    bounds = cache["batch_start"].tolist() + [len(cache["l1"])]
+    mu = sd = None
+    if r.normalize:
+        # x <- (x - mean) / std, per feature, over the cache
+        mu, sd = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
+        pooled = (pooled - mu) / sd
+    rows = torch.arange(len(l1))
+    holdout, held_ids = None, ()
+    if r.holdout > 0:
+        ids = np.unique(image_id.numpy())
+        held_ids = np.random.default_rng(cfg.train.seed).choice(ids, round(r.holdout * len(ids)), replace=False)
+        held = torch.from_numpy(np.isin(image_id.numpy(), held_ids))
+        holdout = (pooled[held], (l1 - l2)[held])
+        rows = rows[~held]  # the stored order, held-out images dropped, cut into batches of router.batch
+        bounds = list(range(0, len(rows), r.batch)) + [len(rows)]
+    else:
+        bounds = cache["batch_start"].tolist() + [len(l1)]
 
     def epoch_batches():
         for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-            yield cache["pooled"][s:e], cache["l1"][s:e], cache["l2"][s:e]
+            i = rows[s:e]
+            yield pooled[i], l1[i], l2[i]
 
-    return _train_router(epoch_batches, cache["pooled"].shape[1], cfg, kind, lam, delta, running, epochs)
+    fit = _train_router(epoch_batches, pooled.shape[1], cfg, kind, lam, delta, running, epochs, scale, holdout)
+    if mu is not None:
+        _fold_normalisation(fit.router, mu, sd)
+    fit.holdout_ids = tuple(int(i) for i in held_ids)
+    return fit
+
+
+def _target_l2(cfg: Config, l2: torch.Tensor) -> torch.Tensor:
+    """``router.target``: ``gain`` ranks L1 - L2 (the paper); ``l1`` ranks detector 1's own loss (L2 := 0)."""
+    return torch.zeros_like(l2) if cfg.router.target == "l1" else l2
+
+
+def _mean_over_views(image_id: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Each entry replaced by the mean of ``x`` over the entries of the same image: (M,) -> (M,)."""
+    _, inv = torch.unique(image_id, return_inverse=True)
+    sums = torch.zeros(int(inv.max()) + 1, dtype=x.dtype).index_add_(0, inv, x)
+    counts = torch.zeros_like(sums).index_add_(0, inv, torch.ones_like(x))
+    return (sums / counts)[inv]
+
+
+@torch.no_grad()
+def _fold_normalisation(router: AdaptiveRouter, mu: torch.Tensor, sd: torch.Tensor) -> None:
+    """Make ``router`` read raw features: fc1(x') with x' = (x - mu) / sd equals fc1'(x).
+
+    W' = W / sd (per input feature), b' = b - W' mu.
+    """
+    w = router.fc1.weight / sd
+    router.fc1.bias -= w @ mu
+    router.fc1.weight.copy_(w)
 
 
 def fit_router_direct(model, cfg: Config, info, device, progress: bool = True) -> RouterFit:
@@ -200,11 +290,17 @@ def fit_router_direct(model, cfg: Config, info, device, progress: bool = True) -
     batches :func:`build_router_cache` stores, so it reaches the same router.
     """
     r = cfg.router
+    variants = {"target_views": "each", "normalize": False, "holdout": 0.0}
+    changed = [k for k, default in variants.items() if getattr(r, k) != default]
+    if changed:
+        raise ValueError(
+            f"{cfg.source or cfg.name}: router.{', router.'.join(changed)} need the cached path (router.cached: true)"
+        )
     dataset = view_dataset(cfg, info)
 
     def epoch_batches():
         for _, _, (pooled, l1, l2) in view_batches(model, cfg, dataset, device, progress):
-            yield pooled.float().cpu(), l1.float().cpu(), l2.float().cpu()
+            yield pooled.float().cpu(), l1.float().cpu(), _target_l2(cfg, l2.float().cpu())
 
     running, delta = None, 0.0
     if r.delta == "median":  # the paper's Delta needs one pass over the training views first

@@ -53,3 +53,33 @@ def test_running_median():
     assert rm.update(torch.tensor([3.0, 1.0])) == 2.0
     assert rm.update(torch.tensor([10.0])) == 3.0
     assert rm.update(torch.tensor([-1.0, 0.0, 7.0])) == float(np.median([3, 1, 10, -1, 0, 7]))
+
+
+def test_soft_target_is_bce_towards_the_squashed_gain(data):
+    _, l1, l2 = data
+    z = torch.randn(7, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    loss = router_loss(torch.sigmoid(z), l1, l2, kind="soft_target", delta=0.3, logit=z, scale=0.5)
+    t = torch.sigmoid((l1 - l2 - 0.3) / 0.5)
+    # L = -t log(phi) - (1 - t) log(1 - phi), phi = sigmoid(z); dL/dz = phi - t
+    expected = -(t * torch.log(torch.sigmoid(z)) + (1 - t) * torch.log(1 - torch.sigmoid(z))).mean()
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, z)
+    torch.testing.assert_close(grad * len(z), torch.sigmoid(z) - t)
+
+
+def test_rank_loss_pushes_the_bigger_gain_up():
+    l1, l2 = torch.tensor([3.0, 1.0, 2.0]), torch.zeros(3)  # gains 3 > 2 > 1
+    z = torch.zeros(3, requires_grad=True)
+    loss = router_loss(torch.sigmoid(z), l1, l2, kind="rank", logit=z)
+    # 3 ordered pairs, each log(1 + e^0) at z = 0
+    torch.testing.assert_close(loss, torch.tensor(np.log(2.0), dtype=torch.float32))
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad[0] < 0 < grad[1] and abs(float(grad[2])) < 1e-7  # descent raises the top gain, lowers the last
+    tied = router_loss(torch.sigmoid(z), torch.ones(3), torch.zeros(3), kind="rank", logit=z)
+    assert tied.item() == 0.0 and tied.requires_grad  # no pair to rank, still differentiable
+
+
+@pytest.mark.parametrize("kind", ["soft_target", "rank"])
+def test_ranking_losses_need_logits(kind):
+    with pytest.raises(ValueError, match=f"router loss '{kind}' needs the router's logits"):
+        router_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), kind=kind)

@@ -68,6 +68,7 @@ def test_an_eval_change_moves_the_stages_that_read_it_and_only_those(field, valu
     ("section", "field", "value", "moved"),
     [
         ("router", "lr", 0.5, INSIDE_STEP2),  # router training only: the cached views stay
+        ("router", "target", "gain", INSIDE_STEP2),  # what the router ranks: same views, same cache
         ("router", "views", 3, {"router cache"} | INSIDE_STEP2),
         ("train", "epochs", 5, set(STAGES)),  # new detectors: everything, static models included
         ("train", "clip", "none", set(STAGES) - {"static models", "static row"}),  # ultralytics' trainer ignores it
