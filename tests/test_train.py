@@ -255,13 +255,13 @@ def test_joint_clipping_shares_one_step_length_and_none_leaves_gradients():
 @pytest.mark.parametrize(
     "variant",
     [
-        {"train": {"clip": "per_detector"}},
+        {"train": {"clip": "joint"}},
         {"train": {"clip": "none"}},
-        {"train": {"detach_links": True}},
+        {"train": {"clip": "joint", "detach_links": True}},
         {"train": {"clip": "per_detector", "detach_links": True}},
         {"model": {"dual": False}},
     ],
-    ids=["per_detector", "no_clip", "detach_links", "per_detector+detach", "static_yolo"],
+    ids=["joint", "no_clip", "joint+detach", "per_detector+detach", "static_yolo"],
 )
 def test_step1_variants_train_through_the_cli(smoke_cfg, tmp_path, variant):
     """Each step-1 ablation variant trains at smoke size through `dynamicdet train` and logs gradient norms."""
