@@ -105,7 +105,7 @@ class RouterConfig:
     lr: float = 1e-3  # AdamW learning rate (constant)
     weight_decay: float = 0.0  # AdamW weight decay
     cached: bool = True  # train on the per-image cache (fast) or run the detectors every step (direct)
-    hsv_h: float = 0.0  # augmentation of the cache views (no mosaic/mixup, as the authors); 0 = val-like images
+    hsv_h: float = 0.0  # augmentation of the cache views (no mosaic/mixup, as the authors); all 0: no augmentation
     hsv_s: float = 0.0
     hsv_v: float = 0.0
     translate: float = 0.0
@@ -170,13 +170,17 @@ class Config:
         d = self.to_dict()
         m = d["model"]
         d["model"] = {k: m[k] for k in (YOLO_MODEL_FIELDS if m["kind"] == "yolo" else TWO_STAGE_MODEL_FIELDS)}
-        for (section, name), default in ADDED_FIELDS.items():
-            if d[section][name] == default:
-                del d[section][name]
         picked = {}
         for key in keys:
             section, _, name = key.partition(".")
-            picked[key] = d[section][name] if name else d[section]
+            if name:
+                picked[key] = d[section][name]
+            else:  # a whole section: without the added fields that sit at their default
+                picked[key] = {
+                    k: v
+                    for k, v in d[section].items()
+                    if (section, k) not in ADDED_FIELDS or v != ADDED_FIELDS[section, k]
+                }
         blob = json.dumps(picked, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -264,9 +268,10 @@ def _build(cls: type, raw: dict[str, Any], where: str, source: str) -> Any:
         allowed = _CHOICES.get((where, key))
         if allowed is not None and value not in allowed:
             raise ConfigError(f"{source}: {path} = {value!r} is not one of {sorted(allowed)}")
-        lo, hi = _RANGES.get((where, key), (value, value))
-        if not lo <= value <= hi:
-            raise ConfigError(f"{source}: {path} = {value!r} is outside [{lo}, {hi}]")
+        if (where, key) in _RANGES:
+            lo, hi = _RANGES[(where, key)]
+            if not lo <= value <= hi:
+                raise ConfigError(f"{source}: {path} = {value!r} is outside [{lo}, {hi}]")
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -153,8 +153,9 @@ def _train_router(
         delta: Delta of the adaptive offset (ignored by the naive losses); replaced by
             ``running.update(L1 - L2)`` at every batch when ``running`` is a RunningMedian.
         scale: s of the ``soft_target`` loss.
-        holdout: ``(pooled (H, C), L1 - L2 (H,))`` of held-out training images: each epoch's
-            Spearman correlation of the router's logit with L1 - L2 there is logged, and the
+        holdout: ``(pooled (H, C), target (H,))`` of held-out training images (target: L1 - L2,
+            or L1 with ``router.target: l1``): each epoch's Spearman correlation of the
+            router's logit with the target there is logged, and the
             router of the best epoch is kept (early stopping on the ranking the routes need).
     """
     r = cfg.router
@@ -210,12 +211,14 @@ def fit_router(
     order and batch boundaries), so the result equals :func:`fit_router_direct` on the
     same data. ``kind``/``lam``/``delta_mode``/``epochs`` override the config.
 
-    Beyond the paper (``cfg.router``, all off by default): ``target: l1`` ranks images by
-    detector 1's loss alone (L2 := 0, Delta = median L1); ``target_views: mean`` trains on
+    Beyond the paper (``cfg.router``): ``target: l1`` (the default) ranks images by detector
+    1's loss alone (L2 := 0, Delta = median L1; ``gain`` is the paper's L1 - L2); off by
+    default: ``target_views: mean`` trains on
     each image's L1, L2 averaged over its views; ``normalize`` standardises the pooled
     features with the cache's mean and std (folded into ``fc1`` at the end, so the router
     still reads raw features); ``holdout`` keeps a fraction of the training images out of
-    the batches and keeps the epoch whose logits rank their L1 - L2 best.
+    the batches and keeps the epoch whose logits rank their target best (Delta, s and the
+    feature statistics then come from the images trained on).
     """
     r = cfg.router
     kind, lam = kind or r.loss, r.lam if lam is None else lam
@@ -225,27 +228,34 @@ def fit_router(
         # L_k(i) <- mean over the views v of image i of L_k(i, v)
         l1, l2 = _mean_over_views(image_id, l1), _mean_over_views(image_id, l2)
     l2 = _target_l2(cfg, l2)
-    # Delta = median over the training images of (L1 - L2), before router training (paper)
-    delta = float(np.median((l1 - l2).numpy()))
-    # s = std over the training images of (L1 - L2) (the soft target's temperature)
-    scale = float((l1 - l2).std().clamp_min(1e-6))
-    running = RunningMedian() if delta_mode == "running" else None
-    mu = sd = None
-    if r.normalize:
-        # x <- (x - mean) / std, per feature, over the cache
-        mu, sd = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
-        pooled = (pooled - mu) / sd
     rows = torch.arange(len(l1))
-    holdout, held_ids = None, ()
+    holdout, held_ids = None, np.array([], dtype=np.int64)
     if r.holdout > 0:
         ids = np.unique(image_id.numpy())
-        held_ids = np.random.default_rng(cfg.train.seed).choice(ids, round(r.holdout * len(ids)), replace=False)
+        n_held = round(r.holdout * len(ids))
+        if n_held < 3 or n_held > len(ids) - 3:
+            raise ValueError(
+                f"{cfg.source or cfg.name}: router.holdout = {r.holdout} holds out {n_held} of {len(ids)} "
+                "training images; a ranking needs at least 3 on each side"
+            )
+        held_ids = np.random.default_rng(cfg.train.seed).choice(ids, n_held, replace=False)
         held = torch.from_numpy(np.isin(image_id.numpy(), held_ids))
-        holdout = (pooled[held], (l1 - l2)[held])
         rows = rows[~held]  # the stored order, held-out images dropped, cut into batches of router.batch
         bounds = list(range(0, len(rows), r.batch)) + [len(rows)]
     else:
         bounds = cache["batch_start"].tolist() + [len(l1)]
+    # Delta = median over the training images of (L1 - L2), before router training (paper)
+    delta = float(np.median((l1 - l2)[rows].numpy()))
+    # s = std over the training images of (L1 - L2) (the soft target's temperature)
+    scale = _soft_scale(l1[rows] - l2[rows])
+    running = RunningMedian() if delta_mode == "running" else None
+    mu = sd = None
+    if r.normalize:
+        # x <- (x - mean) / std, per feature, over the training images
+        mu, sd = pooled[rows].mean(0), _feature_std(pooled[rows])
+        pooled = (pooled - mu) / sd
+    if r.holdout > 0:
+        holdout = (pooled[held], (l1 - l2)[held])
 
     def epoch_batches():
         for s, e in zip(bounds[:-1], bounds[1:], strict=True):
@@ -257,6 +267,17 @@ def fit_router(
         _fold_normalisation(fit.router, mu, sd)
     fit.holdout_ids = tuple(int(i) for i in held_ids)
     return fit
+
+
+def _soft_scale(d: torch.Tensor) -> float:
+    """s of the soft target: the spread of the target over the training images (floored)."""
+    return float(d.std().clamp_min(1e-6))
+
+
+def _feature_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-feature std, floored relative to the typical one (a near-constant feature must not get a 1e6 weight)."""
+    sd = x.std(0)
+    return sd.clamp_min(max(1e-3 * float(sd.median()), 1e-8))
 
 
 def _target_l2(cfg: Config, l2: torch.Tensor) -> torch.Tensor:
@@ -302,13 +323,14 @@ def fit_router_direct(model, cfg: Config, info, device, progress: bool = True) -
         for _, _, (pooled, l1, l2) in view_batches(model, cfg, dataset, device, progress):
             yield pooled.float().cpu(), l1.float().cpu(), _target_l2(cfg, l2.float().cpu())
 
-    running, delta = None, 0.0
-    if r.delta == "median":  # the paper's Delta needs one pass over the training views first
-        diffs = [(l1 - l2) for _, l1, l2 in epoch_batches()]
-        delta = float(np.median(torch.cat(diffs).numpy()))
-    else:
+    running, delta, scale = None, 0.0, 1.0
+    if r.delta == "median" or r.loss == "soft_target":  # Delta (and s) need one pass over the training views first
+        diffs = torch.cat([(l1 - l2) for _, l1, l2 in epoch_batches()])
+        delta, scale = float(np.median(diffs.numpy())), _soft_scale(diffs)
+    if r.delta != "median":
         running = RunningMedian()
-    return _train_router(epoch_batches, model.router.fc1.in_features, cfg, r.loss, r.lam, delta, running, r.epochs)
+    fc1 = model.router.fc1.in_features
+    return _train_router(epoch_batches, fc1, cfg, r.loss, r.lam, delta, running, r.epochs, scale)
 
 
 def load_cache(path: Path) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ from dynamicdet.experiments.router_study import (
     view_agreement,
 )
 from dynamicdet.model import AdaptiveRouter
-from dynamicdet.runs import STEP2
+from dynamicdet.runs import STEP2, VIEW_CACHE
 from dynamicdet.step2 import _fold_normalisation, _mean_over_views, fit_router, fit_router_direct, spearman
 
 
@@ -54,11 +53,13 @@ def test_router_options_are_validated():
 
 
 def test_fields_added_later_leave_the_stage_keys_alone_at_their_default():
-    cfg = load_config("smoke")
-    key = STEP2.key(cfg)
-    assert STEP2.key(router_variant(cfg, normalize=False, holdout=0.0, target_views="each")) == key
-    assert STEP2.key(router_variant(cfg, normalize=True)) != key
-    assert STEP2.key(router_variant(cfg, target="gain")) != key  # the default is l1: gain is a real change
+    # the paper's router on the smoke config had this step-2 key (and cache key) before router.target,
+    # target_views, normalize and holdout existed (computed at commit 8d03be9): the old caches stay valid
+    paper = router_variant(load_config("smoke"), **PAPER_ROUTER)
+    assert (STEP2.key(paper), VIEW_CACHE.key(paper)) == ("da554f1f08", "15d53ad49b")
+    assert STEP2.key(router_variant(paper, normalize=True)) != STEP2.key(paper)
+    assert STEP2.key(router_variant(paper, target="l1")) != STEP2.key(paper)
+    assert VIEW_CACHE.key(router_variant(paper, target="l1")) == VIEW_CACHE.key(paper)  # same views, same cache
 
 
 def test_target_l1_ranks_detector_1s_loss_with_delta_its_median():
@@ -111,6 +112,11 @@ def test_holdout_keeps_images_out_and_the_best_epoch():
     assert report["best epoch"] == fit.best_epoch and report["spearman (held-out training images)"] > 0.5
 
 
+def test_holdout_needs_images_on_both_sides():
+    with pytest.raises(ValueError, match=r"router.holdout = 0.02 holds out 1 of 60 training images"):
+        fit_router(_cache(), _cfg(holdout=0.02))
+
+
 def test_the_direct_path_refuses_cache_only_options():
     with pytest.raises(ValueError, match=r"router\.normalize, router\.holdout need the cached path"):
         fit_router_direct(None, _cfg(normalize=True, holdout=0.1), None, "cpu")
@@ -138,8 +144,10 @@ def test_variant_and_signal_tables_on_the_smoke_model(smoke_cfg):
     assert list(table["router"]) == ["default", "paper"] and set(ks) <= set(table.columns)
     # the default row is the trained model's own router: same logits, hence the same c(k)
     own = cap.of(t.val_scores.set_index("image_id").loc[cap.ids, "logit"].to_numpy())
-    assert np.allclose(table.loc[0, ks].to_numpy(float), [own[k] for k in ks], atol=1e-9)
+    # (at smoke size both detectors may score AP 0: c(k) is then NaN for every row alike)
+    assert np.allclose(table.loc[0, ks].to_numpy(float), [own[k] for k in ks], atol=1e-9, equal_nan=True)
     signals = signal_table(t, cap).set_index("ranked by")
     assert {"oracle: per-image AP gain", "generator: difficulty", "random"} <= set(signals.index)
-    assert signals.loc["oracle: per-image AP gain", "spearman with AP gain"] == pytest.approx(1.0)
-    assert isinstance(signals, pd.DataFrame) and signals[ks].notna().all().all()
+    assert signals[ks].isna().all().all() == (cap.ap1 == cap.ap2)
+    if np.ptp(cap.ap_gain) > 0:
+        assert signals.loc["oracle: per-image AP gain", "spearman with AP gain"] == pytest.approx(1.0)

@@ -18,7 +18,7 @@ from dynamicdet.build import build_model
 from dynamicdet.checkpoint import read_checkpoint
 from dynamicdet.config import load_config
 from dynamicdet.data.coco import prepare_dataset
-from dynamicdet.experiments.router_study import router_variant
+from dynamicdet.experiments.router_study import PAPER_ROUTER, router_variant
 from dynamicdet.model import DynamicDetector
 from dynamicdet.runs import router_dir, run_dir
 from dynamicdet.step1 import clip_gradients, train_step1
@@ -77,12 +77,13 @@ def test_finished_stages_are_reused(step2):
 
 @pytest.mark.slow
 def test_cached_and_direct_router_training_agree(step2):
-    cfg = load_config("smoke", overrides={"router": {"views": 2, "epochs": 2}})
+    # the paper's router (2 augmented views: the augmentation's random stream must replay, target L1 - L2)
+    cfg = router_variant(load_config("smoke"), **{**PAPER_ROUTER, "epochs": 2})
     info = prepare_dataset(cfg)
     model = build_model(cfg, nc=len(info.names))
     model.load_state_dict(read_checkpoint(run_dir(step2) / "step1.pt")["model"])
-    for delta_mode in ("median", "running"):
-        cfg.router.delta = delta_mode
+    for delta_mode, loss in (("median", "adaptive_offset"), ("running", "adaptive_offset"), ("median", "soft_target")):
+        cfg.router.delta, cfg.router.loss = delta_mode, loss
         cache = build_router_cache(model, cfg, info, "cpu", progress=False)
         cached = fit_router(cache, cfg)
         direct = fit_router_direct(model, cfg, info, "cpu", progress=False)

@@ -62,6 +62,14 @@ def router_variant(cfg: Config, **router: object) -> Config:
     return out
 
 
+def _order(val: dict, ids: list) -> np.ndarray:
+    """Positions of ``ids`` in the val cache (every id must be there)."""
+    order = pd.Index(val["image_id"].numpy()).get_indexer(ids)
+    if (order < 0).any():
+        raise ValueError(f"{int((order < 0).sum())} val image(s) missing from the val cache")
+    return order
+
+
 def variant_caches(cfg: Config, progress: bool = False) -> tuple[dict, dict]:
     """The training-view cache and val cache of a router variant (built once, then read from disk)."""
     train_step2(cfg, progress=progress)
@@ -191,7 +199,7 @@ def variant_table(t: Trained, variants: dict[str, dict], cap: Capture | None = N
     """
     cap = cap or Capture(t)
     _, val = step_caches(t.cfg)
-    order = pd.Index(val["image_id"].numpy()).get_indexer(cap.ids)
+    order = _order(val, cap.ids)
     rows = []
     for name, over in variants.items():
         vcfg = router_variant(t.cfg, **over)
@@ -225,7 +233,7 @@ def signal_table(t: Trained, cap: Capture | None = None) -> pd.DataFrame:
     """
     cap = cap or Capture(t)
     _, val = step_caches(t.cfg)
-    order = pd.Index(val["image_id"].numpy()).get_indexer(cap.ids)
+    order = _order(val, cap.ids)
     scores = t.val_scores.set_index("image_id").loc[cap.ids]
     sig = {
         "learned router (this run)": scores["logit"].to_numpy(),
