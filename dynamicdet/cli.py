@@ -148,7 +148,13 @@ def _step2_folder(config: str) -> Path:
 
 def _cmd_reproduce(args) -> int:
     only = [n.strip() for n in args.notebooks.split(",") if n.strip()] or None
-    reproduce(args.config, run_notebooks=not args.no_notebooks, notebooks=only, stages=not args.no_stages)
+    reproduce(
+        args.config,
+        run_notebooks=not args.no_notebooks,
+        notebooks=only,
+        stages=not args.no_stages,
+        two_stage=not args.no_two_stage,
+    )
     return 0
 
 
@@ -193,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--config", default="quick")
     r.add_argument("--no-notebooks", action="store_true")
     r.add_argument("--no-stages", action="store_true", help="skip the pipeline stages (the notebooks compute theirs)")
+    r.add_argument(
+        "--no-two-stage",
+        action="store_true",
+        help="skip the two-stage models (Faster/Mask R-CNN) and notebook 08_two_stage",
+    )
     r.add_argument(
         "--notebooks", default="", help="run only these notebooks (comma-separated stems, e.g. 08_two_stage)"
     )

@@ -32,6 +32,7 @@ from .results import out_dir, provenance
 # notebooks that `make reproduce` runs only when asked (`--notebooks`): experiments about this
 # replication itself rather than tables of the paper, too long for the default main job
 ON_REQUEST = ("09_step1_ablation",)
+TWO_STAGE_NOTEBOOK = "08_two_stage"
 
 
 def notebook_paths() -> list[Path]:
@@ -82,6 +83,7 @@ def reproduce(
     progress: bool = True,
     notebooks: list[str] | None = None,
     stages: bool = True,
+    two_stage: bool = True,
 ) -> None:
     """Run every stage for ``config`` and regenerate its results folder.
 
@@ -91,6 +93,9 @@ def reproduce(
     ``["08_two_stage"]``; default: the paper's notebooks (every one but :data:`ON_REQUEST`).
     ``stages=False`` skips the pipeline's stages (the notebooks compute what they need),
     e.g. for ``09_step1_ablation`` on the ``ablation`` config (``make ablation``).
+    ``two_stage=False`` skips the two-stage models and, unless named in ``notebooks``,
+    ``08_two_stage`` (the YOLO part of the standard run alone: about 1.5 h of its 2.5 h);
+    the results folder then keeps whatever two-stage tables an earlier run wrote.
     """
     cfg = load_config(config)
     if not stages:
@@ -119,36 +124,43 @@ def reproduce(
     static_done = all(runs.STATIC_ROW.done(cfg, model=f"{cfg.model.family}{s}") for s in cfg.eval.static_scales)
     static = stage("static baselines", static_done, lambda: static_baselines(cfg, progress))
     stage("latency table", runs.LATENCY.done(cfg), lambda: latency_table(tr, res, static, progress=progress))
-    for kind in KINDS:  # 08_two_stage: Dy-Faster / Dy-Mask R-CNN and their static rows
+    for kind in KINDS if two_stage else ():  # 08_two_stage: Dy-Faster / Dy-Mask R-CNN and static rows
         ts_cfg = two_stage_config(config, kind)
         if ts_cfg.data.source == "synthetic":
             generate_from_config(ts_cfg, progress=progress)
         done = runs.TWO_STAGE_TABLE.done(ts_cfg)
         stage(f"two-stage {kind}", done, lambda kind=kind: two_stage_table(config, kind, progress=progress))
+    skip = () if two_stage else (TWO_STAGE_NOTEBOOK,)
     if run_notebooks:
-        return _run_notebooks(config, cfg, notebooks, times, cached, t0)
-    _record(config, cfg, notebooks, times, cached, {}, t0)
+        return _run_notebooks(config, cfg, notebooks, times, cached, t0, skip)
+    _record(config, cfg, notebooks, times, cached, {}, t0, skip)
 
 
-def _run_notebooks(config: str, cfg, notebooks: list[str] | None, times: dict | None, cached: list, t0: float) -> None:
+def _run_notebooks(
+    config: str, cfg, notebooks: list[str] | None, times: dict | None, cached: list, t0: float, skip: tuple = ()
+) -> None:
     nb_times = {}
     for nb in notebook_paths():
-        if (notebooks and nb.stem not in notebooks) or (not notebooks and nb.stem in ON_REQUEST):
+        if (notebooks and nb.stem not in notebooks) or (not notebooks and nb.stem in ON_REQUEST + skip):
             continue
         print(f"running {nb.name} ...", flush=True)
         _, dt = run_notebook(nb, config, progress=False)
         nb_times[nb.name] = round(dt, 1)
-    _record(config, cfg, notebooks, times, cached, nb_times, t0)
+    _record(config, cfg, notebooks, times, cached, nb_times, t0, skip)
 
 
-def _record(config: str, cfg, notebooks, times: dict | None, cached: list, nb_times: dict, t0: float) -> None:
+def _record(
+    config: str, cfg, notebooks, times: dict | None, cached: list, nb_times: dict, t0: float, skip: tuple = ()
+) -> None:
     """Merge this run's stage and notebook times into the provenance (``times`` None: stages skipped)."""
     total = time.time() - t0
     record: dict = {"notebook_wall_s": nb_times}
     if times is not None:
         record.update(stage_wall_s={k: round(v, 1) for k, v in times.items()}, cached_stages=cached)
     # the end-to-end time only means something when every stage was computed by this run
-    complete = times is not None and not cached and not notebooks
+    if skip:
+        record["skipped"] = list(skip)
+    complete = times is not None and not cached and not notebooks and not skip
     record["reproduce_wall_s" if complete else "last_partial_run_wall_s"] = round(total, 1)
     provenance(config, cfg.to_dict(), record)
     print(f"reproduce {config}: done in {total / 60:.1f} min -> {out_dir(config)}")
