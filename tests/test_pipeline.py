@@ -29,7 +29,11 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
     for name, seconds in first["stage_wall_s"].items():
         if name != "data":  # the data check always runs
             assert second["stage_wall_s"][name] == seconds  # the computing run's time survives
-    assert "last_partial_run_wall_s" in second and second["git_sha"]
+    assert "last_partial_run_wall_s" in second and second["git_sha"] and second["skipped"] == []
+    # --no-two-stage: the YOLO stages only, and the provenance says what was left out
+    reproduce("smoke", run_notebooks=False, progress=False, two_stage=False)
+    third = json.loads(prov_path.read_text())
+    assert third["cached_stages"] == stages[:4] and third["skipped"] == ["08_two_stage"]
 
 
 @pytest.mark.slow
