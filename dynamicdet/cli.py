@@ -22,7 +22,7 @@ from .data.coco import DatasetError, prepare_dataset
 from .data.synthetic import generate_from_config, summarize
 from .export import OnnxDynamicDetector, export_onnx
 from .files import write_json
-from .inference import DynamicDetPredictor, annotate, results_to_coco
+from .inference import DynamicDetPredictor, annotate, output_names, results_to_coco
 from .pipeline import reproduce
 from .runs import STEP2
 from .speed import measure_config
@@ -76,7 +76,8 @@ def _cmd_speed(args) -> int:
 
 def _cmd_predict(args) -> int:
     if args.config and args.weights:
-        raise SystemExit("error: give --config or --weights, not both")
+        print("error: give --config or --weights, not both", file=sys.stderr)
+        return 2
     det = DynamicDetPredictor.load(args.weights or args.config or "quick")
     try:
         results = det.predict(
@@ -94,8 +95,8 @@ def _cmd_predict(args) -> int:
     s = det.summary
     save = Path(args.save)
     save.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        cv2.imwrite(str(save / Path(r.path).name), annotate(r))
+    for r, name in zip(results, output_names(results), strict=True):
+        cv2.imwrite(str(save / name), annotate(r))
     write_json(results_to_coco(results), save / "predictions.json", indent=1)
     summary = {
         "images": s.images,
@@ -105,7 +106,7 @@ def _cmd_predict(args) -> int:
         "target_ms_per_image": s.target_ms,
         "achieved_ms_per_image": round(s.ms_per_image, 2),
         "batch": args.batch,
-        "scheduler": "stream" if args.batch > 1 or s.target_ms is not None else "route",
+        "scheduler": s.scheduler,
         "controller": s.controller,  # closed loop (--target-ms): per window, measured ms/img, k, threshold
         "failures": s.failures,
     }
@@ -120,10 +121,12 @@ def _cmd_predict(args) -> int:
 
 def _cmd_export(args) -> int:
     if args.config and args.weights:
-        raise SystemExit("error: give --config or --weights, not both")
+        print("error: give --config or --weights, not both", file=sys.stderr)
+        return 2
     det = DynamicDetPredictor.load(args.weights or args.config or "quick")
     if isinstance(det.model, OnnxDynamicDetector):
-        raise SystemExit("error: that is already an ONNX export; give a config or a step2.pt")
+        print("error: that is already an ONNX export; give a config or a step2.pt", file=sys.stderr)
+        return 2
     src = Path(args.weights) if args.weights else None
     out = Path(args.out) if args.out else (src.parent if src else _step2_folder(args.config or "quick")) / "onnx"
     model = det.model.cpu()

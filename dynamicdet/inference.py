@@ -56,6 +56,7 @@ class PredictSummary:
     ms_per_image: float = 0.0  # achieved: preprocess + route + NMS, averaged over the images
     failures: list[str] = field(default_factory=list)  # "<file>: <problem>" for every input skipped
     controller: list[dict] = field(default_factory=list)  # closed loop: per window, measured ms/img, k, threshold
+    scheduler: str = "route"  # "stream" (route-aware batching) or "route" (each batch through route())
 
     @property
     def easy(self) -> int:
@@ -193,6 +194,8 @@ class DynamicDetPredictor:
     ) -> list[Results]:
         """Detect on every picture of ``source`` (a file, folder, glob, video, or a list of them).
 
+        Results come pictures first (in the given order), then each video's frames.
+
         With ``batch`` > 1 or a ``target_ms`` (torch models), the pictures flow through the
         route-aware :class:`~dynamicdet.stream.StreamScheduler` (full B1 + router batches, hard
         images queued until a full hard batch or ``max_wait_s``); with ``target_ms`` its
@@ -213,11 +216,11 @@ class DynamicDetPredictor:
         self.summary = PredictSummary(threshold=tau, target_ms=target, failures=failures)
         if not sources:
             return []
-        dataset = load_inference_source(sources if len(sources) > 1 else sources[0], batch=batch)
-        batches = tqdm(dataset, desc="predict", disable=not progress, leave=False)
+        batches = tqdm(_batches(sources, batch), desc="predict", disable=not progress, leave=False)
         nms = {"conf_thres": conf, "iou_thres": iou, "max_det": max_det}
         t_start = time.perf_counter()
         streamed = not isinstance(self.model, OnnxDynamicDetector) and (batch > 1 or target is not None)
+        self.summary.scheduler = "stream" if streamed else "route"
         if streamed:
             out = self._predict_stream(batches, tau, target, batch, max_wait_s, nms)
         else:
@@ -311,6 +314,42 @@ def annotate(result: Results) -> np.ndarray:
     cv2.rectangle(im, (0, 0), (w + 12, h + base + 12), colour, -1)
     cv2.putText(im, text, (6, h + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return im
+
+
+def output_names(results: list[Results]) -> list[str]:
+    """A distinct image file name per result, for saving the annotated pictures in one folder.
+
+    A picture keeps its name (``bus.jpg``); a video's frames become ``<stem>_<frame>.jpg``
+    (frame counted from 1 within each video); a name already taken (the same file name in two
+    folders) gets ``_2``, ``_3``, ... before its suffix.
+    """
+    names, taken, frames = [], set(), {}
+    for r in results:
+        p = Path(r.path)
+        if _is_video(str(p)):
+            frames[p] = frames.get(p, 0) + 1
+            p = Path(f"{p.stem}_{frames[p]:06d}.jpg")
+        name, n = p.name, 1
+        while name in taken:
+            n += 1
+            name = f"{p.stem}_{n}{p.suffix}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _batches(sources: list, batch: int):
+    """ultralytics' loaders over the inputs: the pictures together (in the given order), then each video.
+
+    ultralytics reads a list source as in-memory pictures, so videos in a list get a loader each.
+    Yields ``(paths, images, info)`` batches of at most ``batch`` images (BGR arrays).
+    """
+    video = [isinstance(s, (str, Path)) and _is_video(str(s)) for s in sources]
+    pictures = [s for s, v in zip(sources, video, strict=True) if not v]
+    loaders = [load_inference_source(pictures if len(pictures) > 1 else pictures[0], batch=batch)] if pictures else []
+    loaders += [load_inference_source(s, batch=batch) for s, v in zip(sources, video, strict=True) if v]
+    for loader in loaders:
+        yield from loader
 
 
 def _is_video(path: str) -> bool:

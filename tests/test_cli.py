@@ -43,3 +43,28 @@ def test_bad_config_is_a_clear_error(tmp_path):
     bad.write_text("data:\n  img_sise: 64\n")
     r = _run("train", "--config", str(bad), "--step", "1")
     assert r.returncode == 2 and "bad.yaml" in r.stderr and "img_sise" in r.stderr
+
+
+def test_predict_and_export_refuse_both_config_and_weights(tmp_path):
+    for cmd in ("predict", "export"):
+        extra = ["x.jpg"] if cmd == "predict" else []
+        r = _run(cmd, *extra, "--config", "smoke", "--weights", str(tmp_path / "w.pt"))
+        assert r.returncode == 2 and "give --config or --weights, not both" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_output_names_are_distinct_and_video_frames_become_images():
+    from types import SimpleNamespace
+
+    from dynamicdet.inference import output_names
+
+    paths = ["a/bus.jpg", "b/bus.jpg", "a/zidane.png", "v/clip.mp4", "v/clip.mp4", "w/clip.mp4", "a/bus.jpg"]
+    names = output_names([SimpleNamespace(path=p) for p in paths])
+    assert names == [
+        "bus.jpg",
+        "bus_2.jpg",
+        "zidane.png",
+        "clip_000001.jpg",
+        "clip_000002.jpg",
+        "clip_000001_2.jpg",
+        "bus_3.jpg",
+    ]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import ultralytics
@@ -123,9 +124,15 @@ def test_load_errors_name_the_file(tmp_path):
 def test_cli_predict_writes_annotations_json_and_summary(det, smoke_cfg, tmp_path):
     out = tmp_path / "pred"
     weights = STEP2.path(smoke_cfg) / "step2.pt"
+    video = tmp_path / "clip.avi"  # two frames: saved as clip_000001.jpg, clip_000002.jpg
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
+    for _ in range(2):
+        writer.write(cv2.resize(cv2.imread(str(ASSETS / "bus.jpg")), (320, 240)))
+    writer.release()
     cmd = [sys.executable, "-m", "dynamicdet.cli", "predict", str(ASSETS / "bus.jpg"), str(ASSETS / "zidane.jpg")]
     r = subprocess.run(
-        [*cmd, str(tmp_path / "missing.jpg"), "--weights", str(weights), "--hard-fraction", "0.5", "--save", str(out)],
+        [*cmd, str(video), str(tmp_path / "missing.jpg"), "--weights", str(weights), "--hard-fraction", "0.5"]
+        + ["--save", str(out)],
         env={**os.environ},
         capture_output=True,
         text=True,
@@ -133,9 +140,11 @@ def test_cli_predict_writes_annotations_json_and_summary(det, smoke_cfg, tmp_pat
     )
     assert r.returncode == 1, r.stderr[-2000:]  # one input missing: the others processed, non-zero exit
     assert "missing.jpg: not found" in r.stderr and "Traceback" not in r.stderr
-    assert (out / "bus.jpg").exists() and (out / "zidane.jpg").exists()
+    saved = {"bus.jpg", "zidane.jpg", "clip_000001.jpg", "clip_000002.jpg"}
+    assert all((out / name).exists() for name in saved)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == 2 and summary["easy"] + summary["hard"] == 2 and len(summary["failures"]) == 1
+    assert summary["images"] == 4 and summary["easy"] + summary["hard"] == 4 and len(summary["failures"]) == 1
+    assert summary["scheduler"] == "route"  # batch 1, no target latency
     preds = json.loads((out / "predictions.json").read_text())
     assert all({"image_id", "file_name", "bbox", "score", "route", "phi"} <= set(p) for p in preds)
     # a bad weights file: one line naming it, exit code 2, no traceback
