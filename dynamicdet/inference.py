@@ -303,8 +303,21 @@ def route_label(result: Results) -> str:
     return f"{result.route} route, phi {result.phi:.2f}"
 
 
-def annotate(result: Results) -> np.ndarray:
-    """ultralytics' plot of the detections with the route and phi written in the top-left corner (BGR)."""
+def annotate(result: Results, min_size: int = 640) -> np.ndarray:
+    """ultralytics' plot of the detections with the route and phi written in the top-left corner (BGR).
+
+    A picture smaller than ``min_size`` on its long side (e.g. a 192 px val image) is enlarged
+    to it first, boxes with it, so that ultralytics' labels (12 px at least) stay readable.
+    """
+    h, w = result.orig_shape
+    f = min_size / max(h, w)
+    if f > 1:
+        data = result.boxes.data.clone()
+        data[:, :4] *= f  # x1, y1, x2, y2 (then conf, cls)
+        big = cv2.resize(result.orig_img, (round(w * f), round(h * f)), interpolation=cv2.INTER_LINEAR)
+        enlarged = Results(big, path=result.path, names=result.names, boxes=data)
+        enlarged.route, enlarged.phi = result.route, result.phi
+        result = enlarged
     im = result.plot()
     text = route_label(result)
     scale = max(im.shape[0], im.shape[1]) / 900

@@ -1,11 +1,17 @@
-"""The command line: data, speed, and clear errors for bad configs."""
+"""The command line: data, speed, clear errors for bad configs and arguments; predict's output names and pictures."""
 
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+from ultralytics.engine.results import Results
+
+from dynamicdet.inference import annotate, output_names
 
 
 def _run(*args, timeout=600):
@@ -53,10 +59,6 @@ def test_predict_and_export_refuse_both_config_and_weights(tmp_path):
 
 
 def test_output_names_are_distinct_and_video_frames_become_images():
-    from types import SimpleNamespace
-
-    from dynamicdet.inference import output_names
-
     paths = ["a/bus.jpg", "b/bus.jpg", "a/zidane.png", "v/clip.mp4", "v/clip.mp4", "w/clip.mp4", "a/bus.jpg"]
     names = output_names([SimpleNamespace(path=p) for p in paths])
     assert names == [
@@ -68,3 +70,19 @@ def test_output_names_are_distinct_and_video_frames_become_images():
         "clip_000001_2.jpg",
         "bus_3.jpg",
     ]
+
+
+def test_annotate_enlarges_small_pictures_with_their_boxes_and_writes_the_route():
+    small = np.full((96, 128, 3), 255, np.uint8)
+    r = Results(small, path="x.jpg", names={0: "circle"}, boxes=torch.tensor([[10.0, 20.0, 50.0, 60.0, 0.9, 0.0]]))
+    r.route, r.phi = "hard", 0.8
+    im = annotate(r)
+    assert im.shape == (480, 640, 3)  # long side 640, aspect kept
+    assert r.boxes.xyxy[0, 0].item() == 10.0  # the caller's result is left as it was
+    # the box's left edge is drawn at 10 * 5 = 50 px in the enlarged picture (ultralytics' box colour, not white)
+    assert (im[200:280, 48:53] != 255).any() and (im[200:280, 300:400] == 255).all()
+    assert (im[:10, :40] != 255).any()  # the route label's background in the top-left corner
+    big = np.full((720, 1280, 3), 255, np.uint8)
+    r = Results(big, path="y.jpg", names={0: "circle"}, boxes=torch.zeros((0, 6)))
+    r.route, r.phi = "easy", 0.1
+    assert annotate(r).shape == big.shape  # large pictures keep their size
