@@ -49,6 +49,7 @@ from dynamicdet.checkpoint import load_into
 from dynamicdet.config import Config, load_config
 from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.data.loaders import to_device
+from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.experiments import target_latency, train_ultralytics, trained
 from dynamicdet.experiments.controller import disturbed_stream
 from dynamicdet.export import OnnxDynamicDetector, export_onnx
@@ -489,6 +490,8 @@ def _part_of(row: dict) -> str:
 def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...] = PARTS) -> dict:
     """Measure ``parts`` for ``config`` and merge them into ``results/bench.{json,md}``."""
     cfg = load_config(config)
+    if cfg.data.source == "synthetic":  # a fresh clone has no dataset yet (reused when it is current)
+        generate_from_config(cfg, progress=False)
     warmup, repeats = (2, 5) if quick_timing else (cfg.eval.latency_warmup, max(cfg.eval.latency_repeats, 20))
     t_start = time.time()
     model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80).eval()
