@@ -432,9 +432,18 @@ def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]
     return rows
 
 
-def bench_disturbance(cfg: Config, passes: int = 3) -> list[dict]:
+# The competing process of item 10 spins this fraction of every 10 ms. A closed loop can only
+# hold a target the easy route still meets under load: with the target at 3/4 of the way from
+# the easy to the hard route, the slow-down must stay under about 1.4x. Measured on the 2-core
+# VM at quick, batch 8 (torch on both cores, so a competitor stalls every parallel region):
+# duty 1 (one core taken; notebook 05's default) slowed the stream 3.6x, duty 0.3 2.2x,
+# duty 0.1 1.6x (the easy route more than the hard one), all beyond the routes' range.
+DISTURBANCE_DUTY = 0.1
+
+
+def bench_disturbance(cfg: Config, passes: int = 3, duty: float = DISTURBANCE_DUTY) -> list[dict]:
     """Item 10: closed- vs open-loop latency through a quiet / loaded / quiet stream of val images."""
-    out = disturbed_stream(trained(cfg, progress=False), batch=8, passes=passes, progress=False)
+    out = disturbed_stream(trained(cfg, progress=False), batch=8, passes=passes, duty=duty, progress=False)
     cal = out["calibration"].iloc[0]
     if cal["noisy"]:  # the hard route timed no slower than the easy one: nothing to hold, recorded as such
         return [
@@ -460,7 +469,7 @@ def bench_disturbance(cfg: Config, passes: int = 3) -> list[dict]:
                 "detail": f"target {c['target ms/img']:.2f} ms/img; open loop {o['achieved / target']:.3f} "
                 f"(machine {o['ms/img'] / quiet_open:.2f}x the quiet open-loop time); hard fraction closed "
                 f"{c['fraction hard']:.2f} vs open {o['fraction hard']:.2f}; AP closed {c['AP']:.3f} vs open "
-                f"{o['AP']:.3f}; {int(c['images'])} images",
+                f"{o['AP']:.3f}; {int(c['images'])} images; competing process duty {duty}",
             }
         )
     return rows
