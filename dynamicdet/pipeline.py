@@ -63,18 +63,29 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
     ``make reproduce CONFIG=standard`` executes every notebook into
     ``results/standard/notebooks/``; their ``parameters`` defaults are the standard
     config, so dropping papermill's ``injected-parameters`` cell leaves exactly the
-    notebook a reader would get by running it in JupyterLab.
+    notebook a reader would get by running it in JupyterLab. A notebook whose executed
+    copy was run from other cell sources (an older version) is left as it is and named.
     """
     written = []
     for nb in notebook_paths():
         executed = out_dir(config) / "notebooks" / nb.name
+        if not executed.exists() and nb.stem in ON_REQUEST:
+            continue  # run on request on its own config (09: `make ablation`), published from there
         if not executed.exists():
             raise FileNotFoundError(f"{executed}: not executed yet; run `make reproduce CONFIG={config}` first")
         doc = nbformat.read(executed, as_version=4)
         doc.cells = [c for c in doc.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        if _cell_sources(doc) != _cell_sources(nbformat.read(nb, as_version=4)):
+            # executed from an older version of the notebook: copying it would bring old code back
+            print(f"{nb.name}: not published, {executed} was executed from an older version; re-run it")
+            continue
         nbformat.write(doc, nb)
         written.append(nb)
     return written
+
+
+def _cell_sources(doc) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source) for c in doc.cells]
 
 
 def reproduce(

@@ -77,3 +77,35 @@ def test_git_sha_is_dirty_for_code_changes_not_for_regenerated_results(tmp_path,
     assert results.git_sha() == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert results.git_sha() == clean + "+dirty"
+
+
+def test_publish_copies_executed_notebooks_but_never_an_older_version(tmp_path, monkeypatch):
+    import nbformat
+
+    from dynamicdet import pipeline
+
+    src, executed = tmp_path / "notebooks", tmp_path / "results" / "standard" / "notebooks"
+    src.mkdir()
+    executed.mkdir(parents=True)
+
+    def notebook(code: str, output: str | None = None, injected: bool = False):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(code, execution_count=1 if output else None)
+        if output:
+            cell.outputs = [nbformat.v4.new_output("stream", text=output)]
+        nb.cells = [nbformat.v4.new_markdown_cell("# t"), cell]
+        if injected:
+            tags = {"tags": ["injected-parameters"]}
+            nb.cells.insert(1, nbformat.v4.new_code_cell('config = "standard"', metadata=tags))
+        return nb
+
+    for name, code in (("00_a.ipynb", "x = 1"), ("01_b.ipynb", "y = 2")):
+        nbformat.write(notebook(code), src / name)
+    nbformat.write(notebook("x = 1", "1\n", injected=True), executed / "00_a.ipynb")
+    nbformat.write(notebook("y = 1", "old\n"), executed / "01_b.ipynb")  # executed from an older version
+    monkeypatch.setattr(pipeline, "notebook_paths", lambda: sorted(src.glob("*.ipynb")))
+    monkeypatch.setattr(pipeline, "out_dir", lambda config: tmp_path / "results" / config)
+    assert pipeline.publish_notebooks("standard") == [src / "00_a.ipynb"]
+    a = nbformat.read(src / "00_a.ipynb", as_version=4)
+    assert [c.source for c in a.cells] == ["# t", "x = 1"] and a.cells[1].outputs[0].text == "1\n"
+    assert nbformat.read(src / "01_b.ipynb", as_version=4).cells[1].source == "y = 2"  # left as it was
