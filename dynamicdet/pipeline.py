@@ -169,7 +169,8 @@ def _record(
     if times is not None:
         record.update(stage_wall_s={k: round(v, 1) for k, v in times.items()}, cached_stages=cached)
     # the end-to-end time only means something when every stage was computed by this run
-    record["skipped"] = list(skip)  # what this run left out (an earlier run's tables stay)
+    if times is not None:  # a stage run says what it left out (an earlier run's tables stay)
+        record["skipped"] = list(skip)
     complete = times is not None and not cached and not notebooks and not skip
     record["reproduce_wall_s" if complete else "last_partial_run_wall_s"] = round(total, 1)
     provenance(config, cfg.to_dict(), record)

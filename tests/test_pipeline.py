@@ -109,3 +109,14 @@ def test_publish_copies_executed_notebooks_but_never_an_older_version(tmp_path, 
     a = nbformat.read(src / "00_a.ipynb", as_version=4)
     assert [c.source for c in a.cells] == ["# t", "x = 1"] and a.cells[1].outputs[0].text == "1\n"
     assert nbformat.read(src / "01_b.ipynb", as_version=4).cells[1].source == "y = 2"  # left as it was
+
+
+def test_a_notebook_only_run_keeps_what_the_stage_run_left_out(smoke_cfg):
+    from dynamicdet import pipeline
+
+    prov_path = paths.results_dir("smoke") / "provenance.json"
+    pipeline._record("smoke", smoke_cfg, None, {"data": 1.0}, [], {}, 0.0, ("08_two_stage",))
+    assert json.loads(prov_path.read_text())["skipped"] == ["08_two_stage"]
+    pipeline._record("smoke", smoke_cfg, ["04_router_losses"], None, [], {"04_router_losses.ipynb": 1.0}, 0.0)
+    prov = json.loads(prov_path.read_text())
+    assert prov["skipped"] == ["08_two_stage"] and prov["notebook_wall_s"]["04_router_losses.ipynb"] == 1.0
