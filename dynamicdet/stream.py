@@ -3,10 +3,11 @@
 ``route()`` splits each batch into an easy and a hard sub-batch, so at batch 8 a small hard
 sub-batch costs nearly a full batch of B2 + H2. :class:`StreamScheduler` instead keeps the
 hard images waiting, with their backbone-1 features, until a full hard batch is ready (or
-the oldest has waited ``max_wait_s``), so every B2 + H2 call runs on a full batch::
+the oldest has waited ``max_wait_s``), so every B2 + H2 call runs on a full batch; with
+``batch_easy`` the easy images wait the same way for a full H1 batch::
 
-    images ──► B1 + router (full batches) ──┬── easy ──► H1 ──────────────────► results
-                                            └── hard ──► queue (x, F1) ──► B2 + H2 ──► results
+    images ──► B1 + router (full batches) ──┬── easy ──► [queue (x, B1 state)] ──► H1 ──► results
+                                            └── hard ──► queue (x, F1) ──► B2 + H2 ──────► results
                                                          (flush: full batch or deadline)
 
 Results come back in input order, each with its id, route, logit and latency (arrival to
@@ -44,7 +45,7 @@ class StreamResult:
 class _Waiting:
     id: object
     x: torch.Tensor  # (3, H, W)
-    feats: list[torch.Tensor]  # backbone-1 taps of this image, each (C, h, w)
+    feats: list  # this image's backbone-1 features: hard: the taps F1, each (C, h, w); easy: H1's input state
     logit: float
     t_in: float
 
@@ -58,16 +59,19 @@ class StreamScheduler:
         threshold: on the router logit (as :meth:`route`); or a :class:`LatencyController`
             whose current threshold is read before every batch and which is told the time of each.
         batch: images per B1 + router batch, and per B2 + H2 batch.
-        max_wait_s: a hard image waits at most this long for its batch to fill (None: until
+        max_wait_s: a queued image waits at most this long for its batch to fill (None: until
             the batch is full or the stream ends).
+        batch_easy: queue easy images too, so H1 also runs on full batches (throughput; an easy
+            image then waits for ``batch`` easy images or the deadline). False: H1 runs at once on
+            each batch's easy sub-batch (lowest latency of easy images).
     """
 
-    def __init__(self, model, threshold, batch: int = 8, max_wait_s: float | None = None):
+    def __init__(self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool = True):
         if not isinstance(model, DynamicDetector | DynamicTwoStage):
             raise TypeError(f"a dynamic model is needed, got {type(model).__name__}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        self.model, self.batch, self.max_wait_s = model, batch, max_wait_s
+        self.model, self.batch, self.max_wait_s, self.batch_easy = model, batch, max_wait_s, batch_easy
         self.controller = threshold if isinstance(threshold, LatencyController) else None
         self.threshold = None if self.controller else float(threshold)
         self.yolo = isinstance(model, DynamicDetector)
@@ -83,14 +87,12 @@ class StreamScheduler:
         t1 = m.taps1(x)
         return t1, t1, m.router.logit(AdaptiveRouter.pool(t1))
 
-    def _easy(self, x: torch.Tensor, state, idx: torch.Tensor) -> list:
-        """H1 on the images ``idx`` of a batch -> per-image predictions."""
+    def _easy(self, x: torch.Tensor, state) -> list:
+        """H1 on a batch of easy images ``x`` (B, 3, H, W) and their B1 state -> per-image predictions."""
         m = self.model
         if self.yolo:
-            p = m._inference(m.head1(select(state, idx)))
-            return list(p)
-        sub = [t[idx] for t in state]
-        return list(m.det1.heads(x[idx], m.det1.backbone.pyramid(sub))[0])
+            return list(m._inference(m.head1(state)))
+        return list(m.det1.heads(x, m.det1.backbone.pyramid(state))[0])
 
     def _hard(self, x: torch.Tensor, f1: list[torch.Tensor]) -> list:
         """B2 (+ links) + H2 on a batch of hard images -> per-image predictions."""
@@ -106,11 +108,12 @@ class StreamScheduler:
         self._clock = time.perf_counter()  # the controller is charged wall time, from here on
         order: list = []  # ids in arrival order, not yet yielded
         done: dict = {}
-        queue: list[_Waiting] = []
+        easy_q: list[_Waiting] = []  # easy images waiting for H1 (batch_easy only)
+        hard_q: list[_Waiting] = []  # hard images waiting for B2 + H2
         pending: list[tuple[object, torch.Tensor, float]] = []
         it = iter(stream)
         exhausted = False
-        while not exhausted or pending or queue:
+        while not exhausted or pending or easy_q or hard_q:
             while not exhausted and len(pending) < self.batch:
                 try:
                     i, x = next(it)
@@ -120,45 +123,67 @@ class StreamScheduler:
                 pending.append((i, x, time.perf_counter()))
                 order.append(i)
             if pending:
-                queue += self._run_batch(pending, done)
+                easy, hard = self._run_batch(pending, done)
+                easy_q += easy
+                hard_q += hard
                 pending = []
-            deadline = self.max_wait_s is not None and queue and time.perf_counter() - queue[0].t_in >= self.max_wait_s
-            while len(queue) >= self.batch or (queue and (exhausted or deadline)):
-                flush, queue = queue[: self.batch], queue[self.batch :]
-                self._run_hard(flush, done)
-                deadline = False
+            for queue, run in ((easy_q, self._run_easy), (hard_q, self._run_hard)):
+                late = self.max_wait_s is not None and queue and time.perf_counter() - queue[0].t_in >= self.max_wait_s
+                while len(queue) >= self.batch or (queue and (exhausted or late)):
+                    run(queue[: self.batch], done)
+                    del queue[: self.batch]
+                    late = False
             while order and order[0] in done:
                 yield done.pop(order.pop(0))
 
-    def _run_batch(self, pending, done: dict) -> list[_Waiting]:
-        """B1 + router on one batch; easy images finish now, hard ones are returned to wait."""
+    def _run_batch(self, pending, done: dict) -> tuple[list[_Waiting], list[_Waiting]]:
+        """B1 + router on one batch. Returns the easy images that wait for H1 (``batch_easy``;
+        otherwise they finish now, through H1 on the batch's easy sub-batch) and the hard ones."""
         tau = self.controller.threshold if self.controller else self.threshold
         x = torch.stack([p[1] for p in pending])
         state, f1, z = self._first_half(x)
         hard = z >= tau
         easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
-        if len(easy_idx):
-            now_preds = self._easy(x, state, easy_idx)
+        easy_waiting = []
+        if len(easy_idx) and self.batch_easy:
+            easy_waiting = [
+                _Waiting(pending[j][0], x[j], [None if t is None else t[j] for t in state], float(z[j]), pending[j][2])
+                for j in easy_idx.tolist()
+            ]
+        elif len(easy_idx):
+            now_preds = self._easy(x[easy_idx], select(state, easy_idx))
             t = time.perf_counter()
             for j, p in zip(easy_idx.tolist(), now_preds, strict=True):
                 i, _, t_in = pending[j]
                 done[i] = StreamResult(i, p, False, float(z[j]), (t - t_in) * 1e3)
-        waiting = [
+        hard_waiting = [
             _Waiting(pending[j][0], x[j], [f[j] for f in f1], float(z[j]), pending[j][2]) for j in hard_idx.tolist()
         ]
         if self.controller:
             self.controller.observe_first_half(len(pending), self._charge())
-        return waiting
+        return easy_waiting, hard_waiting
 
-    def _run_hard(self, flush: list[_Waiting], done: dict) -> None:
-        levels = len(flush[0].feats)
-        f1 = [torch.stack([w.feats[j] for w in flush]) for j in range(levels)]
-        preds = self._hard(torch.stack([w.x for w in flush]), f1)
+    @staticmethod
+    def _stack(flush: list[_Waiting]) -> tuple[torch.Tensor, list]:
+        """Queued images -> a batch (B, 3, H, W) and their features stacked level by level (None stays None)."""
+        levels = range(len(flush[0].feats))
+        feats = [None if flush[0].feats[j] is None else torch.stack([w.feats[j] for w in flush]) for j in levels]
+        return torch.stack([w.x for w in flush]), feats
+
+    def _finish(self, flush: list[_Waiting], preds: list, hard: bool, done: dict) -> None:
         t = time.perf_counter()
         for w, p in zip(flush, preds, strict=True):
-            done[w.id] = StreamResult(w.id, p, True, w.logit, (t - w.t_in) * 1e3)
+            done[w.id] = StreamResult(w.id, p, hard, w.logit, (t - w.t_in) * 1e3)
         if self.controller:
-            self.controller.observe_hard(len(flush), self._charge())
+            self.controller.observe_queued(self._charge())
+
+    def _run_easy(self, flush: list[_Waiting], done: dict) -> None:
+        x, state = self._stack(flush)
+        self._finish(flush, self._easy(x, state), False, done)
+
+    def _run_hard(self, flush: list[_Waiting], done: dict) -> None:
+        x, f1 = self._stack(flush)
+        self._finish(flush, self._hard(x, f1), True, done)
 
     def _charge(self) -> float:
         """Wall ms since the last charge: model time plus everything between (the caller's work on
@@ -204,14 +229,14 @@ class LatencyController:
         self._images, self._ms = 0, 0.0
 
     def observe_first_half(self, images: int, ms: float) -> None:
-        """Time of one B1 + router (+ H1 for the easy images) batch: ``images`` new images."""
+        """Time of one B1 + router batch (+ H1 of its easy images when they do not queue): ``images`` new images."""
         self._images += images
         self._ms += ms
         if self._images >= self.window:
             self._update()
 
-    def observe_hard(self, images: int, ms: float) -> None:
-        """Time of one B2 + H2 batch (charged to the current window)."""
+    def observe_queued(self, ms: float) -> None:
+        """Time of one batch of queued images (H1 of easy ones, or B2 + H2 of hard ones), charged to the window."""
         self._ms += ms
 
     def _update(self) -> None:

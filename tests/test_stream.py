@@ -31,15 +31,17 @@ def _boxes(kind: str, pred) -> torch.Tensor:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("batch_easy", [True, False])
 @pytest.mark.parametrize("kind", ["yolo", "two_stage"])
-def test_stream_gives_the_detections_of_route_image_by_image_in_input_order(kind):
+def test_stream_gives_the_detections_of_route_image_by_image_in_input_order(kind, batch_easy):
     model = _model(kind)
     torch.manual_seed(1)
     xs = torch.rand(10, 3, SIZE, SIZE)
     with torch.no_grad():
         z = model.score_logit(xs)
     tau = routing.threshold_for_fraction(z.numpy(), 0.5)  # between two scores, never on one
-    out = list(StreamScheduler(model, tau, batch=4).run((f"img{i}", x) for i, x in enumerate(xs)))
+    sched = StreamScheduler(model, tau, batch=4, batch_easy=batch_easy)
+    out = list(sched.run((f"img{i}", x) for i, x in enumerate(xs)))
     assert [r.id for r in out] == [f"img{i}" for i in range(10)]
     for i, r in enumerate(out):
         with torch.no_grad():
@@ -53,28 +55,34 @@ def test_stream_gives_the_detections_of_route_image_by_image_in_input_order(kind
         assert r.latency_ms > 0
 
 
-def test_hard_images_wait_for_a_full_batch_unless_the_deadline_passes(monkeypatch):
+def test_queued_images_wait_for_a_full_batch_unless_the_deadline_passes(monkeypatch):
     model = _model("yolo")
     torch.manual_seed(2)
     xs = torch.rand(12, 3, SIZE, SIZE)
     with torch.no_grad():
         z = model.score_logit(xs)
     tau = routing.threshold_for_fraction(z.numpy(), 0.5)  # 6 hard images spread over 3 batches of 4
-    n_hard = int((z >= tau).sum())
+    hard = (z >= tau).view(3, 4)
+    n_hard = int(hard.sum())
 
-    def hard_batches(max_wait_s):
-        sched = StreamScheduler(model, tau, batch=4, max_wait_s=max_wait_s)
-        sizes = []
-        real = sched._hard
-        monkeypatch.setattr(sched, "_hard", lambda x, f1: sizes.append(len(x)) or real(x, f1))
+    def batches(max_wait_s, batch_easy=True):
+        sched = StreamScheduler(model, tau, batch=4, max_wait_s=max_wait_s, batch_easy=batch_easy)
+        sizes = {"easy": [], "hard": []}
+        easy, hard = sched._easy, sched._hard
+        monkeypatch.setattr(sched, "_easy", lambda x, s: sizes["easy"].append(len(x)) or easy(x, s))
+        monkeypatch.setattr(sched, "_hard", lambda x, f1: sizes["hard"].append(len(x)) or hard(x, f1))
         results = list(sched.run(enumerate(xs)))
         assert [r.id for r in results] == list(range(12)) and sum(r.hard for r in results) == n_hard
         return sizes
 
-    full = hard_batches(None)
-    assert full[:-1] == [4] * (len(full) - 1) and sum(full) == n_hard  # full batches, the remainder at the end
-    eager = hard_batches(0.0)  # a deadline of 0: every batch's hard images go at once
-    assert sum(eager) == n_hard and len(eager) >= len(full)
+    full = batches(None)
+    for route, n in (("hard", n_hard), ("easy", 12 - n_hard)):  # full batches, the remainder at the end
+        assert full[route][:-1] == [4] * (len(full[route]) - 1) and sum(full[route]) == n
+    eager = batches(0.0)  # a deadline of 0: every batch's queued images go at once
+    assert sum(eager["hard"]) == n_hard and len(eager["hard"]) >= len(full["hard"])
+    assert eager["easy"] == [int(n) for n in (~hard).sum(1) if n]
+    # batch_easy=False: H1 runs at once on each batch's easy sub-batch
+    assert batches(None, batch_easy=False)["easy"] == [int(n) for n in (~hard).sum(1) if n]
 
 
 def test_controller_moves_the_hard_fraction_against_the_latency_error():
@@ -86,7 +94,7 @@ def test_controller_moves_the_hard_fraction_against_the_latency_error():
     # k <- 0.5 + 0.5 (15 - 20) / 10 = 0.25
     assert c.k == pytest.approx(0.25) and c.threshold == routing.threshold_for_fraction(z, 0.25)
     c.observe_first_half(4, 4 * 10.0)
-    c.observe_hard(0, 0.0)
+    c.observe_queued(0.0)
     assert len(c.history) == 1  # the window is not full yet
     c.observe_first_half(4, 4 * 10.0)  # 10 ms/img: fast -> more hard images
     assert c.k == pytest.approx(0.5) and len(c.history) == 2
