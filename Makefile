@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-fast bench ablation lint data venv notebooks lab
+.PHONY: reproduce test test-fast bench ablation two-stage-tuning lint data venv notebooks lab
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-fast: $(STAMP)
 # `ablation` config, each a cached, resumable run (about 1.5-2 h on 2 CPU cores).
 ablation: $(STAMP)
 	$(PY) -m dynamicdet.cli reproduce --config ablation --no-stages --notebooks 09_step1_ablation
+
+# The two-stage from-scratch recipe study (notebook 08's tuning table; not part of the main job):
+# static ResNet-18 rows, one change each, each a cached, resumable run (about 2.5 h at standard).
+two-stage-tuning: $(STAMP)
+	$(PY) -m dynamicdet.experiments.two_stage_tuning --config $(CONFIG)
 
 bench: $(STAMP)
 	$(PY) bench/suite.py --config $(CONFIG)

@@ -64,7 +64,9 @@ def build_model(cfg: Config, nc: int) -> nn.Module:
         attach_hyp(model.det1)
         attach_hyp(model.det2)
     else:
-        sizes = HeadSizes(m.fpn_channels, m.head_channels, m.anchor_base, m.rpn_batch, m.roi_batch, cfg.eval.max_det)
+        sizes = HeadSizes(
+            m.fpn_channels, m.head_channels, m.anchor_base, m.rpn_batch, m.roi_batch, cfg.eval.max_det, m.norm
+        )
         model = build_two_stage(m.kind, m.backbone, nc, dual=m.dual, sizes=sizes)
     if is_dynamic(model):
         model.detach_links = cfg.train.detach_links

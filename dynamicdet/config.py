@@ -59,6 +59,7 @@ class ModelConfig:
     anchor_base: int = 8  # two-stage: anchor side at stride 4, doubling per level (torchvision: 32)
     rpn_batch: int = 256  # two-stage: anchors sampled per image for the RPN loss
     roi_batch: int = 128  # two-stage: proposals sampled per image for the RoI loss (torchvision: 512)
+    norm: str = "bn"  # two-stage: bn (BatchNorm trunk) | gn (GroupNorm in trunk, FPN and mask head; from scratch)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class TrainConfig:
     close_mosaic: int = 3  # turn mosaic off for the last N epochs
     workers: int = 2  # dataloader workers (CPU runs use the main process when 0)
     seed: int = 0  # training seed
-    val_every: int = 1  # validate both detectors every N epochs (and at the end)
+    val_every: int = 1  # validate both detectors every N epochs (and at the end); 0: never (a table evaluates later)
     # gradient-norm clip at 10: per_detector (each detector on its own, the links with detector 2) |
     # joint (one norm over the pair) | none (the authors); the step-1 ablation chose it (results/ablation)
     clip: str = "per_detector"
@@ -134,6 +135,7 @@ class EvalConfig:
     static_backbones: list[str] = field(default_factory=lambda: ["resnet18", "resnet34"])  # two-stage statics
     timing_images: int = 20  # 08_two_stage: val images timed (batch 1) and FLOP-counted per row
     stream_images: int = 60  # val images timed as a stream: route() latencies of the table and target check
+    disturbance_passes: int = 3  # 05_variable_speed: passes over the val images per phase of the disturbed stream
 
 
 @dataclass
@@ -192,6 +194,8 @@ ADDED_FIELDS = {
     ("router", "target_views"): "each",
     ("router", "normalize"): False,
     ("router", "holdout"): 0.0,
+    ("model", "norm"): "bn",
+    ("eval", "disturbance_passes"): 3,
 }
 TWO_STAGE_MODEL_FIELDS = (
     "kind",
@@ -202,11 +206,13 @@ TWO_STAGE_MODEL_FIELDS = (
     "anchor_base",
     "rpn_batch",
     "roi_batch",
+    "norm",
 )
 
 _CHOICES = {
     ("data", "source"): {"synthetic", "coco"},
     ("model", "kind"): {"yolo", "faster_rcnn", "mask_rcnn"},
+    ("model", "norm"): {"bn", "gn"},
     ("model", "backbone"): {"resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s"},
     ("model", "family"): {"yolov8", "yolo11"},
     ("model", "scale"): {"n", "s", "m", "l", "x"},
@@ -218,7 +224,11 @@ _CHOICES = {
     ("router", "delta"): {"median", "running"},
 }
 
-_RANGES = {("router", "holdout"): (0.0, 0.5)}
+_RANGES = {
+    ("router", "holdout"): (0.0, 0.5),
+    ("train", "val_every"): (0, float("inf")),
+    ("eval", "disturbance_passes"): (1, float("inf")),
+}
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:

@@ -257,7 +257,7 @@ def train_step1(
         row.update({k: float(v) for k, v in norms.mean().items() if k != "clipped"})
         row["clipped_frac"] = float(norms["clipped"].mean())
         if rank == 0:
-            if validate and ((epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs):
+            if validate and t_cfg.val_every and ((epoch + 1) % t_cfg.val_every == 0 or epoch + 1 == t_cfg.epochs):
                 eval_model = ema.ema if ema is not None else model
                 row.update(evaluate_routes(eval_model, cfg, info, device, progress))
                 model.train()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torchvision
@@ -42,6 +43,8 @@ from .model import AdaptiveRouter, CompositeLinks, RouteOutput
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 TRUNKS = ("resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s")
+NORMS = ("bn", "gn")
+GN_GROUPS = 32  # GroupNorm groups (Wu & He 2018); every ResNet and FPN width here is a multiple of 32
 # ImageNet statistics (torchvision's default normalisation for its detectors)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -60,11 +63,14 @@ class Trunk(nn.Module):
     rest = the stage's transformer blocks (channels-last inside, NCHW outside).
 
     Args:
-        name: one of :data:`TRUNKS`. BatchNorm is trainable (torchvision's detectors freeze
-            it, which only makes sense with pretrained weights; none are downloaded here).
+        name: one of :data:`TRUNKS`.
+        norm: ResNet normalisation, ``"bn"`` (BatchNorm, trainable: torchvision's detectors
+            freeze it, which only makes sense with pretrained weights; none are downloaded
+            here) or ``"gn"`` (GroupNorm: batch-independent, the from-scratch recipe of
+            He et al. 2019). Swin keeps its LayerNorm.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, norm: str = "bn"):
         super().__init__()
         if name not in TRUNKS:
             raise ValueError(f"unknown two-stage backbone {name!r}; supported: {TRUNKS}")
@@ -75,7 +81,7 @@ class Trunk(nn.Module):
             self.entry = nn.ModuleList([f[0], f[2], f[4], f[6]])
             self.rest = nn.ModuleList([f[1], f[3], f[5], f[7]])
         else:
-            m = getattr(torchvision.models, name)(weights=None, norm_layer=nn.BatchNorm2d)
+            m = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer(norm) or nn.BatchNorm2d)
             self.entry = nn.ModuleList(
                 [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer2[0], m.layer3[0], m.layer4[0]]
             )
@@ -106,13 +112,23 @@ class Trunk(nn.Module):
         return feats
 
 
+def norm_layer(norm: str):
+    """``"bn"`` -> None (the layer's own default), ``"gn"`` -> a GroupNorm factory ``(channels) -> module``."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown two-stage norm {norm!r}; supported: {NORMS}")
+    return partial(nn.GroupNorm, GN_GROUPS) if norm == "gn" else None
+
+
 class _FPNTrunk(nn.Module):
     """Trunk + FPN, the ``backbone`` torchvision's detector classes are built around."""
 
-    def __init__(self, trunk: Trunk, out_channels: int):
+    def __init__(self, trunk: Trunk, out_channels: int, norm: str = "bn"):
         super().__init__()
         self.trunk = trunk
-        self.fpn = FeaturePyramidNetwork(trunk.tap_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        # bn: torchvision's plain FPN (no normalisation); gn: GroupNorm after each FPN conv
+        self.fpn = FeaturePyramidNetwork(
+            trunk.tap_channels, out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer(norm)
+        )
         self.out_channels = out_channels
 
     def pyramid(self, taps: list[torch.Tensor]) -> OrderedDict:
@@ -133,6 +149,7 @@ class HeadSizes:
     rpn_batch: int = 256  # anchors sampled per image for the RPN loss (256)
     roi_batch: int = 128  # proposals sampled per image for the RoI loss (512)
     detections: int = 100  # detections kept per image (100); Mask R-CNN runs its mask head on each
+    norm: str = "bn"  # bn: BatchNorm trunk, plain FPN and heads | gn: GroupNorm in trunk, FPN and mask head
 
 
 class TwoStageDetector(nn.Module):
@@ -153,7 +170,7 @@ class TwoStageDetector(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"unknown two-stage kind {kind!r}; supported: {KINDS}")
         self.kind, self.nc = kind, nc
-        body = _FPNTrunk(Trunk(backbone), sizes.fpn_channels)
+        body = _FPNTrunk(Trunk(backbone, sizes.norm), sizes.fpn_channels, sizes.norm)
         c = sizes.fpn_channels
         anchors = AnchorGenerator(
             sizes=tuple((sizes.anchor_base * 2**i,) for i in range(5)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
@@ -172,7 +189,7 @@ class TwoStageDetector(nn.Module):
             h = sizes.head_channels
             tv = MaskRCNN(
                 body,
-                mask_head=MaskRCNNHeads(c, (h, h, h, h), 1),
+                mask_head=MaskRCNNHeads(c, (h, h, h, h), 1, norm_layer=norm_layer(sizes.norm)),
                 mask_predictor=MaskRCNNPredictor(h, h, nc + 1),
                 **common,
             )

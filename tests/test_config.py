@@ -75,6 +75,20 @@ def test_step1_ablation_options_are_validated(tmp_path, text, message):
         load_config(_write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model:\n  norm: layer\n", r"bad\.yaml: model\.norm = 'layer' is not one of \['bn', 'gn'\]"),
+        ("train:\n  val_every: -1\n", r"bad\.yaml: train\.val_every = -1 is outside \[0, inf\]"),
+        ("eval:\n  disturbance_passes: 0\n", r"bad\.yaml: eval\.disturbance_passes = 0 is outside \[1, inf\]"),
+    ],
+    ids=["norm", "val_every", "disturbance_passes"],
+)
+def test_recipe_and_schedule_options_are_validated(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))
+
+
 def test_hash_of_single_fields():
     a, b = load_config("smoke"), load_config("smoke", overrides={"eval": {"sweep": 7}})
     assert a.section_hash("eval.batch") == b.section_hash("eval.batch")

@@ -260,3 +260,67 @@ def _ordered_fake_times(fns, device, warmup, repeats):
         for fn in fns.values():
             fn()
     return {k: {"median_ms": fixed[k], "p10_ms": 0, "p90_ms": 0, "min_ms": 0, "repeats": repeats} for k in fns}
+
+
+def test_group_norm_recipe_normalises_trunk_fpn_and_mask_head_without_batch_statistics():
+    """model.norm: gn puts GroupNorm in the trunk, the FPN and the mask head, and no BatchNorm anywhere."""
+    sizes = HeadSizes(fpn_channels=32, head_channels=32, rpn_batch=32, roi_batch=16, detections=20, norm="gn")
+    model = DynamicTwoStage("mask_rcnn", "resnet18", nc=3, sizes=sizes)
+    for det in (model.det1, model.det2):
+        for part in (det.trunk, det.backbone.fpn, det.roi_heads.mask_head):
+            kinds = {type(m) for m in part.modules()}
+            assert torch.nn.GroupNorm in kinds and not kinds & {torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm}
+    # GroupNorm is per image: an image's detections do not depend on the rest of the batch, even in train mode
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 64, 64)
+    taps = model.det1.trunk.train()(x)
+    alone = model.det1.trunk(x[:1])
+    torch.testing.assert_close(taps[-1][:1], alone[-1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown two-stage norm 'ln'"):
+        Trunk("resnet18", norm="ln")
+
+
+def test_tuning_rows_change_one_thing_each():
+    """Rows b..e of the two-stage tuning each differ from the row above them in one recipe field."""
+    from dynamicdet.experiments.two_stage_tuning import ROWS, row_config
+
+    def recipe(row):
+        c = row_config("standard", "faster_rcnn", row)
+        return {"epochs": c.train.epochs, "norm": c.model.norm, "lr0": c.train.lr0}
+
+    changed = {"b": {"epochs"}, "c": {"norm"}, "d": {"lr0"}, "e": {"lr0"}}
+    parent = {"b": "a", "c": "b", "d": "c", "e": "c"}
+    assert set(changed) | {"a"} == set(ROWS)
+    for row, fields in changed.items():
+        a, b = recipe(parent[row]), recipe(row)
+        assert {k for k in a if a[k] != b[k]} == fields, row
+    assert all(not row_config("standard", "faster_rcnn", r).model.dual for r in ROWS)  # static R18 rows
+    with pytest.raises(ValueError, match="unknown two-stage tuning row 'z'"):
+        row_config("standard", "faster_rcnn", "z")
+
+
+@pytest.mark.slow
+def test_a_tuning_row_trains_and_tabulates_on_smoke(monkeypatch):
+    """A tuning row goes through the step-1 loop (validated every epoch) into results/<base>/two_stage_tuning_*."""
+    from dynamicdet.experiments import two_stage_tuning as tuning
+
+    monkeypatch.setitem(
+        tuning.ROWS, "a", ("2 epochs, GroupNorm", {"train": {"epochs": 2, "close_mosaic": 1}, "model": {"norm": "gn"}})
+    )
+    generate_from_config(load_config("smoke_faster_rcnn"), progress=False)
+    table = tuning.tuning_table("smoke", "faster_rcnn", rows=("a",), progress=False)
+    assert len(table) == 1 and table["AP"].between(0, 1).all() and table["epochs"].item() == 2
+    assert tuning.tuning_path("smoke", "faster_rcnn").exists()
+    assert not table["adopted"].item()  # the smoke config trains BatchNorm
+
+
+@pytest.mark.slow
+def test_val_every_zero_trains_without_validation():
+    cfg = load_config("smoke_faster_rcnn", overrides={"model": {"dual": False}, "train": {"epochs": 1, "val_every": 0}})
+    generate_from_config(cfg, progress=False)
+    from dynamicdet.runs import STEP1
+    from dynamicdet.step1 import train_step1
+
+    train_step1(cfg, progress=False)
+    metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
+    assert len(metrics) == 1 and not [c for c in metrics.columns if c.startswith("det1_")]
