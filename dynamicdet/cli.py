@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--hard-fraction", type=float, default=None, help="fraction k of images on the hard route")
     how.add_argument("--threshold", type=float, default=None, help="threshold on the router logit")
     pr.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    pr.add_argument("--batch", type=int, default=1, help="> 1: route-aware stream batching (full hard batches)")
+    pr.add_argument("--batch", type=int, default=1, help="> 1: route-aware stream batching (full batches per route)")
     pr.add_argument(
-        "--max-wait", type=float, default=None, help="stream: seconds a hard image may wait for its batch to fill"
+        "--max-wait", type=float, default=None, help="stream: seconds an image may wait for its batch to fill"
     )
     pr.add_argument("--save", default="predictions", help="output folder")
     pr.set_defaults(fn=_cmd_predict)

@@ -197,8 +197,8 @@ class DynamicDetPredictor:
         Results come pictures first (in the given order), then each video's frames.
 
         With ``batch`` > 1 or a ``target_ms`` (torch models), the pictures flow through the
-        route-aware :class:`~dynamicdet.stream.StreamScheduler` (full B1 + router batches, hard
-        images queued until a full hard batch or ``max_wait_s``); with ``target_ms`` its
+        route-aware :class:`~dynamicdet.stream.StreamScheduler` (full B1 + router batches, then
+        each image queued until a full batch of its route or ``max_wait_s``); with ``target_ms`` its
         threshold comes from a :class:`~dynamicdet.stream.LatencyController` that starts at the
         open-loop threshold and corrects the hard fraction from the measured times (its history
         is in ``self.summary.controller``). Otherwise each batch goes through ``route()``.
