@@ -96,7 +96,7 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     rows, fns = [], {}
     for backbone in cfg.eval.static_backbones:
         scfg = static_config(cfg, backbone)
-        train_step1(scfg, progress=progress, validate=False)  # evaluated below, once
+        train_step1(scfg, resume=True, progress=progress, validate=False)  # evaluated below, once; resumable
         model = load_model(scfg, step=1, device=device)
         name = f"static {backbone}"
         m, _ = evaluate_fn(model.first, scfg, info, device, loader, f"val {name}", progress)
