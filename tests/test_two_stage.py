@@ -288,8 +288,8 @@ def test_tuning_rows_change_one_thing_each():
         c = row_config("standard", "faster_rcnn", row)
         return {"epochs": c.train.epochs, "norm": c.model.norm, "lr0": c.train.lr0}
 
-    changed = {"b": {"epochs"}, "c": {"norm"}, "d": {"lr0"}, "e": {"lr0"}}
-    parent = {"b": "a", "c": "b", "d": "c", "e": "c"}
+    changed = {"b": {"epochs"}, "c": {"norm"}, "d": {"lr0"}, "e": {"lr0"}, "f": {"lr0"}}
+    parent = {"b": "a", "c": "b", "d": "c", "e": "c", "f": "e"}
     assert set(changed) | {"a"} == set(ROWS)
     for row, fields in changed.items():
         a, b = recipe(parent[row]), recipe(row)

@@ -16,6 +16,7 @@ b     24 epochs, BatchNorm                    schedule: 5 -> 24 epochs
 c     24 epochs, GroupNorm                    ``model.norm: gn`` (trunk, FPN, mask head)
 d     24 epochs, GroupNorm, lr 0.01           ``train.lr0``: 0.02 -> 0.01
 e     24 epochs, GroupNorm, lr 0.04           ``train.lr0``: 0.02 -> 0.04
+f     24 epochs, GroupNorm, lr 0.08           ``train.lr0``: 0.04 -> 0.08
 ====  ======================================  ==============================================
 """
 
@@ -42,6 +43,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "c": ("24 epochs, GroupNorm", {"train": LONG, "model": {"norm": "gn"}}),
     "d": ("24 epochs, GroupNorm, lr 0.01", {"train": {**LONG, "lr0": 0.01}, "model": {"norm": "gn"}}),
     "e": ("24 epochs, GroupNorm, lr 0.04", {"train": {**LONG, "lr0": 0.04}, "model": {"norm": "gn"}}),
+    "f": ("24 epochs, GroupNorm, lr 0.08", {"train": {**LONG, "lr0": 0.08}, "model": {"norm": "gn"}}),
 }
 
 
