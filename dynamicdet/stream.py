@@ -4,7 +4,7 @@
 sub-batch costs nearly a full batch of B2 + H2. :class:`StreamScheduler` instead keeps the
 hard images waiting, with their backbone-1 features, until a full hard batch is ready (or
 the oldest has waited ``max_wait_s``), so every B2 + H2 call runs on a full batch; with
-``batch_easy`` the easy images wait the same way for a full H1 batch::
+``batch_easy`` (the default at batch <= 16) the easy images wait the same way for a full H1 batch::
 
     images ──► B1 + router (full batches) ──┬── easy ──► [queue (x, B1 state)] ──► H1 ──► results
                                             └── hard ──► queue (x, F1) ──► B2 + H2 ──────► results
@@ -29,6 +29,10 @@ from . import routing
 from .model import AdaptiveRouter, DynamicDetector, select
 from .two_stage import DynamicTwoStage
 
+# batch_easy=None queues easy images up to this batch size: measured faster at batch 8, slower at 32
+# (results/bench.md, items 8 / 8c); the sizes in between were not measured, 16 is the midpoint
+EASY_QUEUE_MAX_BATCH = 16
+
 
 @dataclass
 class StreamResult:
@@ -42,12 +46,67 @@ class StreamResult:
 
 
 @dataclass
-class _Waiting:
-    id: object
-    x: torch.Tensor  # (3, H, W)
-    feats: list  # this image's backbone-1 features: hard: the taps F1, each (C, h, w); easy: H1's input state
-    logit: float
-    t_in: float
+class _Chunk:
+    """Queued images of one route that arrived in the same batch: a sub-batch and its backbone-1 features."""
+
+    ids: list
+    x: torch.Tensor  # (n, 3, H, W)
+    feats: list  # per level (n, C, h, w) or None; hard: the taps F1; easy: H1's input state
+    logits: list[float]
+    t_in: list[float]  # arrival times
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split(self, n: int) -> tuple[_Chunk, _Chunk]:
+        """The first ``n`` images and the rest (views, no copy)."""
+
+        def part(sl):
+            feats = [None if f is None else f[sl] for f in self.feats]
+            return _Chunk(self.ids[sl], self.x[sl], feats, self.logits[sl], self.t_in[sl])
+
+        return part(slice(0, n)), part(slice(n, None))
+
+    @staticmethod
+    def cat(chunks: list[_Chunk]) -> _Chunk:
+        if len(chunks) == 1:
+            return chunks[0]
+        feats = [
+            None if chunks[0].feats[j] is None else torch.cat([c.feats[j] for c in chunks])
+            for j in range(len(chunks[0].feats))
+        ]
+        flat = lambda name: [v for c in chunks for v in getattr(c, name)]  # noqa: E731
+        return _Chunk(flat("ids"), torch.cat([c.x for c in chunks]), feats, flat("logits"), flat("t_in"))
+
+
+class _Queue:
+    """Images waiting for one route, in arrival order, kept as the sub-batches they came in."""
+
+    def __init__(self):
+        self.chunks: list[_Chunk] = []
+        self.n = 0
+
+    def push(self, chunk: _Chunk | None) -> None:
+        if chunk is not None and len(chunk):
+            self.chunks.append(chunk)
+            self.n += len(chunk)
+
+    def waited(self) -> float:
+        """Seconds the oldest queued image has waited."""
+        return time.perf_counter() - self.chunks[0].t_in[0]
+
+    def pop(self, n: int) -> _Chunk:
+        """The oldest ``min(n, len)`` images as one batch (one concatenation; none if they came in one piece)."""
+        taken, count = [], 0
+        while self.chunks and count < n:
+            c = self.chunks.pop(0)
+            if count + len(c) > n:
+                c, rest = c.split(n - count)
+                self.chunks.insert(0, rest)
+            taken.append(c)
+            count += len(c)
+        self.n -= count
+        return _Chunk.cat(taken)
 
 
 class StreamScheduler:
@@ -61,17 +120,23 @@ class StreamScheduler:
         batch: images per B1 + router batch, and per B2 + H2 batch.
         max_wait_s: a queued image waits at most this long for its batch to fill (None: until
             the batch is full or the stream ends).
-        batch_easy: queue easy images too, so H1 also runs on full batches (throughput; an easy
-            image then waits for ``batch`` easy images or the deadline). False: H1 runs at once on
-            each batch's easy sub-batch (lowest latency of easy images).
+        batch_easy: True: queue easy images too, so H1 also runs on full batches (an easy image
+            then waits for ``batch`` easy images or the deadline); False: H1 runs at once on each
+            batch's easy sub-batch (lowest latency of easy images); None (default): True when
+            ``batch`` <= :data:`EASY_QUEUE_MAX_BATCH`. Measured (``make bench``, items 8 / 8c):
+            queueing is the faster mode at batch 8 and the slower one at batch 32 (where an easy
+            sub-batch is already large and the queue's concatenation costs more than it saves).
     """
 
-    def __init__(self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool = True):
+    def __init__(
+        self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool | None = None
+    ):
         if not isinstance(model, DynamicDetector | DynamicTwoStage):
             raise TypeError(f"a dynamic model is needed, got {type(model).__name__}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        self.model, self.batch, self.max_wait_s, self.batch_easy = model, batch, max_wait_s, batch_easy
+        self.model, self.batch, self.max_wait_s = model, batch, max_wait_s
+        self.batch_easy = batch <= EASY_QUEUE_MAX_BATCH if batch_easy is None else batch_easy
         self.controller = threshold if isinstance(threshold, LatencyController) else None
         self.threshold = None if self.controller else float(threshold)
         self.yolo = isinstance(model, DynamicDetector)
@@ -108,12 +173,11 @@ class StreamScheduler:
         self._clock = time.perf_counter()  # the controller is charged wall time, from here on
         order: list = []  # ids in arrival order, not yet yielded
         done: dict = {}
-        easy_q: list[_Waiting] = []  # easy images waiting for H1 (batch_easy only)
-        hard_q: list[_Waiting] = []  # hard images waiting for B2 + H2
+        easy_q, hard_q = _Queue(), _Queue()  # easy images waiting for H1 (batch_easy only); hard ones for B2 + H2
         pending: list[tuple[object, torch.Tensor, float]] = []
         it = iter(stream)
         exhausted = False
-        while not exhausted or pending or easy_q or hard_q:
+        while not exhausted or pending or easy_q.n or hard_q.n:
             while not exhausted and len(pending) < self.batch:
                 try:
                     i, x = next(it)
@@ -124,19 +188,18 @@ class StreamScheduler:
                 order.append(i)
             if pending:
                 easy, hard = self._run_batch(pending, done)
-                easy_q += easy
-                hard_q += hard
+                easy_q.push(easy)
+                hard_q.push(hard)
                 pending = []
             for queue, run in ((easy_q, self._run_easy), (hard_q, self._run_hard)):
-                late = self.max_wait_s is not None and queue and time.perf_counter() - queue[0].t_in >= self.max_wait_s
-                while len(queue) >= self.batch or (queue and (exhausted or late)):
-                    run(queue[: self.batch], done)
-                    del queue[: self.batch]
+                late = self.max_wait_s is not None and queue.n and queue.waited() >= self.max_wait_s
+                while queue.n >= self.batch or (queue.n and (exhausted or late)):
+                    run(queue.pop(self.batch), done)
                     late = False
             while order and order[0] in done:
                 yield done.pop(order.pop(0))
 
-    def _run_batch(self, pending, done: dict) -> tuple[list[_Waiting], list[_Waiting]]:
+    def _run_batch(self, pending, done: dict) -> tuple[_Chunk | None, _Chunk | None]:
         """B1 + router on one batch. Returns the easy images that wait for H1 (``batch_easy``;
         otherwise they finish now, through H1 on the batch's easy sub-batch) and the hard ones."""
         tau = self.controller.threshold if self.controller else self.threshold
@@ -144,46 +207,42 @@ class StreamScheduler:
         state, f1, z = self._first_half(x)
         hard = z >= tau
         easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
-        easy_waiting = []
-        if len(easy_idx) and self.batch_easy:
-            easy_waiting = [
-                _Waiting(pending[j][0], x[j], [None if t is None else t[j] for t in state], float(z[j]), pending[j][2])
-                for j in easy_idx.tolist()
-            ]
-        elif len(easy_idx):
-            now_preds = self._easy(x[easy_idx], select(state, easy_idx))
-            t = time.perf_counter()
-            for j, p in zip(easy_idx.tolist(), now_preds, strict=True):
-                i, _, t_in = pending[j]
-                done[i] = StreamResult(i, p, False, float(z[j]), (t - t_in) * 1e3)
-        hard_waiting = [
-            _Waiting(pending[j][0], x[j], [f[j] for f in f1], float(z[j]), pending[j][2]) for j in hard_idx.tolist()
-        ]
+        everyone = len(pending)
+
+        def chunk(idx, feats):  # the images idx with their features (the whole batch: no copy)
+            if not len(idx):
+                return None
+            whole = len(idx) == everyone
+            ids = idx.tolist()
+            return _Chunk(
+                [pending[j][0] for j in ids],
+                x if whole else x[idx],
+                feats if whole else select(feats, idx),
+                z[idx].tolist(),
+                [pending[j][2] for j in ids],
+            )
+
+        easy = chunk(easy_idx, state)
+        if easy is not None and not self.batch_easy:
+            self._finish(easy, self._easy(easy.x, easy.feats), False, done, charge=False)
+            easy = None
+        hard_chunk = chunk(hard_idx, f1)
         if self.controller:
             self.controller.observe_first_half(len(pending), self._charge())
-        return easy_waiting, hard_waiting
+        return easy, hard_chunk
 
-    @staticmethod
-    def _stack(flush: list[_Waiting]) -> tuple[torch.Tensor, list]:
-        """Queued images -> a batch (B, 3, H, W) and their features stacked level by level (None stays None)."""
-        levels = range(len(flush[0].feats))
-        feats = [None if flush[0].feats[j] is None else torch.stack([w.feats[j] for w in flush]) for j in levels]
-        return torch.stack([w.x for w in flush]), feats
-
-    def _finish(self, flush: list[_Waiting], preds: list, hard: bool, done: dict) -> None:
+    def _finish(self, c: _Chunk, preds: list, hard: bool, done: dict, charge: bool = True) -> None:
         t = time.perf_counter()
-        for w, p in zip(flush, preds, strict=True):
-            done[w.id] = StreamResult(w.id, p, hard, w.logit, (t - w.t_in) * 1e3)
-        if self.controller:
+        for i, p, logit, t_in in zip(c.ids, preds, c.logits, c.t_in, strict=True):
+            done[i] = StreamResult(i, p, hard, logit, (t - t_in) * 1e3)
+        if charge and self.controller:
             self.controller.observe_queued(self._charge())
 
-    def _run_easy(self, flush: list[_Waiting], done: dict) -> None:
-        x, state = self._stack(flush)
-        self._finish(flush, self._easy(x, state), False, done)
+    def _run_easy(self, c: _Chunk, done: dict) -> None:
+        self._finish(c, self._easy(c.x, c.feats), False, done)
 
-    def _run_hard(self, flush: list[_Waiting], done: dict) -> None:
-        x, f1 = self._stack(flush)
-        self._finish(flush, self._hard(x, f1), True, done)
+    def _run_hard(self, c: _Chunk, done: dict) -> None:
+        self._finish(c, self._hard(c.x, c.feats), True, done)
 
     def _charge(self) -> float:
         """Wall ms since the last charge: model time plus everything between (the caller's work on
