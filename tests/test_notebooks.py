@@ -110,6 +110,7 @@ def test_notebooks_run_and_write_only_results(executed):
         "difficulty_correlation.csv",
         "two_stage_faster_rcnn.csv",
         "two_stage_mask_rcnn.csv",
+        "two_stage_summary.csv",
         "two_stage.png",
         "step1_ablation.csv",
         "step1_ablation.png",

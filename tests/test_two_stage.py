@@ -324,3 +324,21 @@ def test_val_every_zero_trains_without_validation():
     train_step1(cfg, progress=False)
     metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
     assert len(metrics) == 1 and not [c for c in metrics.columns if c.startswith("det1_")]
+
+
+def test_generality_summary_reads_gain_capture_and_margins():
+    from dynamicdet.experiments.generality import generality_summary
+
+    rows = [
+        {"model": "static resnet18", "backbone": "resnet18", "k": np.nan, "AP": 0.40, "latency_ms_b1": 50.0},
+        {"model": "static resnet34", "backbone": "resnet34", "k": np.nan, "AP": 0.44, "latency_ms_b1": 70.0},
+    ] + [
+        {"model": f"Dy /{round(100 * k)}", "backbone": "2x resnet18", "k": k, "AP": ap, "latency_ms_b1": 50 + 20 * k}
+        for k, ap in ((0.0, 0.40), (0.5, 0.44), (0.9, 0.455), (1.0, 0.46))
+    ]
+    s = generality_summary(pd.DataFrame(rows), "AP")
+    # c(0.5) = (0.44 - 0.40) / (0.46 - 0.40)
+    assert s["gain /100 - /0"] == pytest.approx(0.06) and s["c(0.5)"] == pytest.approx(2 / 3)
+    assert s["Dy /90 - resnet34"] == pytest.approx(0.015) and s["Dy /90 - resnet34 (ms)"] == pytest.approx(-2.0)
+    rows[-1]["AP"] = 0.39  # detector 2 loses: no capture ratio
+    assert np.isnan(generality_summary(pd.DataFrame(rows), "AP")["c(0.5)"])

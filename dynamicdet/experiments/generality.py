@@ -140,6 +140,38 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     return table
 
 
+def generality_summary(df: pd.DataFrame, col: str = "AP") -> dict:
+    """The paper's claims for one two-stage table, one number each.
+
+    Args:
+        df: a :func:`two_stage_table`; col: ``AP`` (box) or ``mask_AP``.
+
+    Returns:
+        Detector 2's gain (Dy /100 - Dy /0), the capture ratio at k = 0.5 (NaN unless detector 2
+        gains), and for each static model the margins of Dy /90 over it in ``col`` and in
+        latency (ms, batch 1). Rows missing from ``eval.fractions`` give NaN.
+    """
+    dy = df[df["model"].str.startswith("Dy")].set_index("k")
+    ap = dy[col]
+    gain = ap.get(1.0, np.nan) - ap.get(0.0, np.nan)
+    out = {"metric": col, "Dy /0": ap.get(0.0, np.nan), "Dy /100": ap.get(1.0, np.nan), "gain /100 - /0": gain}
+    # c(k) = (AP(k) - AP(0)) / (AP(1) - AP(0)), defined when detector 2 gains
+    out["c(0.5)"] = (ap.get(0.5, np.nan) - ap.get(0.0, np.nan)) / gain if gain > 0 else np.nan
+    lat90 = dy["latency_ms_b1"].get(0.9, np.nan)
+    for _, s in df[~df["model"].str.startswith("Dy")].iterrows():
+        out[f"Dy /90 - {s['backbone']}"] = ap.get(0.9, np.nan) - s[col]
+        out[f"Dy /90 - {s['backbone']} (ms)"] = lat90 - s["latency_ms_b1"]
+    return out
+
+
+def summary_table(faster: pd.DataFrame, mask: pd.DataFrame) -> pd.DataFrame:
+    """:func:`generality_summary` of Faster R-CNN (box AP) and Mask R-CNN (box and mask AP)."""
+    return pd.DataFrame(
+        [{"detector": "Faster R-CNN", **generality_summary(faster, "AP")}]
+        + [{"detector": "Mask R-CNN", **generality_summary(mask, c)} for c in ("AP", "mask_AP")]
+    )
+
+
 def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
     """Add the two-stage configs and their training minutes to ``results/<base>/provenance.json``."""
     extra = {}
@@ -156,4 +188,12 @@ def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
     provenance(base, load_config(base).to_dict(), {"two_stage": extra})
 
 
-__all__ = ["KINDS", "record_provenance", "static_config", "two_stage_config", "two_stage_table"]
+__all__ = [
+    "KINDS",
+    "generality_summary",
+    "record_provenance",
+    "static_config",
+    "summary_table",
+    "two_stage_config",
+    "two_stage_table",
+]
