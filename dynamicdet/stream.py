@@ -29,8 +29,8 @@ from . import routing
 from .model import AdaptiveRouter, DynamicDetector, select
 from .two_stage import DynamicTwoStage
 
-# batch_easy=None queues easy images up to this batch size: measured faster at batch 8, slower at 32
-# (results/bench.md, items 8 / 8c); the sizes in between were not measured, 16 is the midpoint
+# batch_easy=None queues easy images up to this batch size: measured faster at batch 8, a tie at 32
+# (bench items 8 / 8c, StreamScheduler's docstring); the sizes in between were not measured, 16 is the midpoint
 EASY_QUEUE_MAX_BATCH = 16
 
 
@@ -123,9 +123,10 @@ class StreamScheduler:
         batch_easy: True: queue easy images too, so H1 also runs on full batches (an easy image
             then waits for ``batch`` easy images or the deadline); False: H1 runs at once on each
             batch's easy sub-batch (lowest latency of easy images); None (default): True when
-            ``batch`` <= :data:`EASY_QUEUE_MAX_BATCH`. Measured (``make bench``, items 8 / 8c):
-            queueing is the faster mode at batch 8 and the slower one at batch 32 (where an easy
-            sub-batch is already large and the queue's concatenation costs more than it saves).
+            ``batch`` <= :data:`EASY_QUEUE_MAX_BATCH`. Measured (``make bench``, items 8 / 8c, three
+            runs): queueing was faster at batch 8 in 9 of 9 paired measurements; at batch 32 the two
+            modes tied within the bench's noise (H1 at once faster in 5 of 9), so the mode with the
+            lower latency for easy images is the default there.
     """
 
     def __init__(
