@@ -42,6 +42,7 @@ EVAL_CHANGES = [
     ("latency_warmup", 2, set()),  # two-stage table only
     ("timing_images", 5, set()),  # two-stage table only
     ("static_backbones", ["resnet18"], set()),  # two-stage table only
+    ("disturbance_passes", 1, set()),  # notebook 05's disturbed stream: timed live, nothing cached
 ]
 
 
