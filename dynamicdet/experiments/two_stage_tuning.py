@@ -9,14 +9,14 @@ its whole recipe (epochs, mosaic, norm, learning rate), so the rows do not move 
 config's defaults do.
 
 ====  ======================================  ==============================================
-row   recipe                                  change from the row above it
+row   recipe                                  the one change, and from which row
 ====  ======================================  ==============================================
 a     the old recipe: 5 epochs, BatchNorm     (the committed table before this study)
-b     24 epochs, BatchNorm                    schedule: 5 -> 24 epochs
-c     24 epochs, GroupNorm                    ``model.norm: gn`` (trunk, FPN, mask head)
-d     24 epochs, GroupNorm, lr 0.01           ``train.lr0``: 0.02 -> 0.01
-e     24 epochs, GroupNorm, lr 0.04           ``train.lr0``: 0.02 -> 0.04
-f     24 epochs, GroupNorm, lr 0.08           ``train.lr0``: 0.04 -> 0.08
+b     24 epochs, BatchNorm                    from a: 5 -> 24 epochs
+c     24 epochs, GroupNorm                    from b: ``model.norm: gn`` (trunk, FPN, mask head)
+d     24 epochs, GroupNorm, lr 0.01           from c: ``train.lr0`` 0.02 -> 0.01
+e     24 epochs, GroupNorm, lr 0.04           from c: ``train.lr0`` 0.02 -> 0.04
+f     24 epochs, GroupNorm, lr 0.08           from e: ``train.lr0`` 0.04 -> 0.08
 ====  ======================================  ==============================================
 """
 
