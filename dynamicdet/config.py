@@ -136,6 +136,7 @@ class EvalConfig:
     timing_images: int = 20  # 08_two_stage: val images timed (batch 1) and FLOP-counted per row
     stream_images: int = 60  # val images timed as a stream: route() latencies of the table and target check
     disturbance_passes: int = 3  # 05_variable_speed: passes over the val images per phase of the disturbed stream
+    target_rounds: int = 3  # 05_variable_speed: calibrate-then-route rounds of the target-latency check (median)
 
 
 @dataclass
@@ -196,6 +197,7 @@ ADDED_FIELDS = {
     ("router", "holdout"): 0.0,
     ("model", "norm"): "bn",
     ("eval", "disturbance_passes"): 3,
+    ("eval", "target_rounds"): 3,
 }
 TWO_STAGE_MODEL_FIELDS = (
     "kind",
@@ -228,6 +230,7 @@ _RANGES = {
     ("router", "holdout"): (0.0, 0.5),
     ("train", "val_every"): (0, float("inf")),
     ("eval", "disturbance_passes"): (1, float("inf")),
+    ("eval", "target_rounds"): (1, float("inf")),
 }
 
 

@@ -81,8 +81,9 @@ def test_step1_ablation_options_are_validated(tmp_path, text, message):
         ("model:\n  norm: layer\n", r"bad\.yaml: model\.norm = 'layer' is not one of \['bn', 'gn'\]"),
         ("train:\n  val_every: -1\n", r"bad\.yaml: train\.val_every = -1 is outside \[0, inf\]"),
         ("eval:\n  disturbance_passes: 0\n", r"bad\.yaml: eval\.disturbance_passes = 0 is outside \[1, inf\]"),
+        ("eval:\n  target_rounds: 0\n", r"bad\.yaml: eval\.target_rounds = 0 is outside \[1, inf\]"),
     ],
-    ids=["norm", "val_every", "disturbance_passes"],
+    ids=["norm", "val_every", "disturbance_passes", "target_rounds"],
 )
 def test_recipe_and_schedule_options_are_validated(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

@@ -43,6 +43,7 @@ EVAL_CHANGES = [
     ("timing_images", 5, set()),  # two-stage table only
     ("static_backbones", ["resnet18"], set()),  # two-stage table only
     ("disturbance_passes", 1, set()),  # notebook 05's disturbed stream: timed live, nothing cached
+    ("target_rounds", 1, set()),  # notebook 05's target-latency check: timed live, nothing cached
 ]
 
 
