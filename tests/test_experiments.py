@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dynamicdet import routing
+from dynamicdet.config import load_config
 from dynamicdet.evaluate import coco_evaluate, detections_to_coco, per_image_ap
 from dynamicdet.experiments import (
     evaluate_dets,
@@ -280,3 +281,45 @@ def test_ablation_second_seed_names_a_known_row(smoke_cfg):
 
     with pytest.raises(ValueError, match="second_seed: row 'z'"):
         ablation_table(smoke_cfg, rows=(), second_seed={"z": 1}, progress=False)
+
+
+def test_ablation_row_g_doubles_the_best_joint_recipe_and_the_cli_saves_it(monkeypatch):
+    """Row g retrains the best joint recipe (or the one named) and row a at twice the epochs."""
+    from dynamicdet import paths
+    from dynamicdet.experiments import step1_ablation as ab
+
+    ap = {"c": (0.30, 0.40), "d": (0.35, 0.45), "e": (0.20, 0.50)}  # mean(det1, det2): c 0.35, d 0.40, e 0.35
+
+    def joint(row, recipe, cfg, progress):
+        det1, det2 = ap[row] if row in ap else (0.0, 0.0)
+        return {
+            "row": row,
+            "recipe": recipe,
+            "epochs": cfg.train.epochs,
+            "clip": cfg.train.clip,
+            "AP det1": det1,
+            "AP det2": det2,
+        }
+
+    def static(row, cfg, progress):
+        return {"row": row, "recipe": "static", "epochs": cfg.train.epochs, "AP det1": 0.3, "AP det2": np.nan}
+
+    monkeypatch.setattr(ab, "_joint_row", joint)
+    monkeypatch.setattr(ab, "_static_row", static)
+    epochs = load_config("smoke").train.epochs
+    assert ab.main(["--config", "smoke", "--rows", "a,c,d,e,g", "--results", "smoke", "--name", "abl_g"]) == 0
+    table = pd.read_csv(paths.results_dir("smoke") / "abl_g.csv")
+    g = table[table["row"] == "g"].set_index("recipe")
+    assert list(g.index) == ["joint, per-detector clip, 2x epochs", "static, ultralytics' trainer, 2x epochs"]
+    assert (g["epochs"] == 2 * epochs).all() and g["clip"].iloc[0] == "per_detector"
+    record = json.loads((paths.results_dir("smoke") / "provenance.json").read_text())["abl_g"]
+    assert record["rows"] == ["a", "c", "d", "e", "g"] and record["base_config"]["name"] == "smoke"
+    # a named recipe wins over the table's best; row g alone needs one
+    named = ab.ablation_table("smoke", rows=("g",), best="e", progress=False)
+    assert named.loc[0, "clip"] == "none" and named.loc[0, "epochs"] == 2 * epochs
+    with pytest.raises(ValueError, match="row g doubles the best joint recipe"):
+        ab.ablation_table("smoke", rows=("g",), progress=False)
+    with pytest.raises(ValueError, match="best: row 'b' is not a joint recipe"):
+        ab.ablation_table("smoke", rows=("g",), best="b", progress=False)
+    with pytest.raises(SystemExit):
+        ab.main(["--config", "smoke", "--rows", "a,zz"])

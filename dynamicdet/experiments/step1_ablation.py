@@ -23,10 +23,12 @@ g     the best joint recipe of c-f2, and row a, at twice the epochs  ``train.epo
 from __future__ import annotations
 
 import copy
+import time
 
 import pandas as pd
 
 from ..config import Config, load_config
+from ..results import provenance, save_table
 from ..runs import STEP1
 from ..step1 import train_step1
 from .static_models import static_baselines
@@ -114,6 +116,7 @@ def ablation_table(
     rows: tuple[str, ...] = ("a", "b", *JOINT_ROWS, "g"),
     seeds=(None,),
     second_seed: dict[str, int] | None = None,
+    best: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train (or reuse) every row of the step-1 ablation and tabulate it.
@@ -127,12 +130,16 @@ def ablation_table(
         seeds: training seeds of every row; ``None`` = the config's own.
         second_seed: ``{row: seed}``, rows trained once more with another seed (where two
             rows are too close to call on one seed).
+        best: the joint recipe row g doubles (``c``...``f2``); ``None`` = the best joint row
+            of this table (then ``rows`` must hold at least one).
 
     Returns:
         One row per (row, seed): AP of detector 1 and 2, the late-training median gradient
         norms (total and per detector, before clipping), the fraction of clipped steps,
         training minutes and the run folder.
     """
+    if best is not None and best not in JOINT_ROWS:
+        raise ValueError(f"best: row {best!r} is not a joint recipe; choose from {list(JOINT_ROWS)}")
     out = []
     for seed in seeds:
         cfg0 = variant(base, {}, seed=seed)
@@ -148,13 +155,14 @@ def ablation_table(
     if "g" in rows:
         cfg0 = variant(base, {}, seed=seeds[0])
         joint = pd.DataFrame([r for r in out if r["row"] in JOINT_ROWS])
-        if len(joint):
+        if best is None:
+            if joint.empty:
+                raise ValueError("row g doubles the best joint recipe: list one of c-f2 in rows, or pass best=")
             # mean over seeds of (AP det1 + AP det2) / 2
             score = ((joint["AP det1"] + joint["AP det2"]) / 2).groupby(joint["row"]).mean()
-            best = score.idxmax()
-            recipe, overrides = RECIPES[best]
-            g = _joint_row("g", f"{recipe}, 2x epochs", variant(cfg0, overrides, epochs_factor=2), progress)
-            out.append(g)
+            best = str(score.idxmax())
+        recipe, overrides = RECIPES[best]
+        out.append(_joint_row("g", f"{recipe}, 2x epochs", variant(cfg0, overrides, epochs_factor=2), progress))
         out.append(
             {
                 **_static_row("g", variant(cfg0, {}, epochs_factor=2), progress),
@@ -173,3 +181,34 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     out["AP det1 range"] = g["AP det1"].max() - g["AP det1"].min()
     out["AP det2 range"] = g["AP det2"].max() - g["AP det2"].min()
     return out.reset_index()
+
+
+def main(argv=None) -> int:
+    """``python -m dynamicdet.experiments.step1_ablation``: some rows of the ablation, into results/."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="ablation", help="base config of every row (configs/<config>.yaml)")
+    p.add_argument("--rows", default="a,b,c,d,e,f,f2,g", help="comma-separated rows (a, b, c...f2, g)")
+    p.add_argument("--best", default=None, help="the joint row that row g doubles (default: the best listed)")
+    p.add_argument("--results", default="ablation", help="results folder: results/<results>/ (notebook 09's)")
+    p.add_argument("--name", default=None, help="table name (default: step1_ablation_<config>_<rows>)")
+    a = p.parse_args(argv)
+    rows = tuple(r for r in a.rows.split(",") if r)
+    unknown = set(rows) - {"a", "g", *RECIPES}
+    if unknown:
+        p.error(f"--rows: unknown row(s) {sorted(unknown)}; choose from a, {', '.join(RECIPES)}, g")
+    name = a.name or f"step1_ablation_{a.config}_{'_'.join(rows)}"
+    t0 = time.time()
+    table = ablation_table(a.config, rows=rows, best=a.best, progress=True)
+    save_table(table, name, a.results)
+    base = load_config(a.config).to_dict()
+    record = {"base_config": base, "rows": list(rows), "best": a.best, "wall_min": (time.time() - t0) / 60}
+    # the folder's own config stays its top-level "config" (results/ablation/ is notebook 09's, on `ablation`)
+    provenance(a.results, load_config(a.results).to_dict() if a.results != a.config else base, {name: record})
+    print(table.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
