@@ -56,6 +56,7 @@ def _stats(times: list[float]) -> dict:
         "p90_ms": float(np.percentile(t, 90)),
         "min_ms": float(t.min()),
         "repeats": len(times),
+        "times_ms": [float(x) for x in t],  # each repeat's time, in round order (pair rounds across entries)
     }
 
 
@@ -67,7 +68,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device, warmup: int =
     them alike and their *ratios* stay meaningful on a shared machine.
 
     Returns:
-        ``{name: {"median_ms", "p10_ms", "p90_ms", "min_ms", "repeats"}}``.
+        ``{name: {"median_ms", "p10_ms", "p90_ms", "min_ms", "repeats", "times_ms"}}``; ``times_ms[i]``
+        of every entry comes from round ``i``, so per-round ratios between entries cancel the
+        machine's slower drifts.
     """
     for fn in fns.values():
         for _ in range(warmup):
