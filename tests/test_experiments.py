@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dynamicdet import routing
-from dynamicdet.config import load_config
+from dynamicdet.config import ConfigError, load_config
 from dynamicdet.evaluate import coco_evaluate, detections_to_coco, per_image_ap
 from dynamicdet.experiments import (
     evaluate_dets,
@@ -314,12 +314,15 @@ def test_ablation_row_g_doubles_the_best_joint_recipe_and_the_cli_saves_it(monke
     assert (g["epochs"] == 2 * epochs).all() and g["clip"].iloc[0] == "per_detector"
     record = json.loads((paths.results_dir("smoke") / "provenance.json").read_text())["abl_g"]
     assert record["rows"] == ["a", "c", "d", "e", "g"] and record["base_config"]["name"] == "smoke"
+    assert record["row g doubles"] == "joint, per-detector clip, 2x epochs"
     # a named recipe wins over the table's best; row g alone needs one
     named = ab.ablation_table("smoke", rows=("g",), best="e", progress=False)
     assert named.loc[0, "clip"] == "none" and named.loc[0, "epochs"] == 2 * epochs
     with pytest.raises(ValueError, match="row g doubles the best joint recipe"):
-        ab.ablation_table("smoke", rows=("g",), progress=False)
+        ab.ablation_table("smoke", rows=("a", "g"), progress=False)  # before row a trains
     with pytest.raises(ValueError, match="best: row 'b' is not a joint recipe"):
         ab.ablation_table("smoke", rows=("g",), best="b", progress=False)
     with pytest.raises(SystemExit):
         ab.main(["--config", "smoke", "--rows", "a,zz"])
+    with pytest.raises(ConfigError, match="config file not found"):  # before anything trains
+        ab.main(["--config", "smoke", "--rows", "a", "--results", "no_such_config"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,8 +21,9 @@ def test_time_interleaved_calls_in_alternation_and_reports_stats():
     assert calls == ["a", "b"] + ["a", "b"] * 4
     for k in ("a", "b"):
         r = res[k]
-        assert r["repeats"] == 4
+        assert r["repeats"] == 4 and len(r["times_ms"]) == 4  # each round's time, in round order
         assert 0 <= r["min_ms"] <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert r["median_ms"] == pytest.approx(float(np.median(r["times_ms"]))) and r["min_ms"] == min(r["times_ms"])
 
 
 def _fake_times(easy, hard):

@@ -140,6 +140,8 @@ def ablation_table(
     """
     if best is not None and best not in JOINT_ROWS:
         raise ValueError(f"best: row {best!r} is not a joint recipe; choose from {list(JOINT_ROWS)}")
+    if "g" in rows and best is None and not {*rows, *(second_seed or {})} & set(JOINT_ROWS):
+        raise ValueError("row g doubles the best joint recipe: list one of c-f2 in rows, or pass best=")
     out = []
     for seed in seeds:
         cfg0 = variant(base, {}, seed=seed)
@@ -156,8 +158,6 @@ def ablation_table(
         cfg0 = variant(base, {}, seed=seeds[0])
         joint = pd.DataFrame([r for r in out if r["row"] in JOINT_ROWS])
         if best is None:
-            if joint.empty:
-                raise ValueError("row g doubles the best joint recipe: list one of c-f2 in rows, or pass best=")
             # mean over seeds of (AP det1 + AP det2) / 2
             score = ((joint["AP det1"] + joint["AP det2"]) / 2).groupby(joint["row"]).mean()
             best = str(score.idxmax())
@@ -191,21 +191,27 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="ablation", help="base config of every row (configs/<config>.yaml)")
     p.add_argument("--rows", default="a,b,c,d,e,f,f2,g", help="comma-separated rows (a, b, c...f2, g)")
     p.add_argument("--best", default=None, help="the joint row that row g doubles (default: the best listed)")
-    p.add_argument("--results", default="ablation", help="results folder: results/<results>/ (notebook 09's)")
+    p.add_argument("--results", default="ablation", help="a config name: results/<results>/ (notebook 09's)")
     p.add_argument("--name", default=None, help="table name (default: step1_ablation_<config>_<rows>)")
     a = p.parse_args(argv)
     rows = tuple(r for r in a.rows.split(",") if r)
     unknown = set(rows) - {"a", "g", *RECIPES}
     if unknown:
         p.error(f"--rows: unknown row(s) {sorted(unknown)}; choose from a, {', '.join(RECIPES)}, g")
-    name = a.name or f"step1_ablation_{a.config}_{'_'.join(rows)}"
+    base = load_config(a.config)
+    folder = load_config(a.results)  # results/<results>/provenance.json keeps its own config at the top level
+    name = a.name or f"step1_ablation_{base.name}_{'_'.join(rows)}"
     t0 = time.time()
-    table = ablation_table(a.config, rows=rows, best=a.best, progress=True)
+    table = ablation_table(base, rows=rows, best=a.best, progress=True)
     save_table(table, name, a.results)
-    base = load_config(a.config).to_dict()
-    record = {"base_config": base, "rows": list(rows), "best": a.best, "wall_min": (time.time() - t0) / 60}
-    # the folder's own config stays its top-level "config" (results/ablation/ is notebook 09's, on `ablation`)
-    provenance(a.results, load_config(a.results).to_dict() if a.results != a.config else base, {name: record})
+    doubled = table.loc[(table["row"] == "g") & table["AP det2"].notna(), "recipe"].tolist()
+    record = {
+        "base_config": base.to_dict(),
+        "rows": list(rows),
+        "row g doubles": doubled[0] if doubled else None,
+        "wall_min": (time.time() - t0) / 60,
+    }
+    provenance(a.results, folder.to_dict(), {name: record})
     print(table.to_string())
     return 0
 
