@@ -366,8 +366,7 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
         for k, tau in taus.items():
             fns[f"stream {k}"] = lambda tau=tau: stream(tau)
             fns[f"other {k}"] = lambda tau=tau, o=other: stream(tau, batch_easy=o)
-        device_t = "cuda" if torch.cuda.is_available() else "cpu"
-        t = {name: np.array(r["times_ms"]) for name, r in time_interleaved(fns, device_t, 1, repeats).items()}
+        t = {name: np.array(r["times_ms"]) for name, r in time_interleaved(fns, device, 1, repeats).items()}
         for k, tau in taus.items():
             k_real = float((z >= tau).mean())
             # ideal_i = (1 - k) t_easy,i + k t_hard,i in round i; ratio = median_i (t_stream,i / ideal_i)

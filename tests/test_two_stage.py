@@ -342,3 +342,20 @@ def test_generality_summary_reads_gain_capture_and_margins():
     assert s["Dy /90 - resnet34"] == pytest.approx(0.015) and s["Dy /90 - resnet34 (ms)"] == pytest.approx(-2.0)
     rows[-1]["AP"] = 0.39  # detector 2 loses: no capture ratio
     assert np.isnan(generality_summary(pd.DataFrame(rows), "AP")["c(0.5)"])
+
+
+def test_dy_rows_cost_the_mix_of_the_two_routes_at_their_measured_k(dyn):
+    """The two-stage table's Dy /k cost: the timed routes' mix at k, the ends forced by +-inf thresholds."""
+    import math
+
+    from dynamicdet.experiments.generality import EASY, HARD, route_mix
+
+    flops, lat = {EASY: 2.0, HARD: 5.0}, {EASY: 50.0, HARD: 80.0}
+    assert route_mix(flops, lat, 0.0) == (2.0, 50.0) and route_mix(flops, lat, 1.0) == (5.0, 80.0)
+    # cost(0.9) = 0.1 cost_easy + 0.9 cost_hard
+    assert route_mix(flops, lat, 0.9) == pytest.approx((4.7, 77.0))
+    with pytest.raises(ValueError, match="outside"):
+        route_mix(flops, lat, 1.2)
+    x = torch.rand(3, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        assert not dyn.eval().route(x, math.inf).hard.any() and dyn.route(x, -math.inf).hard.all()

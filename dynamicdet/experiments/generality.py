@@ -10,13 +10,18 @@ For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml``
 and evaluates every row on the val set with pycocotools (boxes, and masks for Mask
 R-CNN): the Dy rows run ``route()`` for real at the threshold that sends a fraction k
 of the val images to detector 2. GFLOPs are counted (:func:`~dynamicdet.cost.gflops`) and
-latencies timed at batch 1 on the same val images, all rows in alternation
-(:func:`~dynamicdet.speed.time_streams`).
+latencies timed at batch 1 on the same ``eval.timing_images`` val images, in alternation
+(:func:`~dynamicdet.speed.time_streams`), for the static models and for the dynamic
+model's two routes (every image easy, every image hard); a Dy /k row costs their mix at
+its measured hard fraction, as in the YOLO tables. (Timing ``route()`` at each k on a few
+images would cost the hard fraction of those images, not k: at k = 0.9 the first 20
+standard val images were all hard.)
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pandas as pd
@@ -26,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import routing
 from ..build import load_model
 from ..config import Config, load_config
-from ..cost import gflops
+from ..cost import dynamic_gflops, gflops
 from ..files import write_csv
 from ..results import provenance
 from ..runs import STEP1, STEP2, TWO_STAGE_TABLE
@@ -126,18 +131,40 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
                 "train_min": _train_minutes(cfg, step2=True),
             }
         )
-        fns[name] = lambda x, tau=tau: dyn.route(x, tau)
-    # cost on the same real val images: FLOPs counted per image, latency timed in alternation
+    # cost on the same real val images, FLOPs counted per image, latency timed in alternation:
+    # the static models and the dynamic model's two routes (a threshold no logit reaches / every logit reaches)
+    fns[EASY] = lambda x: dyn.route(x, math.inf)
+    fns[HARD] = lambda x: dyn.route(x, -math.inf)
     imgs = _val_images(cfg, info, device, cfg.eval.timing_images)
     e = cfg.eval
     lat = time_streams(fns, imgs, device, e.latency_warmup, e.latency_repeats)
+    flops = {name: gflops(fn, imgs) for name, fn in fns.items()}
     for row in rows:
-        row["GFLOPs"] = gflops(fns[row["model"]], imgs)
-        row["latency_ms_b1"] = lat[row["model"]]
+        if row["model"] in fns:  # a static model
+            row["GFLOPs"], row["latency_ms_b1"] = flops[row["model"]], lat[row["model"]]
+        else:  # Dy /k
+            row["GFLOPs"], row["latency_ms_b1"] = route_mix(flops, lat, row["k_measured"])
     table = pd.DataFrame(rows)
     table.attrs["env"] = environment()
     write_csv(table, path)
     return table
+
+
+EASY, HARD = "every image easy", "every image hard"
+
+
+def route_mix(flops: dict[str, float], lat: dict[str, float], k: float) -> tuple[float, float]:
+    """(GFLOPs, latency ms) of the dynamic model sending a fraction ``k`` of images to detector 2.
+
+    ``flops`` and ``lat`` hold the two routes' costs per image under :data:`EASY` and :data:`HARD`.
+    """
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"hard fraction k = {k} is outside [0, 1]")
+    # cost(k) = (1 - k) cost_easy + k cost_hard
+    return (
+        dynamic_gflops(flops[EASY], flops[HARD], k),
+        (1.0 - k) * lat[EASY] + k * lat[HARD],
+    )
 
 
 def generality_summary(df: pd.DataFrame, col: str = "AP") -> dict:
