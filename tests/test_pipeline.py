@@ -120,3 +120,37 @@ def test_a_notebook_only_run_keeps_what_the_stage_run_left_out(smoke_cfg):
     pipeline._record("smoke", smoke_cfg, ["04_router_losses"], None, [], {"04_router_losses.ipynb": 1.0}, 0.0)
     prov = json.loads(prov_path.read_text())
     assert prov["skipped"] == ["08_two_stage"] and prov["notebook_wall_s"]["04_router_losses.ipynb"] == 1.0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_an_interrupted_static_training_resumes_instead_of_passing_for_finished(smoke_cfg, monkeypatch, tmp_path):
+    """ultralytics writes last.pt every epoch: a run stopped after epoch 1 must resume, not be evaluated as done."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from dynamicdet.experiments.static_models import finished
+
+    cfg = load_config("smoke", overrides={"eval": {"static_epochs": 2}})
+    weights = runs.STATIC_MODELS.path(cfg) / "n" / "weights" / "last.pt"
+    assert not runs.STATIC_ROW.path(cfg, model="yolov8n").exists() and not weights.exists()
+    save = BaseTrainer.save_model
+
+    def save_then_stop(self):  # the process dies right after epoch 1's checkpoint
+        save(self)
+        raise _Interrupted
+
+    monkeypatch.setattr(BaseTrainer, "save_model", save_then_stop)
+    with pytest.raises(_Interrupted):
+        static_baselines(cfg, progress=False)
+    assert weights.exists() and not finished(weights)
+    monkeypatch.setattr(BaseTrainer, "save_model", save)
+    row = static_baselines(cfg, progress=False).iloc[0]
+    assert finished(weights) and bool(row["resumed"]) and row["epochs"] == 2
+    assert 0 <= row["AP"] <= 1
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="last.pt: not a readable ultralytics checkpoint"):
+        finished(bad)

@@ -30,10 +30,17 @@ def train_ultralytics(cfg: Config, scale: str, epochs: int, folder: Path, name: 
 
     The one ultralytics training call of the project (static baselines, the step-1
     throughput benchmark): step 1's optimiser, schedule and augmentation settings, no
-    validation, fp32, the project's CPU thread count. Writes ``folder/name/weights/last.pt``.
+    validation, fp32, the project's CPU thread count. Writes ``folder/name/weights/last.pt``;
+    an interrupted run (a ``last.pt`` not :func:`finished`) is resumed from its last epoch.
     """
     t = cfg.train
     info = prepare_dataset(cfg)
+    last = folder / name / "weights" / "last.pt"
+    if last.exists() and not finished(last):
+        # an interrupted run: ultralytics resumes it from its last epoch with the arguments saved in it
+        with same_threads():
+            YOLO(str(last), task="detect").train(resume=str(last), data=str(info.yaml_path), workers=t.workers)
+        return last
     with same_threads():
         YOLO(f"{cfg.model.family}{scale}.yaml", task="detect").train(
             data=str(info.yaml_path),
@@ -67,6 +74,22 @@ def train_ultralytics(cfg: Config, scale: str, epochs: int, folder: Path, name: 
     return folder / name / "weights" / "last.pt"
 
 
+def finished(weights: Path) -> bool:
+    """Whether ultralytics finished the training that writes ``weights`` (``last.pt``).
+
+    ultralytics saves ``last.pt`` after every epoch and, when the last epoch is done, strips
+    its optimizer and sets its ``epoch`` to -1: a ``last.pt`` with another epoch is an
+    interrupted run.
+    """
+    try:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise RuntimeError(f"{weights}: not a readable ultralytics checkpoint ({e}); delete it to train again") from e
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise RuntimeError(f"{weights}: not an ultralytics training checkpoint (no 'epoch'); delete it to train again")
+    return ckpt["epoch"] == -1
+
+
 def static_epochs(cfg: Config) -> int:
     return cfg.eval.static_epochs or cfg.train.epochs
 
@@ -89,7 +112,8 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
             continue
         t0 = time.time()
         weights = STATIC_MODELS.path(cfg) / scale / "weights" / "last.pt"
-        if not weights.exists():
+        resumed = weights.exists() and not finished(weights)  # then train_wall_s counts this session only
+        if resumed or not weights.exists():
             train_ultralytics(cfg, scale, epochs, STATIC_MODELS.path(cfg), scale)
         wall = time.time() - t0
         det = load_static(cfg, scale)
@@ -103,6 +127,7 @@ def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
             "GFLOPs": gflops(lambda fused=fused, x=x: fused(x)),
             "epochs": epochs,
             "train_wall_s": round(wall, 1),
+            "resumed": resumed,
         }
         write_json(row, out, indent=2)
         rows.append(row)
