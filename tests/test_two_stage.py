@@ -359,3 +359,27 @@ def test_dy_rows_cost_the_mix_of_the_two_routes_at_their_measured_k(dyn):
     x = torch.rand(3, 3, SIZE, SIZE)
     with torch.inference_mode():
         assert not dyn.eval().route(x, math.inf).hard.any() and dyn.route(x, -math.inf).hard.all()
+
+
+def test_training_one_two_stage_model_rejects_an_unknown_model(capsys):
+    from dynamicdet.experiments.generality import main
+
+    with pytest.raises(SystemExit):
+        main(["--config", "smoke", "--kind", "faster_rcnn", "--model", "resnet50"])
+    err = capsys.readouterr().err
+    assert "configs/smoke_faster_rcnn.yaml: model 'resnet50' is not one of ['dynamic', 'resnet18', 'resnet34']" in err
+
+
+@pytest.mark.slow
+def test_a_two_stage_model_trained_in_its_own_process_is_the_one_the_table_reuses():
+    """`generality --model resnet34` trains the run folder two_stage_table reads (one process per model)."""
+    from dynamicdet.experiments.generality import main, two_stage_config
+    from dynamicdet.runs import STEP1
+
+    cfg = two_stage_config("smoke", "faster_rcnn")
+    generate_from_config(cfg, progress=False)
+    assert main(["--config", "smoke", "--kind", "faster_rcnn", "--model", "resnet34"]) == 0
+    scfg = static_config(cfg, "resnet34")
+    metrics = pd.read_csv(STEP1.path(scfg) / "step1_metrics.csv")
+    assert len(metrics) == scfg.train.epochs  # every epoch done: the table's train_step1(resume=True) trains nothing
+    assert load_model(scfg, step=1).trunk.name == "resnet34"

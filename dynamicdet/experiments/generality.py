@@ -215,12 +215,53 @@ def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
     provenance(base, load_config(base).to_dict(), {"two_stage": extra})
 
 
+def train_model(base: str, kind: str, model: str, progress: bool = True) -> None:
+    """Train (or resume) one model of :func:`two_stage_table` and stop.
+
+    Args:
+        base: base config name; kind: ``faster_rcnn`` or ``mask_rcnn``.
+        model: ``dynamic`` (steps 1 and 2) or one backbone of ``eval.static_backbones``.
+
+    The table reuses what this trains (same run folders), so on a machine with cores to spare
+    each model can train in its own process, and notebook 08 only evaluates and times them.
+    """
+    cfg = two_stage_config(base, kind)
+    if model == "dynamic":
+        trained(cfg, progress=progress)
+    elif model in cfg.eval.static_backbones:
+        train_step1(static_config(cfg, model), resume=True, progress=progress, validate=False)
+    else:
+        choices = ["dynamic", *cfg.eval.static_backbones]
+        raise ValueError(f"configs/{base}_{kind}.yaml: model {model!r} is not one of {choices}")
+
+
+def main(argv=None) -> int:
+    """``python -m dynamicdet.experiments.generality``: train one two-stage model (one process per model)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Train one model of the two-stage table (notebook 08 evaluates them).")
+    p.add_argument("--config", default="quick", help="base config: configs/<config>_<kind>.yaml")
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--model", required=True, help="'dynamic' or a static backbone of eval.static_backbones")
+    a = p.parse_args(argv)
+    try:
+        train_model(a.config, a.kind, a.model)
+    except ValueError as e:
+        p.error(str(e))
+    return 0
+
+
 __all__ = [
     "KINDS",
     "generality_summary",
     "record_provenance",
     "static_config",
     "summary_table",
+    "train_model",
     "two_stage_config",
     "two_stage_table",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
