@@ -133,7 +133,8 @@ def test_an_interrupted_static_training_resumes_instead_of_passing_for_finished(
 
     from dynamicdet.experiments.static_models import finished
 
-    cfg = load_config("smoke", overrides={"eval": {"static_epochs": 2}})
+    # a seed no other test trains with: the run folder must not exist yet, whatever ran before in this session
+    cfg = load_config("smoke", overrides={"eval": {"static_epochs": 2}, "train": {"seed": 11}})
     weights = runs.STATIC_MODELS.path(cfg) / "n" / "weights" / "last.pt"
     assert not runs.STATIC_ROW.path(cfg, model="yolov8n").exists() and not weights.exists()
     save = BaseTrainer.save_model
