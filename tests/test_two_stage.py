@@ -370,6 +370,18 @@ def test_training_one_two_stage_model_rejects_an_unknown_model(capsys):
     assert "configs/smoke_faster_rcnn.yaml: model 'resnet50' is not one of ['dynamic', 'resnet18', 'resnet34']" in err
 
 
+def test_an_error_while_training_one_two_stage_model_is_not_a_usage_error(monkeypatch):
+    """Only bad arguments become argparse errors; a ValueError from training keeps its traceback."""
+    from dynamicdet.experiments import generality
+
+    def fail(*a, **k):
+        raise ValueError("data/smoke/annotations/train.json: broken")
+
+    monkeypatch.setattr(generality, "trained", fail)
+    with pytest.raises(ValueError, match="train.json: broken"):
+        generality.main(["--config", "smoke", "--kind", "faster_rcnn", "--model", "dynamic"])
+
+
 @pytest.mark.slow
 def test_a_two_stage_model_trained_in_its_own_process_is_the_one_the_table_reuses():
     """`generality --model resnet34` trains the run folder two_stage_table reads (one process per model)."""

@@ -60,6 +60,16 @@ def static_config(cfg: Config, backbone: str) -> Config:
     return s
 
 
+def _train_static(cfg: Config, backbone: str, progress: bool) -> Config:
+    """Train (or resume, or reuse) the static model on ``backbone``; return its config.
+
+    Step-1 validation is skipped: :func:`two_stage_table` evaluates the final weights once.
+    """
+    scfg = static_config(cfg, backbone)
+    train_step1(scfg, resume=True, progress=progress, validate=False)
+    return scfg
+
+
 def _val_images(cfg: Config, info, device, n: int) -> list[torch.Tensor]:
     """The first ``n`` val images, one (1, 3, H, W) tensor each."""
     imgs = []
@@ -100,8 +110,7 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     loader = val_loader(cfg, info)  # the static models share the dynamic model's data
     rows, fns = [], {}
     for backbone in cfg.eval.static_backbones:
-        scfg = static_config(cfg, backbone)
-        train_step1(scfg, resume=True, progress=progress, validate=False)  # evaluated below, once; resumable
+        scfg = _train_static(cfg, backbone, progress)
         model = load_model(scfg, step=1, device=device)
         name = f"static {backbone}"
         m, _ = evaluate_fn(model.first, scfg, info, device, loader, f"val {name}", progress)
@@ -226,12 +235,17 @@ def train_model(base: str, kind: str, model: str, progress: bool = True) -> None
     each model can train in its own process, and notebook 08 only evaluates and times them.
     """
     cfg = two_stage_config(base, kind)
+    check_model(cfg, base, kind, model)
     if model == "dynamic":
         trained(cfg, progress=progress)
-    elif model in cfg.eval.static_backbones:
-        train_step1(static_config(cfg, model), resume=True, progress=progress, validate=False)
     else:
-        choices = ["dynamic", *cfg.eval.static_backbones]
+        _train_static(cfg, model, progress)
+
+
+def check_model(cfg: Config, base: str, kind: str, model: str) -> None:
+    """Raise ValueError naming the config file unless ``model`` is ``dynamic`` or a static backbone of ``cfg``."""
+    choices = ["dynamic", *cfg.eval.static_backbones]
+    if model not in choices:
         raise ValueError(f"configs/{base}_{kind}.yaml: model {model!r} is not one of {choices}")
 
 
@@ -244,10 +258,11 @@ def main(argv=None) -> int:
     p.add_argument("--kind", required=True, choices=KINDS)
     p.add_argument("--model", required=True, help="'dynamic' or a static backbone of eval.static_backbones")
     a = p.parse_args(argv)
-    try:
-        train_model(a.config, a.kind, a.model)
-    except ValueError as e:
+    try:  # bad arguments are usage errors; an error raised while training keeps its traceback
+        check_model(two_stage_config(a.config, a.kind), a.config, a.kind, a.model)
+    except ValueError as e:  # ConfigError too (a missing or bad config file)
         p.error(str(e))
+    train_model(a.config, a.kind, a.model)
     return 0
 
 
