@@ -21,7 +21,10 @@ standard val images were all hard.)
 from __future__ import annotations
 
 import copy
+import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,8 +35,8 @@ from .. import routing
 from ..build import load_model
 from ..config import Config, load_config
 from ..cost import dynamic_gflops, gflops
-from ..files import write_csv
-from ..results import provenance
+from ..files import write_csv, write_json
+from ..results import git_sha, provenance
 from ..runs import STEP1, STEP2, TWO_STAGE_TABLE
 from ..speed import environment, prepare_for_timing, time_streams
 from ..step1 import train_step1
@@ -106,6 +109,7 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     path = TWO_STAGE_TABLE.path(cfg)
     if path.exists():
         return pd.read_csv(path)
+    t0 = time.time()
     device, info = tr.device, tr.info
     loader = val_loader(cfg, info)  # the static models share the dynamic model's data
     rows, fns = [], {}
@@ -156,7 +160,15 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     table = pd.DataFrame(rows)
     table.attrs["env"] = environment()
     write_csv(table, path)
+    # who made the cached table: record_provenance copies this, however much later it runs
+    made = {"git_sha": git_sha(), "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "eval_wall_s": time.time() - t0}
+    write_json({**made, "environment": table.attrs["env"]}, made_path(path))
     return table
+
+
+def made_path(table_path) -> Path:
+    """The JSON beside a cached two-stage table: git SHA, date, environment and wall time of its evaluation."""
+    return table_path.with_suffix(".json")
 
 
 EASY, HARD = "every image easy", "every image hard"
@@ -209,12 +221,15 @@ def summary_table(faster: pd.DataFrame, mask: pd.DataFrame) -> pd.DataFrame:
 
 
 def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
-    """Add the two-stage configs and their training minutes to ``results/<base>/provenance.json``."""
+    """Add the two-stage configs, training minutes and who made each table to ``results/<base>/provenance.json``."""
     extra = {}
     for kind, df in tables.items():
         cfg = two_stage_config(base, kind)
         dyn = df[df["model"].str.startswith("Dy")]
+        made = made_path(TWO_STAGE_TABLE.path(cfg))
         extra[kind] = {
+            # the table's own SHA (tables of one notebook run may be made at different commits)
+            "table": json.loads(made.read_text()) if made.exists() else "made before its record was kept",
             "config": cfg.to_dict(),
             "train_min": {
                 "dynamic": float(dyn["train_min"].iloc[0]),
