@@ -88,11 +88,29 @@ def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None)
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
-    for k, v in (extra or {}).items():
+    _merge_sections(record, extra or {})
+    write_text(json.dumps(record, indent=2, default=str), path)
+    return path
+
+
+def _merge_sections(record: dict, extra: dict[str, Any]) -> None:
+    """``record[k].update(v)`` for dict sections both have, ``record[k] = v`` otherwise."""
+    for k, v in extra.items():
         if isinstance(v, dict) and isinstance(record.get(k), dict):
             record[k].update(v)
         else:
             record[k] = v
+
+
+def merge_provenance(config: str, extra: dict[str, Any]) -> Path:
+    """Merge sections into ``results/<config>/provenance.json`` leaving its top-level record alone.
+
+    For results that carry their own SHA and environment (the two-stage tables): adding them
+    must not re-attribute the results of the run that wrote the file.
+    """
+    path = out_dir(config) / "provenance.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    _merge_sections(record, extra)
     write_text(json.dumps(record, indent=2, default=str), path)
     return path
 

@@ -18,7 +18,7 @@ Layout under ``paths.runs_dir()``::
             val_dets-<key>.pt          VAL_DETS: NMS settings, eval.batch
             tradeoff-<key>.pt          TRADEOFF: + fractions, sweep, random seeds
             latency_table-<key>.csv    LATENCY: the timed models and the timing settings
-            two_stage_table-<key>.csv  TWO_STAGE_TABLE (two-stage configs): eval
+            two_stage_table-<key>.csv  TWO_STAGE_TABLE (two-stage configs): eval; + .json: who made it
     <name>-static-<key>/               STATIC_MODELS: data, model.family, the train fields ultralytics reads,
                                        eval.static_epochs
         <scale>/weights/last.pt        (ultralytics' trainer)

@@ -345,24 +345,29 @@ def test_generality_summary_reads_gain_capture_and_margins():
 
 
 def test_provenance_records_who_made_each_two_stage_table(tmp_path, monkeypatch):
-    """A table made at another commit keeps its own SHA; one made before the record existed says so."""
+    """A table keeps its own SHA, one made before the record existed says so, the base run's record stays."""
     import json
 
-    from dynamicdet.experiments.generality import made_path, record_provenance, two_stage_config
+    from dynamicdet.experiments.generality import record_provenance, table_record_path, two_stage_config
     from dynamicdet.runs import TWO_STAGE_TABLE
 
     monkeypatch.setenv("DYNAMICDET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path / "results"))
-    made = made_path(TWO_STAGE_TABLE.path(two_stage_config("smoke", "faster_rcnn")))
+    made = table_record_path(TWO_STAGE_TABLE.path(two_stage_config("smoke", "faster_rcnn")))
     made.parent.mkdir(parents=True)
     made.write_text(json.dumps({"git_sha": "0123abc", "eval_wall_s": 12.5}))
     table = pd.DataFrame(
         [{"model": "static resnet18", "k": np.nan, "train_min": 2.0}, {"model": "Dy /0", "k": 0.0, "train_min": 5.0}]
     )
+    prov = tmp_path / "results" / "smoke" / "provenance.json"
+    prov.parent.mkdir(parents=True)
+    prov.write_text(json.dumps({"git_sha": "yolo-run-sha", "two_stage": {"old": 1}}))
     record_provenance("smoke", {"faster_rcnn": table, "mask_rcnn": table})
-    rec = json.loads((tmp_path / "results" / "smoke" / "provenance.json").read_text())["two_stage"]
+    out = json.loads(prov.read_text())
+    assert out["git_sha"] == "yolo-run-sha" and out["two_stage"]["old"] == 1  # only two_stage's kinds change
+    rec = out["two_stage"]
     assert rec["faster_rcnn"]["table"] == {"git_sha": "0123abc", "eval_wall_s": 12.5}
-    assert rec["mask_rcnn"]["table"] == "made before its record was kept"
+    assert rec["mask_rcnn"]["table"] == {"git_sha": None, "note": "made before its record was kept"}
     assert rec["faster_rcnn"]["train_min"] == {"dynamic": 5.0, "static resnet18": 2.0}
 
 

@@ -36,7 +36,7 @@ from ..build import load_model
 from ..config import Config, load_config
 from ..cost import dynamic_gflops, gflops
 from ..files import write_csv, write_json
-from ..results import git_sha, provenance
+from ..results import git_sha, merge_provenance
 from ..runs import STEP1, STEP2, TWO_STAGE_TABLE
 from ..speed import environment, prepare_for_timing, time_streams
 from ..step1 import train_step1
@@ -109,12 +109,12 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
     path = TWO_STAGE_TABLE.path(cfg)
     if path.exists():
         return pd.read_csv(path)
-    t0 = time.time()
+    statics = {b: _train_static(cfg, b, progress) for b in cfg.eval.static_backbones}
+    t0 = time.time()  # evaluation and timing only: every model is trained by now
     device, info = tr.device, tr.info
     loader = val_loader(cfg, info)  # the static models share the dynamic model's data
     rows, fns = [], {}
-    for backbone in cfg.eval.static_backbones:
-        scfg = _train_static(cfg, backbone, progress)
+    for backbone, scfg in statics.items():
         model = load_model(scfg, step=1, device=device)
         name = f"static {backbone}"
         m, _ = evaluate_fn(model.first, scfg, info, device, loader, f"val {name}", progress)
@@ -159,16 +159,22 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
             row["GFLOPs"], row["latency_ms_b1"] = route_mix(flops, lat, row["k_measured"])
     table = pd.DataFrame(rows)
     table.attrs["env"] = environment()
+    # who made the table (record_provenance copies it, however much later it runs); written
+    # before the CSV, whose existence marks the table as done
+    record = {
+        "git_sha": git_sha(),
+        "made_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "eval_wall_s": time.time() - t0,
+        "environment": table.attrs["env"],
+    }
+    write_json(record, table_record_path(path))
     write_csv(table, path)
-    # who made the cached table: record_provenance copies this, however much later it runs
-    made = {"git_sha": git_sha(), "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "eval_wall_s": time.time() - t0}
-    write_json({**made, "environment": table.attrs["env"]}, made_path(path))
     return table
 
 
-def made_path(table_path) -> Path:
+def table_record_path(table_path: Path) -> Path:
     """The JSON beside a cached two-stage table: git SHA, date, environment and wall time of its evaluation."""
-    return table_path.with_suffix(".json")
+    return Path(table_path).with_suffix(".json")
 
 
 EASY, HARD = "every image easy", "every image hard"
@@ -220,23 +226,32 @@ def summary_table(faster: pd.DataFrame, mask: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+NO_TABLE_RECORD = {"git_sha": None, "note": "made before its record was kept"}
+
+
 def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
-    """Add the two-stage configs, training minutes and who made each table to ``results/<base>/provenance.json``."""
+    """Add the two-stage configs, training minutes and who made each table to ``results/<base>/provenance.json``.
+
+    Only its ``two_stage`` section changes: the top-level SHA, environment and times stay those of
+    the run that made the base config's results (each two-stage table carries its own record).
+    """
     extra = {}
     for kind, df in tables.items():
         cfg = two_stage_config(base, kind)
         dyn = df[df["model"].str.startswith("Dy")]
-        made = made_path(TWO_STAGE_TABLE.path(cfg))
+        rec = table_record_path(TWO_STAGE_TABLE.path(cfg))
         extra[kind] = {
             # the table's own SHA (tables of one notebook run may be made at different commits)
-            "table": json.loads(made.read_text()) if made.exists() else "made before its record was kept",
+            "table": json.loads(rec.read_text())
+            if rec.exists()
+            else {"git_sha": None, "note": "made before its record was kept"},
             "config": cfg.to_dict(),
             "train_min": {
                 "dynamic": float(dyn["train_min"].iloc[0]),
                 **dict(zip(df["model"][df["k"].isna()], df["train_min"][df["k"].isna()], strict=True)),
             },
         }
-    provenance(base, load_config(base).to_dict(), {"two_stage": extra})
+    merge_provenance(base, {"two_stage": extra})
 
 
 def train_model(base: str, kind: str, model: str, progress: bool = True) -> None:
