@@ -41,6 +41,9 @@ def test_there_are_notebooks_in_paper_order():
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_shape(nb):
+    # nbformat 4.5 cell ids (a missing one is a warning now, an error in future nbformat)
+    missing = [i for i, c in enumerate(json.loads(nb.read_text())["cells"]) if "id" not in c]
+    assert not missing, f"{nb.name}: cells {missing} have no id (nbformat.validator.normalize adds them)"
     cells = nbformat.read(nb, as_version=4).cells
     params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{nb.name}: {len(params)} cells tagged 'parameters' (want exactly 1)"
