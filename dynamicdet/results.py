@@ -75,31 +75,21 @@ def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None)
 
     The SHAs of earlier runs merged into the same file are kept in ``git_sha_history``.
     """
-    path = out_dir(config) / "provenance.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    sha = git_sha()
-    if record.get("git_sha") not in (None, sha):  # results of earlier commits stay attributable
-        record["git_sha_history"] = [*record.get("git_sha_history", []), record["git_sha"]]
-    record.update(
-        {
-            "git_sha": sha,
-            "config": cfg_dict,
-            "environment": environment(),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-    )
-    _merge_sections(record, extra or {})
-    write_text(json.dumps(record, indent=2, default=str), path)
-    return path
 
+    def stamp(record: dict) -> None:
+        sha = git_sha()
+        if record.get("git_sha") not in (None, sha):  # results of earlier commits stay attributable
+            record["git_sha_history"] = [*record.get("git_sha_history", []), record["git_sha"]]
+        record.update(
+            {
+                "git_sha": sha,
+                "config": cfg_dict,
+                "environment": environment(),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
 
-def _merge_sections(record: dict, extra: dict[str, Any]) -> None:
-    """``record[k].update(v)`` for dict sections both have, ``record[k] = v`` otherwise."""
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(record.get(k), dict):
-            record[k].update(v)
-        else:
-            record[k] = v
+    return _merge_into(config, extra or {}, stamp)
 
 
 def merge_provenance(config: str, extra: dict[str, Any]) -> Path:
@@ -108,9 +98,23 @@ def merge_provenance(config: str, extra: dict[str, Any]) -> Path:
     For results that carry their own SHA and environment (the two-stage tables): adding them
     must not re-attribute the results of the run that wrote the file.
     """
+    return _merge_into(config, extra)
+
+
+def _merge_into(config: str, extra: dict[str, Any], stamp=None) -> Path:
+    """Read provenance.json, ``stamp`` its top level (if given), merge ``extra``'s sections, write it back.
+
+    A dict section both have is ``update``d; anything else is replaced.
+    """
     path = out_dir(config) / "provenance.json"
     record = json.loads(path.read_text()) if path.exists() else {}
-    _merge_sections(record, extra)
+    if stamp is not None:
+        stamp(record)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(record.get(k), dict):
+            record[k].update(v)
+        else:
+            record[k] = v
     write_text(json.dumps(record, indent=2, default=str), path)
     return path
 

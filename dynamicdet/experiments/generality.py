@@ -242,9 +242,7 @@ def record_provenance(base: str, tables: dict[str, pd.DataFrame]) -> None:
         rec = table_record_path(TWO_STAGE_TABLE.path(cfg))
         extra[kind] = {
             # the table's own SHA (tables of one notebook run may be made at different commits)
-            "table": json.loads(rec.read_text())
-            if rec.exists()
-            else {"git_sha": None, "note": "made before its record was kept"},
+            "table": json.loads(rec.read_text()) if rec.exists() else NO_TABLE_RECORD,
             "config": cfg.to_dict(),
             "train_min": {
                 "dynamic": float(dyn["train_min"].iloc[0]),
