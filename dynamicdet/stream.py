@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import routing
-from .model import AdaptiveRouter, DynamicDetector, select
+from .model import AdaptiveRouter, DynamicDetector
 from .two_stage import DynamicTwoStage
 
 # batch_easy=None queues easy images up to this batch size: measured faster at batch 8, a tie at 32
@@ -45,13 +45,38 @@ class StreamResult:
     latency_ms: float  # from entering the scheduler to its result being ready
 
 
+def _gather(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """Rows ``rows`` of each ``(tensor, rows)`` (None: all rows), stacked along dim 0, in one copy.
+
+    A single whole tensor is returned as it is (no copy); otherwise every row is copied once,
+    straight into the output batch (no per-part index copy followed by a concatenation).
+    """
+    if len(parts) == 1:
+        t, rows = parts[0]
+        return t if rows is None else t.index_select(0, rows)
+    sizes = [len(t) if rows is None else len(rows) for t, rows in parts]
+    first = parts[0][0]
+    out = first.new_empty((sum(sizes), *first.shape[1:]))
+    at = 0
+    for (t, rows), n in zip(parts, sizes, strict=True):
+        if rows is None:
+            out[at : at + n].copy_(t)
+        else:
+            torch.index_select(t, 0, rows, out=out[at : at + n])
+        at += n
+    return out
+
+
 @dataclass
 class _Chunk:
-    """Queued images of one route that arrived in the same batch: a sub-batch and its backbone-1 features."""
+    """Queued images of one route that arrived in the same batch: the rows ``rows`` of that batch's
+    images and backbone-1 features (kept as references to the batch: nothing is copied until the
+    images leave the queue, and then once, by :meth:`gather`)."""
 
     ids: list
-    x: torch.Tensor  # (n, 3, H, W)
-    feats: list  # per level (n, C, h, w) or None; hard: the taps F1; easy: H1's input state
+    x: torch.Tensor  # (B, 3, H, W): the whole batch they arrived in
+    feats: list  # per level (B, C, h, w) or None; hard: the taps F1; easy: H1's input state
+    rows: torch.Tensor | None  # (n,) indices of these images in x / feats; None: all B
     logits: list[float]
     t_in: list[float]  # arrival times
 
@@ -59,24 +84,23 @@ class _Chunk:
         return len(self.ids)
 
     def split(self, n: int) -> tuple[_Chunk, _Chunk]:
-        """The first ``n`` images and the rest (views, no copy)."""
+        """The first ``n`` images and the rest (no copy)."""
+        rows = torch.arange(len(self.x), device=self.x.device) if self.rows is None else self.rows
 
         def part(sl):
-            feats = [None if f is None else f[sl] for f in self.feats]
-            return _Chunk(self.ids[sl], self.x[sl], feats, self.logits[sl], self.t_in[sl])
+            return _Chunk(self.ids[sl], self.x, self.feats, rows[sl], self.logits[sl], self.t_in[sl])
 
         return part(slice(0, n)), part(slice(n, None))
 
     @staticmethod
-    def cat(chunks: list[_Chunk]) -> _Chunk:
-        if len(chunks) == 1:
-            return chunks[0]
+    def gather(chunks: list[_Chunk], images: bool = True) -> tuple[torch.Tensor | None, list]:
+        """The chunks' images (B, 3, H, W) (None unless ``images``) and features, as one batch."""
+        x = _gather([(c.x, c.rows) for c in chunks]) if images else None
         feats = [
-            None if chunks[0].feats[j] is None else torch.cat([c.feats[j] for c in chunks])
+            None if chunks[0].feats[j] is None else _gather([(c.feats[j], c.rows) for c in chunks])
             for j in range(len(chunks[0].feats))
         ]
-        flat = lambda name: [v for c in chunks for v in getattr(c, name)]  # noqa: E731
-        return _Chunk(flat("ids"), torch.cat([c.x for c in chunks]), feats, flat("logits"), flat("t_in"))
+        return x, feats
 
 
 class _Queue:
@@ -95,8 +119,8 @@ class _Queue:
         """Seconds the oldest queued image has waited."""
         return time.perf_counter() - self.chunks[0].t_in[0]
 
-    def pop(self, n: int) -> _Chunk:
-        """The oldest ``min(n, len)`` images as one batch (one concatenation; none if they came in one piece)."""
+    def pop(self, n: int) -> list[_Chunk]:
+        """The oldest ``min(n, len)`` images, as the pieces they are queued in (:meth:`_Chunk.gather` joins them)."""
         taken, count = [], 0
         while self.chunks and count < n:
             c = self.chunks.pop(0)
@@ -106,7 +130,7 @@ class _Queue:
             taken.append(c)
             count += len(c)
         self.n -= count
-        return _Chunk.cat(taken)
+        return taken
 
 
 class StreamScheduler:
@@ -153,8 +177,9 @@ class StreamScheduler:
         t1 = m.taps1(x)
         return t1, t1, m.router.logit(AdaptiveRouter.pool(t1))
 
-    def _easy(self, x: torch.Tensor, state) -> list:
-        """H1 on a batch of easy images ``x`` (B, 3, H, W) and their B1 state -> per-image predictions."""
+    def _easy(self, x: torch.Tensor | None, state) -> list:
+        """H1 on a batch of easy images' B1 state (and the images ``x`` (B, 3, H, W), two-stage only;
+        None for YOLO) -> per-image predictions."""
         m = self.model
         if self.yolo:
             return list(m._inference(m.head1(state)))
@@ -210,40 +235,44 @@ class StreamScheduler:
         easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
         everyone = len(pending)
 
-        def chunk(idx, feats):  # the images idx with their features (the whole batch: no copy)
+        def chunk(idx, feats):  # the images idx: references to the batch and their rows (all of it: rows None)
             if not len(idx):
                 return None
-            whole = len(idx) == everyone
             ids = idx.tolist()
             return _Chunk(
                 [pending[j][0] for j in ids],
-                x if whole else x[idx],
-                feats if whole else select(feats, idx),
+                x,
+                feats,
+                None if len(idx) == everyone else idx,
                 z[idx].tolist(),
                 [pending[j][2] for j in ids],
             )
 
         easy = chunk(easy_idx, state)
         if easy is not None and not self.batch_easy:
-            self._finish(easy, self._easy(easy.x, easy.feats), False, done, charge=False)
+            self._run_easy([easy], done, charge=False)
             easy = None
         hard_chunk = chunk(hard_idx, f1)
         if self.controller:
             self.controller.observe_first_half(len(pending), self._charge())
         return easy, hard_chunk
 
-    def _finish(self, c: _Chunk, preds: list, hard: bool, done: dict, charge: bool = True) -> None:
+    def _finish(self, chunks: list[_Chunk], preds: list, hard: bool, done: dict, charge: bool = True) -> None:
         t = time.perf_counter()
-        for i, p, logit, t_in in zip(c.ids, preds, c.logits, c.t_in, strict=True):
+        meta = [(i, logit, t_in) for c in chunks for i, logit, t_in in zip(c.ids, c.logits, c.t_in, strict=True)]
+        for (i, logit, t_in), p in zip(meta, preds, strict=True):
             done[i] = StreamResult(i, p, hard, logit, (t - t_in) * 1e3)
         if charge and self.controller:
             self.controller.observe_queued(self._charge())
 
-    def _run_easy(self, c: _Chunk, done: dict) -> None:
-        self._finish(c, self._easy(c.x, c.feats), False, done)
+    def _run_easy(self, chunks: list[_Chunk], done: dict, charge: bool = True) -> None:
+        # YOLO's H1 reads only B1's state; the two-stage heads also read the images (their sizes)
+        x, state = _Chunk.gather(chunks, images=not self.yolo)
+        self._finish(chunks, self._easy(x, state), False, done, charge)
 
-    def _run_hard(self, c: _Chunk, done: dict) -> None:
-        self._finish(c, self._hard(c.x, c.feats), True, done)
+    def _run_hard(self, chunks: list[_Chunk], done: dict) -> None:
+        x, f1 = _Chunk.gather(chunks)
+        self._finish(chunks, self._hard(x, f1), True, done)
 
     def _charge(self) -> float:
         """Wall ms since the last charge: model time plus everything between (the caller's work on
