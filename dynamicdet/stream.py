@@ -70,8 +70,9 @@ def _gather(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tens
 @dataclass
 class _Chunk:
     """Queued images of one route that arrived in the same batch: the rows ``rows`` of that batch's
-    images and backbone-1 features (kept as references to the batch: nothing is copied until the
-    images leave the queue, and then once, by :meth:`gather`)."""
+    images and backbone-1 features, kept as references to the batch (when they are at least half
+    of it, see :meth:`compact`), so that most images are copied once, by :meth:`gather`, when they
+    leave the queue."""
 
     ids: list
     x: torch.Tensor  # (B, 3, H, W): the whole batch they arrived in
@@ -91,6 +92,17 @@ class _Chunk:
             return _Chunk(self.ids[sl], self.x, self.feats, rows[sl], self.logits[sl], self.t_in[sl])
 
         return part(slice(0, n)), part(slice(n, None))
+
+    def compact(self) -> _Chunk:
+        """Itself, or a copy of its own rows when they are under half of the batch it references.
+
+        Queued chunks are compacted, so a queue holds at most twice the memory of the images in it
+        (a long wait of a few hard images per batch does not keep every whole batch alive).
+        """
+        if self.rows is None or 2 * len(self.rows) >= len(self.x):
+            return self
+        x, feats = _Chunk.gather([self])
+        return _Chunk(self.ids, x, feats, None, self.logits, self.t_in)
 
     @staticmethod
     def gather(chunks: list[_Chunk], images: bool = True) -> tuple[torch.Tensor | None, list]:
@@ -112,7 +124,7 @@ class _Queue:
 
     def push(self, chunk: _Chunk | None) -> None:
         if chunk is not None and len(chunk):
-            self.chunks.append(chunk)
+            self.chunks.append(chunk.compact())
             self.n += len(chunk)
 
     def waited(self) -> float:
@@ -126,7 +138,7 @@ class _Queue:
             c = self.chunks.pop(0)
             if count + len(c) > n:
                 c, rest = c.split(n - count)
-                self.chunks.insert(0, rest)
+                self.chunks.insert(0, rest.compact())
             taken.append(c)
             count += len(c)
         self.n -= count

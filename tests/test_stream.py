@@ -9,7 +9,7 @@ from ultralytics.utils.nms import non_max_suppression
 
 from dynamicdet import routing
 from dynamicdet.model import DynamicDetector, StaticDetector
-from dynamicdet.stream import LatencyController, StreamScheduler
+from dynamicdet.stream import LatencyController, StreamScheduler, _Chunk, _Queue
 from dynamicdet.two_stage import DynamicTwoStage, HeadSizes
 
 SIZE = 64
@@ -92,6 +92,32 @@ def test_queued_images_wait_for_a_full_batch_unless_the_deadline_passes(monkeypa
     assert eager["easy"] == [int(n) for n in (~hard).sum(1) if n]
     # batch_easy=False: H1 runs at once on each batch's easy sub-batch
     assert batches(None, batch_easy=False)["easy"] == [int(n) for n in (~hard).sum(1) if n]
+
+
+def test_queued_images_are_gathered_in_order_and_a_queue_keeps_no_mostly_unused_batch_alive():
+    torch.manual_seed(3)
+    a, b = torch.rand(8, 3, 4, 4), torch.rand(8, 3, 4, 4)
+    fa, fb = [torch.rand(8, 5), None], [torch.rand(8, 5), None]
+
+    def chunk(x, feats, rows):
+        n = len(x) if rows is None else len(rows)
+        return _Chunk([f"id{i}" for i in range(n)], x, feats, rows, [0.0] * n, [0.0] * n)
+
+    q = _Queue()
+    q.push(chunk(a, fa, torch.tensor([1, 3, 4, 6])))  # half of its batch: kept as a reference
+    q.push(chunk(b, fb, torch.tensor([5])))  # one image of 8: its own copy
+    q.push(chunk(a, fa, None))
+    assert q.chunks[0].x is a and q.chunks[1].x.shape[0] == 1 and q.n == 13
+    taken = q.pop(6)  # the first chunk, the second, and one image of the third
+    x, feats = _Chunk.gather(taken)
+    torch.testing.assert_close(x, torch.cat([a[[1, 3, 4, 6]], b[[5]], a[:1]]))
+    torch.testing.assert_close(feats[0], torch.cat([fa[0][[1, 3, 4, 6]], fb[0][[5]], fa[0][:1]]))
+    assert feats[1] is None and q.n == 7
+    # the rest of the third chunk (7 of 8 rows) stays a reference; gathered alone: its rows
+    rest = q.pop(8)
+    assert rest[0].x is a
+    torch.testing.assert_close(_Chunk.gather(rest)[0], a[1:])
+    assert _Chunk.gather(rest, images=False)[0] is None and q.n == 0
 
 
 def test_controller_moves_the_hard_fraction_against_the_latency_error():
