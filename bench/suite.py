@@ -456,17 +456,24 @@ def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]
 
 
 # The competing process of item 10 spins this fraction of every 10 ms. A closed loop can only
-# hold a target the easy route still meets under load: with the target at 3/4 of the way from
-# the easy to the hard route, the slow-down must stay under about 1.4x. Measured on the 2-core
-# VM at quick, batch 8 (torch on both cores, so a competitor stalls every parallel region):
-# duty 1 (one core taken; notebook 05's default) slowed the stream 3.6x, duty 0.3 2.2x,
-# duty 0.1 1.6x (the easy route more than the hard one), all beyond the routes' range.
-DISTURBANCE_DUTY = 0.1
+# hold a target the routes can still reach: under a slow-down s it needs s lat_easy <= target <=
+# s lat_hard, so s must stay within [lat_hard / target, target / lat_easy]^-1 (reported per run as
+# "reachable"). Measured on the 2-core VM at quick, batch 8 (torch on both cores, so a competitor
+# stalls every parallel region): duty 1 (one core taken; notebook 05's default) slowed the stream
+# 3.6x, duty 0.3 2.2x, duty 0.1 1.6x, all beyond the routes' range (hard / easy is about 1.4 at
+# quick, batch 8). Duty 0.02 aims at a slow-down the routes can absorb; the target halfway between
+# the routes leaves room both ways (the machine's own speed also drifts between phases).
+DISTURBANCE_DUTY = 0.02
+DISTURBANCE_TARGET_K = 0.5
 
 
-def bench_disturbance(cfg: Config, passes: int = 3, duty: float = DISTURBANCE_DUTY) -> list[dict]:
+def bench_disturbance(
+    cfg: Config, passes: int = 3, duty: float = DISTURBANCE_DUTY, target_k: float = DISTURBANCE_TARGET_K
+) -> list[dict]:
     """Item 10: closed- vs open-loop latency through a quiet / loaded / quiet stream of val images."""
-    out = disturbed_stream(trained(cfg, progress=False), batch=8, passes=passes, duty=duty, progress=False)
+    out = disturbed_stream(
+        trained(cfg, progress=False), batch=8, passes=passes, target_k=target_k, duty=duty, progress=False
+    )
     cal = out["calibration"].iloc[0]
     if cal["noisy"]:  # the hard route timed no slower than the easy one: nothing to hold, recorded as such
         return [
@@ -480,6 +487,10 @@ def bench_disturbance(cfg: Config, passes: int = 3, duty: float = DISTURBANCE_DU
         ]
     ph = out["phases"].set_index(["loop", "phase"])
     quiet_open = ph.loc[("open loop", "quiet"), "ms/img"]
+    # slow-downs s (against the calibration; the open loop's achieved / target is about s) under
+    # which some hard fraction meets the target: s lat_easy <= target <= s lat_hard
+    target = cal["target ms/img"]
+    reach = f"{target / cal['lat_hard ms/img']:.2f}-{target / cal['lat_easy ms/img']:.2f}"
     rows = []
     for phase in ph.loc["closed loop"].index:
         c, o = ph.loc[("closed loop", phase)], ph.loc[("open loop", phase)]
@@ -490,9 +501,10 @@ def bench_disturbance(cfg: Config, passes: int = 3, duty: float = DISTURBANCE_DU
                 "goal": "0.95-1.05",
                 "mark": "PASS" if 0.95 <= c["achieved / target"] <= 1.05 else "MISS",
                 "detail": f"target {c['target ms/img']:.2f} ms/img; open loop {o['achieved / target']:.3f} "
-                f"(machine {o['ms/img'] / quiet_open:.2f}x the quiet open-loop time); hard fraction closed "
+                f"(machine {o['ms/img'] / quiet_open:.2f}x the quiet open-loop time; a closed loop can reach the "
+                f"target while the open loop's ratio is within {reach}); hard fraction closed "
                 f"{c['fraction hard']:.2f} vs open {o['fraction hard']:.2f}; AP closed {c['AP']:.3f} vs open "
-                f"{o['AP']:.3f}; {int(c['images'])} images; competing process duty {duty}",
+                f"{o['AP']:.3f}; {int(c['images'])} images; competing process duty {duty}, target at k = {target_k}",
             }
         )
     return rows
