@@ -117,9 +117,16 @@ def test_a_notebook_only_run_keeps_what_the_stage_run_left_out(smoke_cfg):
     prov_path = paths.results_dir("smoke") / "provenance.json"
     pipeline._record("smoke", smoke_cfg, None, {"data": 1.0}, [], {}, 0.0, ("08_two_stage",))
     assert json.loads(prov_path.read_text())["skipped"] == ["08_two_stage"]
+    stage_run = json.loads(prov_path.read_text())
+    stage_run["git_sha"] = "the stage run's sha"  # as if the stages ran at another commit
+    prov_path.write_text(json.dumps(stage_run))
     pipeline._record("smoke", smoke_cfg, ["04_router_losses"], None, [], {"04_router_losses.ipynb": 1.0}, 0.0)
     prov = json.loads(prov_path.read_text())
     assert prov["skipped"] == ["08_two_stage"] and prov["notebook_wall_s"]["04_router_losses.ipynb"] == 1.0
+    # the notebooks-only run records itself per notebook; the top level stays the stage run's
+    assert prov["git_sha"] == "the stage run's sha" and prov["environment"] == stage_run["environment"]
+    nb_run = prov["notebook_runs"]["04_router_losses.ipynb"]
+    assert nb_run["git_sha"] == results.git_sha() and nb_run["wall_s"] == 1.0 and "torch" in nb_run["environment"]
 
 
 class _Interrupted(Exception):
