@@ -457,12 +457,12 @@ def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]
 
 # The competing process of item 10 spins this fraction of every 10 ms. A closed loop can only
 # hold a target the routes can still reach: under a slow-down s it needs s lat_easy <= target <=
-# s lat_hard, so s must stay within [lat_hard / target, target / lat_easy]^-1 (reported per run as
-# "reachable"). Measured on the 2-core VM at quick, batch 8 (torch on both cores, so a competitor
-# stalls every parallel region): duty 1 (one core taken; notebook 05's default) slowed the stream
-# 3.6x, duty 0.3 2.2x, duty 0.1 1.6x, all beyond the routes' range (hard / easy is about 1.4 at
-# quick, batch 8). Duty 0.02 aims at a slow-down the routes can absorb; the target halfway between
-# the routes leaves room both ways (the machine's own speed also drifts between phases).
+# s lat_hard, so s must stay within [target / lat_hard, target / lat_easy] (reported per row).
+# Measured on the 2-core VM at quick, batch 8 (torch on both cores, so a competitor stalls every
+# parallel region): duty 1 (one core taken; notebook 05's default) slowed the stream 3.6x, duty
+# 0.3 2.2x, duty 0.1 1.6x, all beyond the routes' range (hard / easy is about 1.4 at quick,
+# batch 8). Duty 0.02 aims at a slow-down the routes can absorb; the target halfway between the
+# routes leaves room both ways (the machine's own speed also drifts between phases).
 DISTURBANCE_DUTY = 0.02
 DISTURBANCE_TARGET_K = 0.5
 
@@ -487,8 +487,9 @@ def bench_disturbance(
         ]
     ph = out["phases"].set_index(["loop", "phase"])
     quiet_open = ph.loc[("open loop", "quiet"), "ms/img"]
-    # slow-downs s (against the calibration; the open loop's achieved / target is about s) under
-    # which some hard fraction meets the target: s lat_easy <= target <= s lat_hard
+    # slow-downs s (against the calibration) under which some hard fraction meets the target:
+    # s lat_easy <= target <= s lat_hard; the open loop's achieved / target estimates s (its hard
+    # fraction on the stream is close to, not exactly, the calibrated one)
     target = cal["target ms/img"]
     reach = f"{target / cal['lat_hard ms/img']:.2f}-{target / cal['lat_easy ms/img']:.2f}"
     rows = []

@@ -27,8 +27,7 @@ from .experiments import (
     two_stage_config,
     two_stage_table,
 )
-from .results import git_sha, merge_provenance, out_dir, provenance
-from .speed import environment
+from .results import merge_provenance, out_dir, provenance, read_provenance, run_stamp
 
 # notebooks that `make reproduce` runs only when asked (`--notebooks`): experiments about this
 # replication itself rather than tables of the paper, too long for the default main job
@@ -167,22 +166,23 @@ def _record(
     """Merge this run's stage and notebook times into the provenance (``times`` None: stages skipped).
 
     A run of the stages stamps the file's top level (git SHA, config, environment): its tables
-    are the results folder's. A notebooks-only run (``--no-stages``) leaves the top level to the
-    run that made those tables and records itself per notebook under ``notebook_runs``.
+    are the results folder's. A notebooks-only run (``--no-stages``) after a stage run leaves the
+    top level to that run and records itself per notebook under ``notebook_runs``; on a config no
+    stage run has made (``make ablation``: notebook 09 makes its tables) it stamps the top level.
     """
     total = time.time() - t0
-    if times is None:
-        stamp = {"git_sha": git_sha(), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()}
+    if times is None and "stage_wall_s" in read_provenance(config):
+        stamp = run_stamp(cfg.to_dict())
         runs_record = {name: {**stamp, "wall_s": dt} for name, dt in nb_times.items()}
         merge_provenance(config, {"notebook_wall_s": nb_times, "notebook_runs": runs_record})
         print(f"reproduce {config}: notebooks done in {total / 60:.1f} min -> {out_dir(config)}")
         return
     record: dict = {"notebook_wall_s": nb_times}
-    record.update(stage_wall_s={k: round(v, 1) for k, v in times.items()}, cached_stages=cached)
-    # the end-to-end time only means something when every stage was computed by this run;
-    # a stage run says what it left out (an earlier run's tables stay)
-    record["skipped"] = list(skip)
-    complete = not cached and not notebooks and not skip
+    if times is not None:  # a stage run says what it left out (an earlier run's tables stay)
+        record.update(stage_wall_s={k: round(v, 1) for k, v in times.items()}, cached_stages=cached)
+        record["skipped"] = list(skip)
+    # the end-to-end time only means something when every stage was computed by this run
+    complete = times is not None and not cached and not notebooks and not skip
     record["reproduce_wall_s" if complete else "last_partial_run_wall_s"] = round(total, 1)
     provenance(config, cfg.to_dict(), record)
     print(f"reproduce {config}: done in {total / 60:.1f} min -> {out_dir(config)}")

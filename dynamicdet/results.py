@@ -77,19 +77,28 @@ def provenance(config: str, cfg_dict: dict, extra: dict[str, Any] | None = None)
     """
 
     def stamp(record: dict) -> None:
-        sha = git_sha()
-        if record.get("git_sha") not in (None, sha):  # results of earlier commits stay attributable
+        now = run_stamp(cfg_dict)
+        if record.get("git_sha") not in (None, now["git_sha"]):  # results of earlier commits stay attributable
             record["git_sha_history"] = [*record.get("git_sha_history", []), record["git_sha"]]
-        record.update(
-            {
-                "git_sha": sha,
-                "config": cfg_dict,
-                "environment": environment(),
-                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-        )
+        record.update(now)
 
     return _merge_into(config, extra or {}, stamp)
+
+
+def run_stamp(cfg_dict: dict) -> dict[str, Any]:
+    """Who made a result: git SHA, config, environment, date."""
+    return {
+        "git_sha": git_sha(),
+        "config": cfg_dict,
+        "environment": environment(),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def read_provenance(config: str) -> dict:
+    """``results/<config>/provenance.json`` ({} if there is none yet)."""
+    path = out_dir(config) / "provenance.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def merge_provenance(config: str, extra: dict[str, Any]) -> Path:
@@ -107,7 +116,7 @@ def _merge_into(config: str, extra: dict[str, Any], stamp=None) -> Path:
     A dict section both have is ``update``d; anything else is replaced.
     """
     path = out_dir(config) / "provenance.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
+    record = read_provenance(config)
     if stamp is not None:
         stamp(record)
     for k, v in extra.items():

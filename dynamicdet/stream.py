@@ -75,7 +75,7 @@ class _Chunk:
     leave the queue."""
 
     ids: list
-    x: torch.Tensor  # (B, 3, H, W): the whole batch they arrived in
+    x: torch.Tensor | None  # (B, 3, H, W): the whole batch they arrived in (None: the route reads no images)
     feats: list  # per level (B, C, h, w) or None; hard: the taps F1; easy: H1's input state
     rows: torch.Tensor | None  # (n,) indices of these images in x / feats; None: all B
     logits: list[float]
@@ -84,9 +84,14 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _batch(self) -> torch.Tensor:
+        """A tensor of the referenced batch (the images, or the first feature level when there are none)."""
+        return self.x if self.x is not None else next(f for f in self.feats if f is not None)
+
     def split(self, n: int) -> tuple[_Chunk, _Chunk]:
         """The first ``n`` images and the rest (no copy)."""
-        rows = torch.arange(len(self.x), device=self.x.device) if self.rows is None else self.rows
+        batch = self._batch()
+        rows = torch.arange(len(batch), device=batch.device) if self.rows is None else self.rows
 
         def part(sl):
             return _Chunk(self.ids[sl], self.x, self.feats, rows[sl], self.logits[sl], self.t_in[sl])
@@ -99,9 +104,9 @@ class _Chunk:
         Queued chunks are compacted, so a queue holds at most twice the memory of the images in it
         (a long wait of a few hard images per batch does not keep every whole batch alive).
         """
-        if self.rows is None or 2 * len(self.rows) >= len(self.x):
+        if self.rows is None or 2 * len(self.rows) >= len(self._batch()):
             return self
-        x, feats = _Chunk.gather([self])
+        x, feats = _Chunk.gather([self], images=self.x is not None)
         return _Chunk(self.ids, x, feats, None, self.logits, self.t_in)
 
     @staticmethod
@@ -247,20 +252,21 @@ class StreamScheduler:
         easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
         everyone = len(pending)
 
-        def chunk(idx, feats):  # the images idx: references to the batch and their rows (all of it: rows None)
+        def chunk(idx, feats, images=True):  # the images idx: references to the batch and their rows (all: None)
             if not len(idx):
                 return None
             ids = idx.tolist()
             return _Chunk(
                 [pending[j][0] for j in ids],
-                x,
+                x if images else None,
                 feats,
                 None if len(idx) == everyone else idx,
                 z[idx].tolist(),
                 [pending[j][2] for j in ids],
             )
 
-        easy = chunk(easy_idx, state)
+        # YOLO's H1 reads only B1's state; the two-stage heads also read the images (their sizes)
+        easy = chunk(easy_idx, state, images=not self.yolo)
         if easy is not None and not self.batch_easy:
             self._run_easy([easy], done, charge=False)
             easy = None
@@ -278,7 +284,6 @@ class StreamScheduler:
             self.controller.observe_queued(self._charge())
 
     def _run_easy(self, chunks: list[_Chunk], done: dict, charge: bool = True) -> None:
-        # YOLO's H1 reads only B1's state; the two-stage heads also read the images (their sizes)
         x, state = _Chunk.gather(chunks, images=not self.yolo)
         self._finish(chunks, self._easy(x, state), False, done, charge)
 

@@ -118,15 +118,21 @@ def test_a_notebook_only_run_keeps_what_the_stage_run_left_out(smoke_cfg):
     pipeline._record("smoke", smoke_cfg, None, {"data": 1.0}, [], {}, 0.0, ("08_two_stage",))
     assert json.loads(prov_path.read_text())["skipped"] == ["08_two_stage"]
     stage_run = json.loads(prov_path.read_text())
-    stage_run["git_sha"] = "the stage run's sha"  # as if the stages ran at another commit
+    stage_run.update(git_sha="the stage run's sha", environment={"torch": "the stage run's"})  # another commit
     prov_path.write_text(json.dumps(stage_run))
     pipeline._record("smoke", smoke_cfg, ["04_router_losses"], None, [], {"04_router_losses.ipynb": 1.0}, 0.0)
     prov = json.loads(prov_path.read_text())
     assert prov["skipped"] == ["08_two_stage"] and prov["notebook_wall_s"]["04_router_losses.ipynb"] == 1.0
     # the notebooks-only run records itself per notebook; the top level stays the stage run's
-    assert prov["git_sha"] == "the stage run's sha" and prov["environment"] == stage_run["environment"]
+    assert prov["git_sha"] == "the stage run's sha" and prov["environment"] == {"torch": "the stage run's"}
     nb_run = prov["notebook_runs"]["04_router_losses.ipynb"]
-    assert nb_run["git_sha"] == results.git_sha() and nb_run["wall_s"] == 1.0 and "torch" in nb_run["environment"]
+    assert nb_run["git_sha"] == results.git_sha() and nb_run["wall_s"] == 1.0
+    assert nb_run["environment"]["torch"].startswith("2.") and nb_run["config"]["name"] == "smoke"
+    # a config no stage run has made (make ablation: the notebook makes the tables): the run stamps the top level
+    prov_path.unlink()
+    pipeline._record("smoke", smoke_cfg, ["09_step1_ablation"], None, [], {"09_step1_ablation.ipynb": 2.0}, 0.0)
+    prov = json.loads(prov_path.read_text())
+    assert prov["git_sha"] == results.git_sha() and prov["config"]["name"] == "smoke" and "notebook_runs" not in prov
 
 
 class _Interrupted(Exception):

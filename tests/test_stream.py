@@ -99,25 +99,35 @@ def test_queued_images_are_gathered_in_order_and_a_queue_keeps_no_mostly_unused_
     a, b = torch.rand(8, 3, 4, 4), torch.rand(8, 3, 4, 4)
     fa, fb = [torch.rand(8, 5), None], [torch.rand(8, 5), None]
 
-    def chunk(x, feats, rows):
-        n = len(x) if rows is None else len(rows)
-        return _Chunk([f"id{i}" for i in range(n)], x, feats, rows, [0.0] * n, [0.0] * n)
+    def chunk(name, x, feats, rows):  # ids name0, name1, ...; logits = the row numbers
+        r = list(range(len(feats[0]))) if rows is None else rows.tolist()
+        return _Chunk([f"{name}{j}" for j in r], x, feats, rows, [float(j) for j in r], [0.0] * len(r))
 
     q = _Queue()
-    q.push(chunk(a, fa, torch.tensor([1, 3, 4, 6])))  # half of its batch: kept as a reference
-    q.push(chunk(b, fb, torch.tensor([5])))  # one image of 8: its own copy
-    q.push(chunk(a, fa, None))
+    q.push(chunk("a", a, fa, torch.tensor([1, 3, 4, 6])))  # half of its batch: kept as a reference
+    q.push(chunk("b", b, fb, torch.tensor([5])))  # one image of 8: its own copy
+    q.push(chunk("c", a, fa, None))
     assert q.chunks[0].x is a and q.chunks[1].x.shape[0] == 1 and q.n == 13
     taken = q.pop(6)  # the first chunk, the second, and one image of the third
+    assert [i for c in taken for i in c.ids] == ["a1", "a3", "a4", "a6", "b5", "c0"]
+    assert [v for c in taken for v in c.logits] == [1.0, 3.0, 4.0, 6.0, 5.0, 0.0]
     x, feats = _Chunk.gather(taken)
     torch.testing.assert_close(x, torch.cat([a[[1, 3, 4, 6]], b[[5]], a[:1]]))
     torch.testing.assert_close(feats[0], torch.cat([fa[0][[1, 3, 4, 6]], fb[0][[5]], fa[0][:1]]))
     assert feats[1] is None and q.n == 7
-    # the rest of the third chunk (7 of 8 rows) stays a reference; gathered alone: its rows
-    rest = q.pop(8)
-    assert rest[0].x is a
-    torch.testing.assert_close(_Chunk.gather(rest)[0], a[1:])
-    assert _Chunk.gather(rest, images=False)[0] is None and q.n == 0
+    # the rest of the third chunk (7 of 8 rows) stays a reference until a pop leaves 3 of 8: compacted
+    assert q.chunks[0].x is a
+    first4 = q.pop(4)
+    assert [i for c in first4 for i in c.ids] == ["c1", "c2", "c3", "c4"] and first4[0].x is a
+    rest = q.chunks[0]
+    assert rest.ids == ["c5", "c6", "c7"] and rest.x is not a and rest.x.shape[0] == 3 and rest.rows is None
+    torch.testing.assert_close(_Chunk.gather(q.pop(8))[1][0], fa[0][5:])
+    # a route that reads no images (YOLO's H1): chunks without them gather and compact the features only
+    q.push(chunk("d", None, fb, torch.tensor([2])))
+    assert q.chunks[0].x is None and q.chunks[0].feats[0].shape[0] == 1
+    x, feats = _Chunk.gather(q.pop(8), images=False)
+    assert x is None
+    torch.testing.assert_close(feats[0], fb[0][[2]])
 
 
 def test_controller_moves_the_hard_fraction_against_the_latency_error():
