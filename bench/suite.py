@@ -58,7 +58,7 @@ from dynamicdet.results import git_sha
 from dynamicdet.speed import environment, prepare_for_timing, time_interleaved, time_streams
 from dynamicdet.step1 import train_step1
 from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
-from dynamicdet.stream import EASY_QUEUE_MAX_BATCH, StreamScheduler
+from dynamicdet.stream import StreamScheduler
 
 
 def _median_ms(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
@@ -345,9 +345,8 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
     left the ratios +-0.1 noisy on this machine); the threshold is the logit quantile that sends a
     fraction k of them to the hard route. ``t_easy`` / ``t_hard``: the same stream with every
     image easy / hard; ideal = (1 - k) t_easy + k t_hard. Per batch size, the two ends and every
-    k's stream (the scheduler's default easy-route mode and its other one, 8c: H1 at once on each
-    batch's easy sub-batch at batch 8, easy images queued for full H1 batches at batch 32) are
-    timed in one round robin; each ratio is the median over rounds of that round's stream time
+    k's stream (the scheduler's default, easy images queued for full H1 batches, and 8c, H1 at
+    once on each batch's easy sub-batch) are timed in one round robin; each ratio is the median over rounds of that round's stream time
     over that round's ideal mix, so a drift of the machine's speed between rounds cancels.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -360,16 +359,15 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
         with torch.inference_mode():
             z = m.score_logit(xs).float().cpu().numpy()
 
-        def stream(tau, max_wait_s=None, batch_easy=None, xs=xs, b=b):
+        def stream(tau, max_wait_s=None, batch_easy=True, xs=xs, b=b):
             sched = StreamScheduler(m, tau, batch=b, max_wait_s=max_wait_s, batch_easy=batch_easy)
             return list(sched.run(enumerate(xs)))
 
-        other = b > EASY_QUEUE_MAX_BATCH  # the easy-route mode that is not the default at this batch
         taus = {k: routing.threshold_for_fraction(z, k) for k in ks}
         fns = {"easy": lambda: stream(float("inf")), "hard": lambda: stream(float("-inf"))}
         for k, tau in taus.items():
             fns[f"stream {k}"] = lambda tau=tau: stream(tau)
-            fns[f"other {k}"] = lambda tau=tau, o=other: stream(tau, batch_easy=o)
+            fns[f"other {k}"] = lambda tau=tau: stream(tau, batch_easy=False)
         t = {name: np.array(r["times_ms"]) for name, r in time_interleaved(fns, device, 1, repeats).items()}
         for k, tau in taus.items():
             k_real = float((z >= tau).mean())
@@ -394,7 +392,7 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
                     "value": ratio_other,
                     "goal": "report",
                     "mark": "-",
-                    "detail": f"batch_easy={other} (the default at batch {b}: {not other}): "
+                    "detail": "batch_easy=False (H1 at once on each batch's easy images; the default queues them): "
                     f"{np.median(t[f'other {k}']) / n:.2f} ms/img; other mode faster than the default in "
                     f"{int((t[f'other {k}'] < t[f'stream {k}']).sum())} of {repeats} rounds",
                 }
@@ -455,15 +453,16 @@ def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]
     return rows
 
 
-# The competing process of item 10 spins this fraction of every 10 ms. A closed loop can only
-# hold a target the routes can still reach: under a slow-down s it needs s lat_easy <= target <=
-# s lat_hard, so s must stay within [target / lat_hard, target / lat_easy] (reported per row).
-# Measured on the 2-core VM at quick, batch 8 (torch on both cores, so a competitor stalls every
-# parallel region): duty 1 (one core taken; notebook 05's default) slowed the stream 3.6x, duty
-# 0.3 2.2x, duty 0.1 1.6x, all beyond the routes' range (hard / easy is about 1.4 at quick,
-# batch 8). Duty 0.02 aims at a slow-down the routes can absorb; the target halfway between the
-# routes leaves room both ways (the machine's own speed also drifts between phases).
-DISTURBANCE_DUTY = 0.02
+# The competing process of item 10 (``experiments.controller.start_competitor``) spins this fraction
+# of every 10 ms. A closed loop can only hold a target the routes can still reach: under a
+# slow-down s it needs s lat_easy <= target <= s lat_hard, so s must stay within
+# [target / lat_hard, target / lat_easy] (reported per row). Measured on the 2-core VM at quick,
+# batch 8, easy stream, medians of 3 (torch on both cores, so a competitor stalls parallel
+# regions): duty 0.02 slowed it 1.05x, 0.1 1.13x, 1 (one core taken; notebook 05's default)
+# 3.6x. Duty 0.1 is a slow-down the routes can absorb (about 0.8x-1.25x at quick and standard
+# with the target halfway between the routes, which leaves room both ways: the machine's own
+# speed also drifts between phases).
+DISTURBANCE_DUTY = 0.1
 DISTURBANCE_TARGET_K = 0.5
 
 

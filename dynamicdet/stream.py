@@ -4,7 +4,7 @@
 sub-batch costs nearly a full batch of B2 + H2. :class:`StreamScheduler` instead keeps the
 hard images waiting, with their backbone-1 features, until a full hard batch is ready (or
 the oldest has waited ``max_wait_s``), so every B2 + H2 call runs on a full batch; with
-``batch_easy`` (the default at batch <= 16) the easy images wait the same way for a full H1 batch::
+``batch_easy`` (the default) the easy images wait the same way for a full H1 batch::
 
     images ──► B1 + router (full batches) ──┬── easy ──► [queue (x, B1 state)] ──► H1 ──► results
                                             └── hard ──► queue (x, F1) ──► B2 + H2 ──────► results
@@ -28,10 +28,6 @@ import torch
 from . import routing
 from .model import AdaptiveRouter, DynamicDetector
 from .two_stage import DynamicTwoStage
-
-# batch_easy=None queues easy images up to this batch size: measured faster at batch 8, a tie at 32
-# (bench items 8 / 8c, StreamScheduler's docstring); the sizes in between were not measured, 16 is the midpoint
-EASY_QUEUE_MAX_BATCH = 16
 
 
 @dataclass
@@ -161,24 +157,22 @@ class StreamScheduler:
         batch: images per B1 + router batch, and per B2 + H2 batch.
         max_wait_s: a queued image waits at most this long for its batch to fill (None: until
             the batch is full or the stream ends).
-        batch_easy: True: queue easy images too, so H1 also runs on full batches (an easy image
-            then waits for ``batch`` easy images or the deadline); False: H1 runs at once on each
-            batch's easy sub-batch (lowest latency of easy images); None (default): True when
-            ``batch`` <= :data:`EASY_QUEUE_MAX_BATCH`. Measured (``make bench``, items 8 / 8c, three
-            runs): queueing was faster at batch 8 in 9 of 9 paired measurements; at batch 32 the two
-            modes tied within the bench's noise (H1 at once faster in 5 of 9), so the mode with the
-            lower latency for easy images is the default there.
+        batch_easy: True (default): queue easy images too, so H1 also runs on full batches (an
+            easy image then waits for ``batch`` easy images or the deadline); False: H1 runs at once
+            on each batch's easy sub-batch (lowest latency of easy images, ``max_wait_s`` aside).
+            Measured (``make bench``, items 8 / 8c, rounds of both modes in alternation): queueing
+            was faster at batch 8 in 9 of 9 paired measurements of three runs; at batch 32, once
+            queued easy images stopped being copied twice (YOLO: never), in 34 of 42 rounds of the
+            quick and standard runs at bdf5c94 (it had tied before, 5 of 9 the other way).
     """
 
-    def __init__(
-        self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool | None = None
-    ):
+    def __init__(self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool = True):
         if not isinstance(model, DynamicDetector | DynamicTwoStage):
             raise TypeError(f"a dynamic model is needed, got {type(model).__name__}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.model, self.batch, self.max_wait_s = model, batch, max_wait_s
-        self.batch_easy = batch <= EASY_QUEUE_MAX_BATCH if batch_easy is None else batch_easy
+        self.batch_easy = batch_easy
         self.controller = threshold if isinstance(threshold, LatencyController) else None
         self.threshold = None if self.controller else float(threshold)
         self.yolo = isinstance(model, DynamicDetector)

@@ -155,3 +155,16 @@ def test_scheduler_rejects_static_models_and_bad_batches():
         StreamScheduler(StaticDetector("yolov8", "n", nc=2), 0.0)
     with pytest.raises(ValueError, match="batch"):
         StreamScheduler(_model("yolo"), 0.0, batch=0)
+
+
+def test_the_competing_process_spins_until_stopped_and_rejects_a_bad_duty():
+    from dynamicdet.experiments.controller import start_competitor
+
+    p = start_competitor(0.5, seconds=30.0)  # returns once the bare interpreter runs its loop
+    try:
+        assert p.poll() is None
+    finally:
+        p.kill()
+    assert p.wait() != 0  # killed, not finished
+    with pytest.raises(ValueError, match="duty"):
+        start_competitor(0.0)

@@ -18,7 +18,8 @@ hold the target is measured, not guessed.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import subprocess
+import sys
 import time
 import warnings
 
@@ -39,14 +40,35 @@ PHASE_COLUMNS = ["loop", "phase", "images", "ms/img", "target ms/img", "achieved
 HISTORY_COLUMNS = ["loop", "phase", "images", "ms_per_image", "k", "threshold"]
 
 
-def _busy(duty: float, seconds: float) -> None:
-    """A competing process: spin ``duty`` of every 10 ms, for at most ``seconds``."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 0.01 * duty:
-            pass
-        time.sleep(0.01 * (1 - duty))
+# The competing process: a bare interpreter (``python -S``, no imports) that spins ``duty`` of
+# every 10 ms until it is stopped or ``seconds`` pass. A spawned multiprocessing child would first
+# re-import this package (torch, ultralytics: seconds of CPU), and that start-up, not the spinning,
+# was most of the load it measured before (quick, batch 8: duty 0.1 then slowed the stream 1.6x,
+# where this one slows it 1.13x; duty 1, one core taken, 3.6x either way).
+_SPIN = """
+import sys, time
+duty, seconds = float(sys.argv[1]), float(sys.argv[2])
+print("ready", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.01 * duty:
+        pass
+    time.sleep(0.01 * (1 - duty))
+"""
+
+
+def start_competitor(duty: float, seconds: float = 600.0) -> subprocess.Popen:
+    """Start the competing CPU-bound process (bounded by ``seconds``); returns once it spins."""
+    if not 0.0 < duty <= 1.0:
+        raise ValueError(f"duty must be in (0, 1], got {duty}")
+    p = subprocess.Popen(
+        [sys.executable, "-S", "-c", _SPIN, str(duty), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    if p.stdout.readline().strip() != "ready":
+        p.kill()
+        raise RuntimeError(f"the competing process did not start (exit code {p.wait()})")
+    return p
 
 
 def val_images(t: Trained) -> tuple[list[int], list[torch.Tensor]]:
@@ -128,17 +150,12 @@ def disturbed_stream(
     target = cal["easy"] + target_k * (cal["hard"] - cal["easy"])
     tau_open = routing.threshold_for_latency(z_val, target, cal["easy"], cal["hard"])
     phase_rows, history = [], []
-    ctx = mp.get_context("spawn")
     for loop, g in (("open loop", 0.0), ("closed loop", gain)):
         # both start at the calibrated (open-loop) threshold; gain 0 keeps it
         ctrl = LatencyController(target, z_val, cal["easy"], cal["hard"], gain=g, window=window)
         done_images = 0
         for phase in PHASES:
-            competitor = None
-            if phase == "loaded":
-                competitor = ctx.Process(target=_busy, args=(duty, 600.0), daemon=True)
-                competitor.start()
-                time.sleep(0.5)  # let it start spinning
+            competitor = start_competitor(duty) if phase == "loaded" else None
             n_hist = len(ctrl.history)
             try:
                 sched = StreamScheduler(m, ctrl, batch=batch)
@@ -149,8 +166,8 @@ def disturbed_stream(
                 wall = time.perf_counter() - t0
             finally:
                 if competitor is not None:
-                    competitor.terminate()
-                    competitor.join()
+                    competitor.kill()
+                    competitor.wait()
             n = passes * len(images)
             aps = [evaluator.evaluate({ids[r.id]: r.hard for r in res})["AP"] for res in results]
             hard = np.mean([[r.hard for r in res] for res in results])
