@@ -346,8 +346,9 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
     fraction k of them to the hard route. ``t_easy`` / ``t_hard``: the same stream with every
     image easy / hard; ideal = (1 - k) t_easy + k t_hard. Per batch size, the two ends and every
     k's stream (the scheduler's default, easy images queued for full H1 batches, and 8c, H1 at
-    once on each batch's easy sub-batch) are timed in one round robin; each ratio is the median over rounds of that round's stream time
-    over that round's ideal mix, so a drift of the machine's speed between rounds cancels.
+    once on each batch's easy sub-batch) are timed in one round robin; each ratio is the median
+    over rounds of that round's stream time over that round's ideal mix, so a drift of the
+    machine's speed between rounds cancels.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = prepare_for_timing(model, device)
