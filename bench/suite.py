@@ -18,15 +18,17 @@ on this machine and in one run, and merges into ``results/bench.json`` / ``resul
    model in the same pass, within 5%, and item 10's closed loop);
 7. data generation speed (images/s at 256 px);
 8. route-aware stream scheduling (full hard batches, `dynamicdet.stream`) vs the ideal mix at batch 8 and 32
-   (goal within 5%), and per-image p50/p95 latency with and without a max-wait deadline;
+   (goal within 5%), the same call timed twice as the noise floor of these ratios (8a), and per-image
+   p50/p95 latency with and without a max-wait deadline;
 9. ONNX export on onnxruntime vs the torch model: ms/img of the easy route, the hard route and
    the routed stream at k = 0.5, batch 1 and 8 (report);
 10. latency controller under a disturbance (`experiments.controller`): a val stream through the
    scheduler, quiet / loaded (a competing CPU-bound process) / quiet; closed-loop achieved /
    target per phase (goal within 5%), the open-loop figure and the AP of both beside it.
 
-Latencies are medians over repeats after a warm-up, alternating the compared variants
-so that machine noise hits both. A benchmark reports; it exits 0 whether goals pass or not.
+Latencies are medians over repeats after a warm-up, alternating the compared variants (in
+counterbalanced order) so that machine noise hits both; a ratio is the median over rounds of
+that round's ratio (``speed.paired_ratio``). A benchmark reports; it exits 0 whether goals pass or not.
 """
 
 from __future__ import annotations
@@ -55,16 +57,21 @@ from dynamicdet.experiments import target_latency, train_ultralytics, trained
 from dynamicdet.experiments.controller import disturbed_stream
 from dynamicdet.export import OnnxDynamicDetector, export_onnx
 from dynamicdet.results import git_sha
-from dynamicdet.speed import environment, prepare_for_timing, time_interleaved, time_streams
+from dynamicdet.speed import environment, paired_ratio, prepare_for_timing, time_interleaved, time_streams
 from dynamicdet.step1 import train_step1
 from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
 from dynamicdet.stream import StreamScheduler
 
 
-def _median_ms(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
-    """Median ms of several zero-argument callables, timed in alternation (round robin)."""
+def _times(fns: dict, warmup: int, repeats: int) -> dict[str, np.ndarray]:
+    """Per-round ms (R,) of several zero-argument callables, timed in alternation (round robin)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {k: v["median_ms"] for k, v in time_interleaved(fns, device, warmup, repeats).items()}
+    return {k: np.array(v["times_ms"]) for k, v in time_interleaved(fns, device, warmup, repeats).items()}
+
+
+def _spread(r: dict) -> str:
+    """How a paired ratio was taken (for a row's detail)."""
+    return f"median of {r['rounds']} per-round ratios ({r['lo']:.3f}-{r['hi']:.3f})"
 
 
 @contextmanager
@@ -98,7 +105,7 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
         x = torch.rand(b, 3, size, size, device=device, dtype=dtype)
         with torch.inference_mode():
             f1 = m.taps(m.backbone1(x))
-        t = _median_ms(
+        t = _times(
             {
                 "easy": lambda x=x: m.route(x, float("inf")),
                 "hard": lambda x=x: m.route(x, float("-inf")),
@@ -108,22 +115,24 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
             warmup,
             repeats,
         )
+        med = {k: float(np.median(v)) for k, v in t.items()}
+        r1, r3 = paired_ratio(t["router"], t["easy"]), paired_ratio(t["easy"], t["plain"])
         rows.append(
             {
                 "item": f"1. router / easy route, batch {b}",
-                "value": t["router"] / t["easy"],
+                "value": r1["ratio"],
                 "goal": "<= 0.02",
-                "mark": _goal(t["router"] / t["easy"], 0.02, False),
-                "detail": f"router {t['router']:.3f} ms, easy {t['easy']:.2f} ms",
+                "mark": _goal(r1["ratio"], 0.02, False),
+                "detail": f"router {med['router']:.3f} ms, easy {med['easy']:.2f} ms (medians); {_spread(r1)}",
             }
         )
         rows.append(
             {
                 "item": f"3. easy route / plain ultralytics {cfg.model.family}{cfg.model.scale}, batch {b}",
-                "value": t["easy"] / t["plain"],
+                "value": r3["ratio"],
                 "goal": "<= 1.05",
-                "mark": _goal(t["easy"] / t["plain"], 1.05, False),
-                "detail": f"easy {t['easy']:.2f} ms, plain {t['plain']:.2f} ms",
+                "mark": _goal(r3["ratio"], 1.05, False),
+                "detail": f"easy {med['easy']:.2f} ms, plain {med['plain']:.2f} ms (medians); {_spread(r3)}",
             }
         )
         # route() at hard fraction k: batch 1 = a stream of images, each on its own route;
@@ -143,14 +152,14 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                     for i in range(len(taus)):
                         m.route(xs[i : i + 1], taus[i])
 
-                t_k = _median_ms(
+                t_k = _times(
                     {
                         "route": lambda xs=xs, taus=taus: stream(xs, taus),
                         "easy": lambda xs=xs: stream(xs, [float("inf")] * len(xs)),
                         "hard": lambda xs=xs: stream(xs, [float("-inf")] * len(xs)),
                     },
                     max(1, warmup // 2),
-                    max(3, repeats // 2),
+                    repeats,
                 )
             else:
                 # order the batch by router logit, so a threshold takes exactly the first n_hard images
@@ -161,7 +170,7 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                 tau = float("inf") if n_hard == 0 else float(z[order][n_hard - 1]) - 1e-6
                 if n_hard == n_img:
                     tau = float("-inf")
-                t_k = _median_ms(
+                t_k = _times(
                     {
                         "route": lambda xb=xb, tau=tau: m.route(xb, tau),
                         "easy": lambda xb=xb: m.route(xb, float("inf")),
@@ -171,8 +180,9 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                     repeats,
                 )
             k_real = n_hard / n_img
-            t_route = t_k["route"]
+            # ideal_i = (1 - k) t_easy,i + k t_hard,i in round i; ratio = median_i (t_route,i / ideal_i)
             ideal = (1 - k_real) * t_k["easy"] + k_real * t_k["hard"]
+            r2 = paired_ratio(t_k["route"], ideal)
             # k = 0 and k = 1: route() and the pure route it is compared with are the same call, so the
             # ratio measures only the timing noise (reported). 0 < k < 1: one batch split into an easy and
             # a hard sub-batch costs more than the mix (a small hard sub-batch costs nearly a full batch):
@@ -182,12 +192,13 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
             rows.append(
                 {
                     "item": f"2. route() / ideal mix, batch {b}, k={k_real:.3f}",
-                    "value": t_route / ideal,
+                    "value": r2["ratio"],
                     "goal": "0.95-1.05"
                     if goal
                     else ("report (the same call twice: timing noise)" if ends else "report (goal: item 8)"),
-                    "mark": ("PASS" if 0.95 <= t_route / ideal <= 1.05 else "MISS") if goal else "-",
-                    "detail": f"route {t_route:.2f} ms, ideal {ideal:.2f} ms",
+                    "mark": ("PASS" if 0.95 <= r2["ratio"] <= 1.05 else "MISS") if goal else "-",
+                    "detail": f"route {np.median(t_k['route']):.2f} ms, ideal {np.median(ideal):.2f} ms (medians); "
+                    + _spread(r2),
                 }
             )
         if b == 8:
@@ -198,14 +209,16 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                 for i in range(len(x)):
                     m.route(x[i : i + 1], tau)
 
-            t2 = _median_ms({"batched": lambda x=x, tau=tau: m.route(x, tau), "loop": loop}, warmup, repeats)
+            t2 = _times({"batched": lambda x=x, tau=tau: m.route(x, tau), "loop": loop}, warmup, repeats)
+            r = paired_ratio(t2["loop"], t2["batched"])
             rows.append(
                 {
                     "item": "2. batch of 8 at k~0.5: one-at-a-time loop / batched route()",
-                    "value": t2["loop"] / t2["batched"],
+                    "value": r["ratio"],
                     "goal": "> 1 (speed-up)",
-                    "mark": _goal(t2["loop"] / t2["batched"], 1.0, True),
-                    "detail": f"loop {t2['loop']:.1f} ms, batched {t2['batched']:.1f} ms",
+                    "mark": _goal(r["ratio"], 1.0, True),
+                    "detail": f"loop {np.median(t2['loop']):.1f} ms, batched {np.median(t2['batched']):.1f} ms "
+                    f"(medians); {_spread(r)}",
                 }
             )
     return rows
@@ -307,19 +320,21 @@ def bench_controller(cfg: Config, rounds: int = 3) -> list[dict]:
     for _, r in demo.iterrows():
         where = (
             f"batch 1, a stream of {int(r['images'])} val images spread over the router's scores "
-            f"(hard fraction {r['timed fraction hard']:.2f}); median of {rounds} rounds"
+            f"(hard fraction {r['timed fraction hard']:.2f})"
         )
         for item, col, how in (
             (
                 "6. achieved / target latency",
                 "achieved / target",
                 f"target {r['target ms/img']:.2f} ms from a calibration pass, achieved {r['achieved ms/img']:.2f} ms "
-                f"in the next (rounds {r['achieved / target_min']:.3f}-{r['achieved / target_max']:.3f})",
+                f"in the next (rounds {r['achieved / target_min']:.3f}-{r['achieved / target_max']:.3f}); "
+                f"median of {rounds} rounds",
             ),
             (
                 "6b. achieved / latency model (same pass)",
                 "achieved / model",
-                "lat_easy + k (lat_hard - lat_easy) from easy/hard streams timed in alternation with route()",
+                "lat_easy + k (lat_hard - lat_easy) from easy/hard streams timed in alternation with route(); "
+                f"median of {int(r['achieved / model_n'])} per-round ratios (the timing rounds of {rounds} rounds)",
             ),
         ):
             # open loop: a threshold calibrated in one pass cannot hold its target if the machine's speed
@@ -344,11 +359,13 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
     A stream of max(8 x batch, 128) random images (4 x batch before: a 0.25 s pass at batch 8
     left the ratios +-0.1 noisy on this machine); the threshold is the logit quantile that sends a
     fraction k of them to the hard route. ``t_easy`` / ``t_hard``: the same stream with every
-    image easy / hard; ideal = (1 - k) t_easy + k t_hard. Per batch size, the two ends and every
-    k's stream (the scheduler's default, easy images queued for full H1 batches, and 8c, H1 at
-    once on each batch's easy sub-batch) are timed in one round robin; each ratio is the median
-    over rounds of that round's stream time over that round's ideal mix, so a drift of the
-    machine's speed between rounds cancels.
+    image easy / hard; ideal = (1 - k) t_easy + k t_hard. Per batch size, in one counterbalanced
+    round robin (:func:`~dynamicdet.speed.time_interleaved`): the two ends, every k's stream
+    (the scheduler's default, easy images queued for full H1 batches), 8c (H1 at once on each
+    batch's easy sub-batch) at k = 0.5, and the easy stream a second time (8a: the same call
+    under two names, the noise floor of these ratios). Each ratio is the median over rounds of
+    that round's stream time over that round's ideal mix (:func:`~dynamicdet.speed.paired_ratio`),
+    so a drift of the machine's speed between rounds cancels.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = prepare_for_timing(model, device)
@@ -357,6 +374,7 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
     for b in batches:
         torch.manual_seed(0)
         xs = torch.rand(max(8 * b, 128), 3, size, size, device=device)
+        n = len(xs)
         with torch.inference_mode():
             z = m.score_logit(xs).float().cpu().numpy()
 
@@ -365,39 +383,51 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
             return list(sched.run(enumerate(xs)))
 
         taus = {k: routing.threshold_for_fraction(z, k) for k in ks}
+        k_other = min(ks, key=lambda k: abs(k - 0.5))
         fns = {"easy": lambda: stream(float("inf")), "hard": lambda: stream(float("-inf"))}
         for k, tau in taus.items():
             fns[f"stream {k}"] = lambda tau=tau: stream(tau)
-            fns[f"other {k}"] = lambda tau=tau: stream(tau, batch_easy=False)
+        fns["other"] = lambda tau=taus[k_other]: stream(tau, batch_easy=False)
+        fns["easy again"] = lambda: stream(float("inf"))
         t = {name: np.array(r["times_ms"]) for name, r in time_interleaved(fns, device, 1, repeats).items()}
+        aa = paired_ratio(t["easy again"], t["easy"])
+        rows.append(
+            {
+                "item": f"8a. easy stream / the same call again (timing noise), batch {b}",
+                "value": aa["ratio"],
+                "goal": "report",
+                "mark": "-",
+                "detail": f"{_spread(aa)}: how far the ratios below can stray from the truth on this machine",
+            }
+        )
         for k, tau in taus.items():
             k_real = float((z >= tau).mean())
             # ideal_i = (1 - k) t_easy,i + k t_hard,i in round i; ratio = median_i (t_stream,i / ideal_i)
             ideal = (1 - k_real) * t["easy"] + k_real * t["hard"]
-            ratio, ratio_other = float(np.median(t[f"stream {k}"] / ideal)), float(np.median(t[f"other {k}"] / ideal))
-            n = len(xs)
+            r = paired_ratio(t[f"stream {k}"], ideal)
             rows.append(
                 {
                     "item": f"8. stream scheduler / ideal mix, batch {b}, k={k_real:.3f}",
-                    "value": ratio,
+                    "value": r["ratio"],
                     "goal": "<= 1.05",
-                    "mark": _goal(ratio, 1.05, False),
+                    "mark": _goal(r["ratio"], 1.05, False),
                     "detail": f"stream {np.median(t[f'stream {k}']) / n:.2f} ms/img, ideal {np.median(ideal) / n:.2f} "
-                    f"ms/img (medians); ratio: median over {repeats} rounds of per-round ratios "
-                    f"({np.min(t[f'stream {k}'] / ideal):.3f}-{np.max(t[f'stream {k}'] / ideal):.3f})",
+                    f"ms/img (medians); {_spread(r)}",
                 }
             )
-            rows.append(
-                {
-                    "item": f"8c. stream, the other easy-route mode / ideal mix, batch {b}, k={k_real:.3f}",
-                    "value": ratio_other,
-                    "goal": "report",
-                    "mark": "-",
-                    "detail": "batch_easy=False (H1 at once on each batch's easy images; the default queues them): "
-                    f"{np.median(t[f'other {k}']) / n:.2f} ms/img; other mode faster than the default in "
-                    f"{int((t[f'other {k}'] < t[f'stream {k}']).sum())} of {repeats} rounds",
-                }
-            )
+            if k == k_other:
+                o = paired_ratio(t["other"], ideal)
+                rows.append(
+                    {
+                        "item": f"8c. stream, the other easy-route mode / ideal mix, batch {b}, k={k_real:.3f}",
+                        "value": o["ratio"],
+                        "goal": "report",
+                        "mark": "-",
+                        "detail": "batch_easy=False (H1 at once on each batch's easy images; the default queues "
+                        f"them): {np.median(t['other']) / n:.2f} ms/img; {_spread(o)}; other mode faster than "
+                        f"the default in {int((t['other'] < t[f'stream {k}']).sum())} of {repeats} rounds",
+                    }
+                )
         tau = routing.threshold_for_fraction(z, 0.5)
         for wait in (None, 0.0):
             lat = np.array([r.latency_ms for r in stream(tau, wait)])
@@ -553,8 +583,9 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
     if "controller" in parts:
         rows += bench_controller(cfg, rounds=1 if quick_timing else 3)
     if "stream" in parts:
-        # 8 entries per round (ends + 3 k x 2 modes): as many passes as 4 per k at repeats // 4 before
-        rows += bench_stream(cfg, model, max(3, 3 * repeats // 8), batches=(8,) if quick_timing else (8, 32))
+        # 7 entries per round (ends, 3 k, 8c, 8a); 15 rounds at 20 repeats: 7 rounds left single ratios
+        # 0.05-0.1 off in runs where the A/A pair (8a) also strayed by 0.04
+        rows += bench_stream(cfg, model, max(3, 3 * repeats // 4), batches=(8,) if quick_timing else (8, 32))
     if "datagen" in parts:
         g = measure_datagen(n=100 if quick_timing else 400)
         rows.append(

@@ -62,38 +62,64 @@ def _stats(times: list[float]) -> dict:
 
 @torch.inference_mode()
 def time_interleaved(fns: dict[str, Callable[[], object]], device, warmup: int = 5, repeats: int = 20) -> dict:
-    """Time several zero-argument callables in alternation (round robin).
+    """Time several zero-argument callables in alternation (round robin, counterbalanced).
 
-    Each repeat calls every function once, in turn, so a burst of machine noise hits all of
-    them alike and their *ratios* stay meaningful on a shared machine.
+    Each repeat (round) calls every function once, in turn, so a burst of machine noise hits
+    all of them alike and their *ratios* stay meaningful on a shared machine. Odd rounds call
+    them in reverse order (A B C, C B A, ...): a machine that slows down steadily within a
+    round would otherwise charge the later positions more in every round (measured on the 2-core
+    VM: the same call timed under two names, in positions 1 and 4 of six, came out 4% apart in
+    the median of 15 per-round ratios; ``bench/suite.py`` item 8a reports this noise floor).
 
     Returns:
         ``{name: {"median_ms", "p10_ms", "p90_ms", "min_ms", "repeats", "times_ms"}}``; ``times_ms[i]``
-        of every entry comes from round ``i``, so per-round ratios between entries cancel the
-        machine's slower drifts.
+        of every entry comes from round ``i``, so per-round ratios between entries
+        (:func:`paired_ratio`) cancel the machine's slower drifts.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for k in names if r % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             _sync(device)
             times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: _stats(v) for k, v in times.items()}
 
 
-def time_streams(
+def paired_ratio(num, den) -> dict:
+    """Ratio of two timings taken in the same rounds of :func:`time_interleaved`.
+
+    ``num[i] / den[i]`` is a ratio within round ``i`` (both sides under the same machine speed);
+    the figure is the median over rounds, so rounds in which the machine changed speed between
+    the two calls count as outliers, not as a shift. ``den`` may be a combination of entries
+    (e.g. the ideal mix ``(1 - k) easy + k hard`` of each round).
+
+    Args:
+        num, den: (R,) per-round times of the same R rounds.
+
+    Returns:
+        ``{"ratio": median, "lo": min, "hi": max, "rounds": R}``.
+    """
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if num.shape != den.shape or num.ndim != 1 or len(num) == 0:
+        raise ValueError(f"per-round times of the same rounds are needed, got shapes {num.shape} and {den.shape}")
+    r = num / den
+    return {"ratio": float(np.median(r)), "lo": float(r.min()), "hi": float(r.max()), "rounds": len(r)}
+
+
+def stream_times(
     fns: dict[str, Callable[[torch.Tensor], object]],
     batches: list[torch.Tensor],
     device,
     warmup: int = 1,
     repeats: int = 3,
-) -> dict[str, float]:
-    """Latency (ms per image) of several models over one stream of batches, timed together.
+) -> dict[str, np.ndarray]:
+    """Per-round latency (ms per image) of several models over one stream of batches, timed together.
 
     The one timing path of the project: each model's pass over the whole stream is one
     timed call, and the models' passes alternate (:func:`time_interleaved`), so a burst of
@@ -104,13 +130,27 @@ def time_streams(
         batches: the stream.
 
     Returns:
-        ``{name: median over repeats of (pass time / images in the stream)}``.
+        ``{name: (repeats,) pass time / images in the stream, per round}``: entries of the same
+        round pair up (:func:`paired_ratio`).
     """
     n = sum(len(x) for x in batches)
     if n == 0:
         raise ValueError("the timing stream holds no image")
     passes = {name: (lambda fn=fn: [fn(x) for x in batches]) for name, fn in fns.items()}
-    return {name: r["median_ms"] / n for name, r in time_interleaved(passes, device, warmup, repeats).items()}
+    return {
+        name: np.asarray(r["times_ms"]) / n for name, r in time_interleaved(passes, device, warmup, repeats).items()
+    }
+
+
+def time_streams(
+    fns: dict[str, Callable[[torch.Tensor], object]],
+    batches: list[torch.Tensor],
+    device,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """:func:`stream_times` as ``{name: median over rounds of ms per image}``."""
+    return {name: float(np.median(t)) for name, t in stream_times(fns, batches, device, warmup, repeats).items()}
 
 
 def prepare_for_timing(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

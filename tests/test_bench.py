@@ -26,7 +26,7 @@ def _bench(*args: str) -> dict:
 def test_bench_smoke_writes_report(smoke_cfg):
     rec = _bench()
     items = {row["item"].split(".")[0] for row in rec["rows"]}
-    assert items == {"1", "2", "3", "4", "5", "6", "6b", "7", "8", "8b", "8c", "9", "10"}
+    assert items == {"1", "2", "3", "4", "5", "6", "6b", "7", "8", "8a", "8b", "8c", "9", "10"}
     assert not any("measured" in row for row in rec["rows"])
     assert all(row["mark"] in {"PASS", "MISS", "-"} for row in rec["rows"])
     assert all(isinstance(row["value"], float) and row["value"] > 0 for row in rec["rows"])

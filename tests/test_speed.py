@@ -17,8 +17,9 @@ def test_time_interleaved_calls_in_alternation_and_reports_stats():
     res = speed.time_interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", warmup=1, repeats=4
     )
-    # warm-up: a, b; then 4 rounds of (a, b)
-    assert calls == ["a", "b"] + ["a", "b"] * 4
+    # warm-up: a, b; then 4 rounds, every other one in reverse order (a drift within a round
+    # charges both positions alike)
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 2
     for k in ("a", "b"):
         r = res[k]
         assert r["repeats"] == 4 and len(r["times_ms"]) == 4  # each round's time, in round order
@@ -26,12 +27,22 @@ def test_time_interleaved_calls_in_alternation_and_reports_stats():
         assert r["median_ms"] == pytest.approx(float(np.median(r["times_ms"]))) and r["min_ms"] == min(r["times_ms"])
 
 
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # rounds at different machine speeds, and one round in which only the numerator was slowed (a burst)
+    num, den = [10.0, 20.0, 30.0, 12.0], [10.0, 20.0, 30.0, 6.0]
+    r = speed.paired_ratio(num, den)
+    assert r == {"ratio": 1.0, "lo": 1.0, "hi": 2.0, "rounds": 4}
+    assert np.median(num) / np.median(den) > 1.05  # what a ratio of medians would have said
+    with pytest.raises(ValueError, match="same rounds"):
+        speed.paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="same rounds"):
+        speed.paired_ratio([], [])
+
+
 def _fake_times(easy, hard):
     def fake(fns, device, warmup, repeats):
-        out = {k: {"median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0, "min_ms": 1.0, "repeats": repeats} for k in fns}
-        out["easy"] = dict(out["easy"], median_ms=easy)
-        out["hard"] = dict(out["hard"], median_ms=hard(repeats))
-        return out
+        ms = {k: 1.0 for k in fns} | {"easy": easy, "hard": hard(repeats)}
+        return {k: speed._stats([v] * repeats) for k, v in ms.items()}
 
     return fake
 

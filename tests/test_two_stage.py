@@ -259,7 +259,7 @@ def _ordered_fake_times(fns, device, warmup, repeats):
     with torch.inference_mode():  # as the real harness
         for fn in fns.values():
             fn()
-    return {k: {"median_ms": fixed[k], "p10_ms": 0, "p90_ms": 0, "min_ms": 0, "repeats": repeats} for k in fns}
+    return {k: speed._stats([fixed[k]] * repeats) for k in fns}
 
 
 def test_group_norm_recipe_normalises_trunk_fpn_and_mask_head_without_batch_statistics():

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .. import routing
 from ..files import write_csv
 from ..runs import LATENCY
-from ..speed import prepare_for_timing, time_streams
+from ..speed import prepare_for_timing, stream_times
 from ..validate import val_loader
 from .static_models import load_static
 from .trained import Trained
@@ -52,17 +52,18 @@ def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor],
     return images, picked["logit"].to_numpy()
 
 
-def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int = 1) -> dict:
+def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int = 1, per_round: bool = False) -> dict:
     """Latency (ms per image) of several models over one stream of images, timed together.
 
     ``fns`` maps a name to a logit threshold (``route(x, tau)`` of the fused model) or to
     a callable ``fn(x)`` (e.g. a fused static model). The stream (:func:`timing_stream`)
     is cut into batches of ``batch`` (a last partial batch is dropped) and timed by
-    :func:`~dynamicdet.speed.time_streams` (each entry's pass one timed call, entries in
+    :func:`~dynamicdet.speed.stream_times` (each entry's pass one timed call, entries in
     alternation, so machine noise hits them alike).
 
     Returns:
-        ``{name: median ms per image}``.
+        ``{name: median ms per image}``; with ``per_round``, ``{name: (R,) ms per image of each
+        round}`` (entries of one round pair up, :func:`~dynamicdet.speed.paired_ratio`).
     """
     n = len(images) // batch * batch
     if n == 0:
@@ -73,7 +74,8 @@ def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int
         name: fn if callable(fn) else (lambda x, tau=float(fn): m.route(x, tau))  # a logit threshold
         for name, fn in fns.items()
     }
-    return time_streams(calls, batches, t.device, warmup=1, repeats=max(3, t.cfg.eval.latency_repeats // 4))
+    times = stream_times(calls, batches, t.device, warmup=1, repeats=max(3, t.cfg.eval.latency_repeats // 4))
+    return times if per_round else {name: float(np.median(v)) for name, v in times.items()}
 
 
 def target_latency(
@@ -99,8 +101,9 @@ def target_latency(
     ``achieved / target`` is what a user gets from a calibration taken moments before; on
     a shared machine it also carries the machine's change of speed between the two passes
     (up to 1.7x on ours), hence the rounds. ``achieved / model`` compares with
-    lat_easy + k_timed (lat_hard - lat_easy) from the easy and hard streams of the same
-    pass: the accuracy of the latency model itself.
+    lat_easy + k_timed (lat_hard - lat_easy) from the easy and hard streams timed in the same
+    rounds of the same pass: the accuracy of the latency model itself, as the median over
+    every timing round of every round of that round's ratio (:func:`~dynamicdet.speed.paired_ratio`).
 
     A calibration whose hard route times no slower than its easy route (machine noise
     larger than the routes' difference) is measured again, up to ``retries`` times; a
@@ -112,8 +115,8 @@ def target_latency(
         One row per target, medians over the rounds: ``target k``, ``target ms/img``,
         ``logit threshold``, ``val fraction hard``, ``timed fraction hard``,
         ``achieved ms/img``, ``achieved / target`` (+ ``_min``, ``_max`` over the rounds),
-        ``achieved / model``, ``lat_easy ms/img``, ``lat_hard ms/img`` (calibration),
-        ``images``, ``rounds``, ``noisy_rounds``.
+        ``achieved / model`` (median over ``achieved / model_n`` timing rounds), ``lat_easy ms/img``,
+        ``lat_hard ms/img`` (calibration), ``images``, ``rounds``, ``noisy_rounds``.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -121,6 +124,7 @@ def target_latency(
     z = t.val_scores["logit"].to_numpy()
     ends = {"easy": float("inf"), "hard": float("-inf")}
     per_round, noisy = [], 0
+    model_ratios: dict[float, list[float]] = {}  # per target: achieved_i / model_i of every timing round
     for _ in tqdm(range(rounds), desc="target latency", disable=not progress, leave=False):
         for _ in range(retries + 1):
             cal = stream_latency(t, ends, stream)
@@ -137,11 +141,13 @@ def target_latency(
         # lat_t = lat_easy + k (lat_hard - lat_easy)
         targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
         taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
-        achieved = stream_latency(t, {**ends, **taus}, stream)
+        per = stream_latency(t, {**ends, **taus}, stream, per_round=True)
+        achieved = {name: float(np.median(v)) for name, v in per.items()}
         for k in ks:
             k_timed = float((z_timed >= taus[k]).mean())
-            # same pass: lat_easy + k_timed (lat_hard - lat_easy)
-            model = achieved["easy"] + k_timed * (achieved["hard"] - achieved["easy"])
+            # same timing round i: model_i = lat_easy,i + k_timed (lat_hard,i - lat_easy,i)
+            model_i = per["easy"] + k_timed * (per["hard"] - per["easy"])
+            model_ratios.setdefault(k, []).extend(per[k] / model_i)
             per_round.append(
                 {
                     "target k": k,
@@ -151,7 +157,7 @@ def target_latency(
                     "timed fraction hard": k_timed,
                     "achieved ms/img": achieved[k],
                     "achieved / target": achieved[k] / targets[k],
-                    "achieved / model": achieved[k] / model,
+                    "achieved / model": np.nan,  # pooled over every timing round below
                     "lat_easy ms/img": cal["easy"],
                     "lat_hard ms/img": cal["hard"],
                 }
@@ -174,6 +180,8 @@ def target_latency(
     ratio = out.columns.get_loc("achieved / target")
     out.insert(ratio + 1, "achieved / target_min", g["achieved / target"].min().to_numpy())
     out.insert(ratio + 2, "achieved / target_max", g["achieved / target"].max().to_numpy())
+    out["achieved / model"] = [float(np.median(model_ratios[k])) if k in model_ratios else np.nan for k in ks]
+    out["achieved / model_n"] = [len(model_ratios.get(k, [])) for k in ks]
     out["images"] = len(stream)
     out["rounds"] = rounds
     out["noisy_rounds"] = noisy
