@@ -260,26 +260,25 @@ class StreamScheduler:
             )
 
         # YOLO's H1 reads only B1's state; the two-stage heads also read the images (their sizes)
+        if self.controller:
+            self.controller.observe("first", everyone, self._charge())
         easy = chunk(easy_idx, state, images=not self.yolo)
         if easy is not None and not self.batch_easy:
-            self._run_easy([easy], done, charge=False)
+            self._run_easy([easy], done)
             easy = None
-        hard_chunk = chunk(hard_idx, f1)
-        if self.controller:
-            self.controller.observe_first_half(len(pending), self._charge())
-        return easy, hard_chunk
+        return easy, chunk(hard_idx, f1)
 
-    def _finish(self, chunks: list[_Chunk], preds: list, hard: bool, done: dict, charge: bool = True) -> None:
+    def _finish(self, chunks: list[_Chunk], preds: list, hard: bool, done: dict) -> None:
         t = time.perf_counter()
         meta = [(i, logit, t_in) for c in chunks for i, logit, t_in in zip(c.ids, c.logits, c.t_in, strict=True)]
         for (i, logit, t_in), p in zip(meta, preds, strict=True):
             done[i] = StreamResult(i, p, hard, logit, (t - t_in) * 1e3)
-        if charge and self.controller:
-            self.controller.observe_queued(self._charge())
+        if self.controller:
+            self.controller.observe("hard" if hard else "easy", len(meta), self._charge())
 
-    def _run_easy(self, chunks: list[_Chunk], done: dict, charge: bool = True) -> None:
+    def _run_easy(self, chunks: list[_Chunk], done: dict) -> None:
         x, state = _Chunk.gather(chunks, images=not self.yolo)
-        self._finish(chunks, self._easy(x, state), False, done, charge)
+        self._finish(chunks, self._easy(x, state), False, done)
 
     def _run_hard(self, chunks: list[_Chunk], done: dict) -> None:
         x, f1 = _Chunk.gather(chunks)
@@ -293,29 +292,39 @@ class StreamScheduler:
         return ms
 
 
+KINDS = ("first", "easy", "hard")  # what a charge paid for: B1 + router, H1 of easy images, B2 + H2 of hard ones
+
+
 @dataclass
 class LatencyController:
     """Closed-loop choice of the hard fraction k for a target latency per image.
 
     Open loop, k = (target - lat_easy) / (lat_hard - lat_easy) from one calibration; the
     threshold is the val-score quantile that sends a fraction k of images to the hard route.
-    Closed loop, after every window of ``window`` images the measured wall time per image
-    (charged by the scheduler at every batch: model time and the caller's work between)
-    corrects k in proportion to the error, scaled by the
-    calibrated cost of one more hard image (an integral controller on k):
+    Closed loop, the same formula with the two latencies measured on the running stream: the
+    scheduler charges the wall time of every batch (model time and the caller's work since
+    the last charge) to its kind, B1 + router (``first``), H1 of easy images or B2 + H2 of
+    hard ones, with the batch's image count; after every window of ``window`` new images the
+    per-image cost of each kind, c = sum ms / sum images with both sums decayed by ``memory``
+    per window (a route not taken keeps its last cost), gives
 
-        k <- clip(k + gain (target - measured) / (lat_hard - lat_easy), 0, 1)
+        k <- clip((target - c_first - c_easy) / (c_hard - c_easy), 0, 1)
+
+    i.e. lat_easy = c_first + c_easy and lat_hard = c_first + c_hard as the machine runs now.
+    Measured against the earlier integral controller (k corrected in proportion to each
+    window's error) on the same disturbed streams: ``bench/controller_compare.py``.
 
     Attributes:
-        history: per window: images, measured ms/img, k and threshold used after it.
+        history: per window: images, measured ms/img, the three costs, k and threshold used after it.
     """
 
     target_ms: float
     val_logits: np.ndarray
     lat_easy: float
     lat_hard: float
-    gain: float = 0.5
     window: int = 32
+    memory: float = 0.5
+    closed: bool = True
     k: float = field(init=False)
     threshold: float = field(init=False)
     history: list[dict] = field(default_factory=list, init=False)
@@ -323,30 +332,50 @@ class LatencyController:
     def __post_init__(self):
         if not self.lat_hard > self.lat_easy:
             raise ValueError(f"lat_hard ({self.lat_hard}) must exceed lat_easy ({self.lat_easy})")
+        if not 0.0 <= self.memory < 1.0:
+            raise ValueError(f"memory must be in [0, 1), got {self.memory}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
         # open-loop start: k = (lat_t - lat_easy) / (lat_hard - lat_easy), clipped to [0, 1]
         self.k = float(np.clip((self.target_ms - self.lat_easy) / (self.lat_hard - self.lat_easy), 0.0, 1.0))
         self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
-        self._images, self._ms = 0, 0.0
+        self._ms = dict.fromkeys(KINDS, 0.0)  # decayed sums per kind
+        self._n = dict.fromkeys(KINDS, 0.0)
+        self._images, self._window_ms = 0, 0.0  # new images and wall ms in the current window
 
-    def observe_first_half(self, images: int, ms: float) -> None:
-        """Time of one B1 + router batch (+ H1 of its easy images when they do not queue): ``images`` new images."""
-        self._images += images
-        self._ms += ms
-        if self._images >= self.window:
-            self._update()
+    def observe(self, kind: str, images: int, ms: float) -> None:
+        """Wall ``ms`` of one batch of ``images`` images of ``kind`` (one of :data:`KINDS`)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self._ms[kind] += ms
+        self._n[kind] += images
+        self._window_ms += ms
+        if kind == "first":
+            self._images += images
+            if self._images >= self.window:
+                self._update()
 
-    def observe_queued(self, ms: float) -> None:
-        """Time of one batch of queued images (H1 of easy ones, or B2 + H2 of hard ones), charged to the window."""
-        self._ms += ms
+    def costs(self) -> dict[str, float]:
+        """Current per-image ms of each kind (NaN for a kind not yet seen)."""
+        return {c: self._ms[c] / self._n[c] if self._n[c] else float("nan") for c in KINDS}
 
     def _update(self) -> None:
-        measured = self._ms / self._images
-        # k <- clip(k + gain (target - measured) / (lat_hard - lat_easy), 0, 1)
-        self.k = float(
-            np.clip(self.k + self.gain * (self.target_ms - measured) / (self.lat_hard - self.lat_easy), 0, 1)
-        )
-        self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
+        c = self.costs()
+        if self.closed and all(self._n.values()):  # every kind measured at least once
+            # k <- (target - c_first - c_easy) / (c_hard - c_easy), clipped to [0, 1]
+            extra = max(c["hard"] - c["easy"], 1e-9)  # a hard route timed no dearer: k goes to an end
+            self.k = float(np.clip((self.target_ms - c["first"] - c["easy"]) / extra, 0.0, 1.0))
+            self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
         self.history.append(
-            {"images": self._images, "ms_per_image": measured, "k": self.k, "threshold": self.threshold}
+            {
+                "images": self._images,
+                "ms_per_image": self._window_ms / self._images,
+                **{f"c_{kind}": v for kind, v in c.items()},
+                "k": self.k,
+                "threshold": self.threshold,
+            }
         )
-        self._images, self._ms = 0, 0.0
+        for kind in KINDS:  # older windows count less: c follows the machine's speed
+            self._ms[kind] *= self.memory
+            self._n[kind] *= self.memory
+        self._images, self._window_ms = 0, 0.0

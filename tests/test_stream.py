@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -130,24 +132,66 @@ def test_queued_images_are_gathered_in_order_and_a_queue_keeps_no_mostly_unused_
     torch.testing.assert_close(feats[0], fb[0][[2]])
 
 
-def test_controller_moves_the_hard_fraction_against_the_latency_error():
+def test_controller_sets_the_hard_fraction_from_the_costs_it_measures():
     z = np.linspace(-3, 3, 101)
-    c = LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=20.0, gain=0.5, window=8)
+    c = LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=20.0, window=8, memory=0.5)
     # open loop: k = (15 - 10) / (20 - 10)
     assert c.k == pytest.approx(0.5) and c.threshold == routing.threshold_for_fraction(z, 0.5)
-    c.observe_first_half(8, 8 * 20.0)  # measured 20 ms/img: too slow -> fewer hard images
-    # k <- 0.5 + 0.5 (15 - 20) / 10 = 0.25
-    assert c.k == pytest.approx(0.25) and c.threshold == routing.threshold_for_fraction(z, 0.25)
-    c.observe_first_half(4, 4 * 10.0)
-    c.observe_queued(0.0)
-    assert len(c.history) == 1  # the window is not full yet
-    c.observe_first_half(4, 4 * 10.0)  # 10 ms/img: fast -> more hard images
-    assert c.k == pytest.approx(0.5) and len(c.history) == 2
-    for _ in range(10):
-        c.observe_first_half(8, 8 * 1000.0)  # far too slow: k stays clamped at 0
+    # one window: B1 + router 4 ms/img, H1 2 ms/img, B2 + H2 16 ms/img
+    c.observe("first", 4, 16.0)
+    c.observe("easy", 2, 4.0)
+    c.observe("hard", 2, 32.0)
+    assert c.history == []  # 4 of the window's 8 images
+    c.observe("first", 4, 16.0)
+    # k <- (target - c_first - c_easy) / (c_hard - c_easy) = (15 - 4 - 2) / (16 - 2)
+    assert c.k == pytest.approx(9 / 14) and c.threshold == routing.threshold_for_fraction(z, 9 / 14)
+    h = c.history[-1]
+    assert (h["c_first"], h["c_easy"], h["c_hard"]) == pytest.approx((4.0, 2.0, 16.0))
+    assert h["ms_per_image"] == pytest.approx(68.0 / 8) and h["images"] == 8
+    # next window: B1 slows to 6 ms/img, no queued batch ran; the past window weighs half (memory),
+    # and the routes not taken keep their last costs: c_first = (0.5 * 32 + 48) / (0.5 * 8 + 8)
+    c.observe("first", 8, 48.0)
+    c_first = (0.5 * 32 + 48) / (0.5 * 8 + 8)
+    assert c.k == pytest.approx((15 - c_first - 2) / 14)
+    assert c.history[-1]["c_hard"] == pytest.approx(16.0) and c.history[-1]["c_easy"] == pytest.approx(2.0)
+    for _ in range(5):
+        c.observe("first", 8, 8 * 20.0)  # B1 alone above the target: no hard image fits, k clamped at 0
     assert c.k == 0.0 and c.threshold == np.inf
-    with pytest.raises(ValueError, match="must exceed"):
-        LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=10.0)
+    # until every kind of batch has been timed, and in the open loop always, k stays where it started
+    for closed in (True, False):
+        o = LatencyController(target_ms=15.0, val_logits=z, lat_easy=10.0, lat_hard=20.0, window=8, closed=closed)
+        o.observe("first", 8, 8 * 100.0)
+        o.observe("easy", 8, 8.0)
+        o.observe("first", 8, 8 * 100.0)
+        assert o.k == pytest.approx(0.5) and len(o.history) == 2
+    for bad, match in (
+        ({"lat_hard": 10.0}, "must exceed"),
+        ({"memory": 1.0}, "memory"),
+        ({"window": 0}, "window"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            LatencyController(**{"target_ms": 15.0, "val_logits": z, "lat_easy": 10.0, "lat_hard": 20.0, **bad})
+    with pytest.raises(ValueError, match="kind"):
+        c.observe("h2", 8, 1.0)
+
+
+@pytest.mark.parametrize("batch_easy", [True, False])
+def test_the_scheduler_charges_every_image_once_to_each_of_its_batches(batch_easy):
+    model = _model("yolo")
+    torch.manual_seed(3)
+    xs = torch.rand(10, 3, SIZE, SIZE)
+    with torch.no_grad():
+        z = model.score_logit(xs).numpy()
+    # a window longer than the stream: the controller's sums are the raw charges
+    c = LatencyController(target_ms=1.5, val_logits=z, lat_easy=1.0, lat_hard=2.0, window=1000)  # k = 0.5
+    t0 = time.perf_counter()
+    out = list(StreamScheduler(model, c, batch=4, batch_easy=batch_easy).run(enumerate(xs)))
+    wall = (time.perf_counter() - t0) * 1e3
+    n_hard = sum(r.hard for r in out)
+    assert c._n == {"first": 10, "easy": 10 - n_hard, "hard": n_hard}
+    assert 0 < n_hard < 10  # k = 0.5 from the calibration: both routes ran
+    assert all(c._ms[kind] > 0 for kind in ("first", "easy", "hard"))
+    assert sum(c._ms.values()) <= wall  # the charges partition the run's wall time
 
 
 def test_scheduler_rejects_static_models_and_bad_batches():

@@ -10,7 +10,7 @@ stream runs twice:
 - **closed loop**: a :class:`~dynamicdet.stream.LatencyController` starting from that same
   threshold and correcting the hard fraction k from the measured batch times.
 
-Per phase: achieved ms/img (wall time of the phase / images) against the target, the mean k,
+Per phase: achieved ms/img (wall time of the phase / images) against the target, the fraction of hard images,
 and the routed AP of the images the phase processed (each pass over val scored by
 :func:`~dynamicdet.experiments.trained.routed_evaluator`), so the AP the controller gives up to
 hold the target is measured, not guessed.
@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -36,8 +38,19 @@ from .trained import Trained, routed_evaluator
 
 PHASES = ("quiet", "loaded", "quiet again")
 ENDS = (("easy", float("inf")), ("hard", float("-inf")))
-PHASE_COLUMNS = ["loop", "phase", "images", "ms/img", "target ms/img", "achieved / target", "fraction hard", "AP"]
-HISTORY_COLUMNS = ["loop", "phase", "images", "ms_per_image", "k", "threshold"]
+PHASE_COLUMNS = [
+    "loop",
+    "phase",
+    "images",
+    "ms/img",
+    "target ms/img",
+    "achieved / target",
+    "fraction hard",
+    "AP",
+    "lat_easy now",
+    "lat_hard now",
+]
+HISTORY_COLUMNS = ["loop", "phase", "images", "ms_per_image", "c_first", "c_easy", "c_hard", "k", "threshold"]
 
 
 # The competing process: a bare interpreter (``python -S``, no imports) that spins ``duty`` of
@@ -89,8 +102,9 @@ def disturbed_stream(
     passes: int = 3,
     target_k: float = 0.75,
     duty: float = 1.0,
-    gain: float = 0.5,
+    memory: float = 0.5,
     window: int | None = None,
+    loops: dict[str, Callable[..., LatencyController]] | None = None,
     retries: int = 2,
     progress: bool = True,
 ) -> dict[str, pd.DataFrame]:
@@ -103,15 +117,20 @@ def disturbed_stream(
         target_k: the target is lat_easy + target_k (lat_hard - lat_easy) from a calibration
             just before the stream (0.75 leaves the controller room to lower k under load).
         duty: fraction of each 10 ms the competing process spins (1: one core fully taken).
-        gain: the controller's gain; window: images per correction (default 4 x batch).
+        memory: the controller's weight of past windows; window: images per correction (default 4 x batch).
+        loops: name -> controller factory, called as ``f(target, val_logits, lat_easy, lat_hard,
+            window=..., memory=...)`` (default: ``open loop`` and ``closed loop``, in that order);
+            each runs the three phases in turn, in the given order.
         retries: calibrations measured again when the hard route times no slower than the easy
             one; if it stays so, a warning, empty ``phases`` / ``history`` and ``noisy`` in
             ``calibration`` (timing noise never fails the caller).
 
     Returns:
-        ``phases``: one row per (loop, phase): ``ms/img``, ``achieved / target``, ``mean k``,
-        ``AP`` (mean over the phase's passes), ``images``; ``history``: per controller window
-        (both loops; the open loop is a controller with gain 0): ``loop``, ``phase``,
+        ``phases``: one row per (loop, phase): ``ms/img``, ``achieved / target``, ``fraction hard``,
+        ``AP`` (mean over the phase's passes), ``images``, ``lat_easy now`` / ``lat_hard now`` (the
+        routes' ms/img from the per-kind costs the controller measured on the stream, mean over
+        the phase's windows; NaN for a controller that keeps none); ``history``: per controller window
+        (every loop; the open loop is a controller that never moves): ``loop``, ``phase``,
         ``images`` (cumulative), ``ms_per_image``, ``k``, ``threshold``; ``calibration``:
         lat_easy, lat_hard, target (ms/img), open-loop threshold, ``noisy``.
     """
@@ -150,9 +169,13 @@ def disturbed_stream(
     target = cal["easy"] + target_k * (cal["hard"] - cal["easy"])
     tau_open = routing.threshold_for_latency(z_val, target, cal["easy"], cal["hard"])
     phase_rows, history = [], []
-    for loop, g in (("open loop", 0.0), ("closed loop", gain)):
-        # both start at the calibrated (open-loop) threshold; gain 0 keeps it
-        ctrl = LatencyController(target, z_val, cal["easy"], cal["hard"], gain=g, window=window)
+    loops = loops or {
+        "open loop": partial(LatencyController, closed=False),
+        "closed loop": LatencyController,
+    }
+    for loop, make in loops.items():
+        # every loop starts at the calibrated (open-loop) threshold; the open loop keeps it
+        ctrl = make(target, z_val, cal["easy"], cal["hard"], window=window, memory=memory)
         done_images = 0
         for phase in PHASES:
             competitor = start_competitor(duty) if phase == "loaded" else None
@@ -171,6 +194,9 @@ def disturbed_stream(
             n = passes * len(images)
             aps = [evaluator.evaluate({ids[r.id]: r.hard for r in res})["AP"] for res in results]
             hard = np.mean([[r.hard for r in res] for res in results])
+            # the routes' ms/img as the stream measured them in this phase (mean over its windows):
+            # lat_easy = c_first + c_easy, lat_hard = c_first + c_hard; a target outside is out of reach
+            costs = pd.DataFrame(ctrl.history[n_hist:]).reindex(columns=["c_first", "c_easy", "c_hard"])
             phase_rows.append(
                 {
                     "loop": loop,
@@ -181,6 +207,8 @@ def disturbed_stream(
                     "achieved / target": wall * 1e3 / n / target,
                     "fraction hard": float(hard),
                     "AP": float(np.mean(aps)),
+                    "lat_easy now": float((costs["c_first"] + costs["c_easy"]).mean()),
+                    "lat_hard now": float((costs["c_first"] + costs["c_hard"]).mean()),
                 }
             )
             for h in ctrl.history[n_hist:]:
