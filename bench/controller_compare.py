@@ -15,9 +15,11 @@ so that none always runs first. The loops:
 - ``model``: :class:`~dynamicdet.stream.LatencyController`, k from the per-image costs of the
   three kinds of batch measured on the running stream.
 
-Per (loop, phase): achieved / target per repetition, how many are within 5%, the median
-|achieved / target - 1|, the mean hard fraction, and the windows spent at k = 0 or 1 (the
-target out of reach, or a controller thrown there by noise). Merged into
+Per (loop, phase): achieved / target per repetition, how many are within 5%, how many were out
+of reach (the routes' ms/img as that loop measured them in that phase: all-easy above 1.05 x the
+target or all-hard below 0.95 x, where no hard fraction can hold it) and how many of the others
+held it, the median |achieved / target - 1|, the mean hard fraction, and the windows spent at
+k = 0 or 1. Merged into
 ``results/controller_compare.{json,md}`` per config.
 """
 
@@ -32,7 +34,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from dynamicdet import paths, routing
+from dynamicdet import paths
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.experiments import trained
@@ -48,15 +50,10 @@ class IntegralController(LatencyController):
 
     gain: float = 0.5
 
-    def _update(self) -> None:
-        measured = self._window_ms / self._images
+    def _next_k(self, measured: float, c: dict[str, float]) -> float:
         # k <- clip(k + gain (target - measured) / (lat_hard - lat_easy), 0, 1)
         step = self.gain * (self.target_ms - measured) / (self.lat_hard - self.lat_easy)
-        self.k = float(np.clip(self.k + step, 0.0, 1.0))
-        self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
-        entry = {"images": self._images, "ms_per_image": measured, "k": self.k, "threshold": self.threshold}
-        self.history.append(entry)
-        self._images, self._window_ms = 0, 0.0
+        return float(np.clip(self.k + step, 0.0, 1.0))
 
 
 LOOPS = {
@@ -64,6 +61,22 @@ LOOPS = {
     "integral": IntegralController,
     "model": LatencyController,
 }
+
+
+RUN_COLUMNS = [
+    "rep",
+    "position",
+    "loop",
+    "phase",
+    "achieved / target",
+    "fraction hard",
+    "AP",
+    "windows",
+    "windows at k = 0 or 1",
+    "easy now / target",
+    "hard now / target",
+    "target ms/img",
+]
 
 
 def compare(config: str, reps: int = 3, passes: int = 3, duty: float = 0.1, target_k: float = 0.5) -> dict:
@@ -103,18 +116,25 @@ def compare(config: str, reps: int = 3, passes: int = 3, duty: float = 0.1, targ
                     "AP": r["AP"],
                     "windows": len(h),
                     "windows at k = 0 or 1": int(((h["k"] <= 0) | (h["k"] >= 1)).sum()),
+                    # the routes' ms/img as this loop measured them in this phase, over the target
+                    "easy now / target": r["lat_easy now"] / cal["target ms/img"],
+                    "hard now / target": r["lat_hard now"] / cal["target ms/img"],
                     "target ms/img": cal["target ms/img"],
                 }
             )
         print(f"rep {rep + 1}/{reps} done ({time.time() - t0:.0f} s)", flush=True)
-    runs = pd.DataFrame(rows)
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     err = (runs["achieved / target"] - 1).abs()
+    # out of reach: even all-easy ran slower than 1.05 x the target, or all-hard faster than 0.95 x
+    out = (runs["easy now / target"] > 1.05) | (runs["hard now / target"] < 0.95)
     summary = (
-        runs.assign(within=err <= 0.05, err=err)
+        runs.assign(within=err <= 0.05, err=err, out=out, within_reach=(err <= 0.05) & ~out)
         .groupby(["loop", "phase"], sort=False)
         .agg(
             runs=("rep", "size"),
             within_5pct=("within", "sum"),
+            out_of_reach=("out", "sum"),
+            within_5pct_in_reach=("within_reach", "sum"),
             median_abs_error=("err", "median"),
             max_abs_error=("err", "max"),
             fraction_hard=("fraction hard", "mean"),
@@ -153,13 +173,24 @@ def render(allrec: dict) -> str:
             f"{s['reps']} repetitions x {s['passes']} passes per phase, batch {s['batch']}, duty {s['duty']}, "
             f"target at k = {s['target_k']}; wall time {r['wall_s']} s.",
             "",
+        ]
+        if not r["runs"]:
+            lines += ["No run: every calibration timed the hard route no slower than the easy one.", ""]
+            continue
+        runs = pd.DataFrame(r["runs"])
+        lines += [
             pd.DataFrame(r["summary"]).to_markdown(index=False, floatfmt=".3f"),
             "",
-            "Per run (achieved / target):",
+            "Per run, achieved / target (and the routes' ms/img measured in that phase, easy - hard, over the target):",
             "",
-            pd.DataFrame(r["runs"])
-            .pivot_table(index=["loop", "phase"], columns="rep", values="achieved / target", sort=False)
-            .to_markdown(floatfmt=".3f"),
+            runs.assign(
+                cell=runs["achieved / target"].map("{:.3f}".format)
+                + runs["easy now / target"].map(" ({:.2f}-".format)
+                + runs["hard now / target"].map("{:.2f})".format)
+            )
+            .pivot(index=["loop", "phase"], columns="rep", values="cell")
+            .loc[runs.set_index(["loop", "phase"]).index.unique()]
+            .to_markdown(),
             "",
         ]
     return "\n".join(lines)

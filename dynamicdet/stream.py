@@ -361,15 +361,15 @@ class LatencyController:
 
     def _update(self) -> None:
         c = self.costs()
-        if self.closed and all(self._n.values()):  # every kind measured at least once
-            # k <- (target - c_first - c_easy) / (c_hard - c_easy), clipped to [0, 1]
-            extra = max(c["hard"] - c["easy"], 1e-9)  # a hard route timed no dearer: k goes to an end
-            self.k = float(np.clip((self.target_ms - c["first"] - c["easy"]) / extra, 0.0, 1.0))
-            self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
+        measured = self._window_ms / self._images
+        k = self._next_k(measured, c) if self.closed else None
+        if k is not None:
+            self.k = k
+            self.threshold = routing.threshold_for_fraction(self.val_logits, k)
         self.history.append(
             {
                 "images": self._images,
-                "ms_per_image": self._window_ms / self._images,
+                "ms_per_image": measured,
                 **{f"c_{kind}": v for kind, v in c.items()},
                 "k": self.k,
                 "threshold": self.threshold,
@@ -379,3 +379,11 @@ class LatencyController:
             self._ms[kind] *= self.memory
             self._n[kind] *= self.memory
         self._images, self._window_ms = 0, 0.0
+
+    def _next_k(self, measured: float, c: dict[str, float]) -> float | None:
+        """The hard fraction after a window that ran at ``measured`` ms/img (None: keep k)."""
+        if not all(self._n.values()):  # a kind of batch not timed yet
+            return None
+        # k <- (target - c_first - c_easy) / (c_hard - c_easy), clipped to [0, 1]
+        extra = max(c["hard"] - c["easy"], 1e-9)  # a hard route timed no dearer: k goes to an end
+        return float(np.clip((self.target_ms - c["first"] - c["easy"]) / extra, 0.0, 1.0))

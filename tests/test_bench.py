@@ -44,3 +44,29 @@ def test_bench_smoke_writes_report(smoke_cfg):
             assert new["measured"] == f"{rec['date']}, git {rec['git_sha']}"
             assert new["value"] == old["value"]
     assert "measured in an earlier run" in (paths.results_dir() / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_controller_compare_smoke_runs_every_loop_in_rotated_order(smoke_cfg):
+    r = subprocess.run(
+        [sys.executable, str(paths.REPO_ROOT / "bench" / "controller_compare.py"), "--config", "smoke"]
+        + ["--reps", "2", "--passes", "1"],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((paths.results_dir() / "controller_compare.json").read_text())["smoke"]
+    runs = rec["runs"]
+    # a repetition whose calibration stays inverted (timing noise) is skipped, never an error
+    assert len(runs) in (0, 9, 18)
+    for rep in {x["rep"] for x in runs}:
+        mine = [x for x in runs if x["rep"] == rep]
+        assert {(x["loop"], x["phase"]) for x in mine} == {
+            (loop, phase) for loop in ("open loop", "integral", "model") for phase in ("quiet", "loaded", "quiet again")
+        }
+        first = {x["loop"] for x in mine if x["position"] == 1}
+        assert first == {("open loop", "integral", "model")[rep]}  # rotated: repetition i starts with loop i
+    assert all(0.0 <= x["fraction hard"] <= 1.0 and x["achieved / target"] > 0 for x in runs)
+    assert "## smoke" in (paths.results_dir() / "controller_compare.md").read_text()
