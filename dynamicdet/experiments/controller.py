@@ -129,9 +129,10 @@ def disturbed_stream(
         ``phases``: one row per (loop, phase): ``ms/img``, ``achieved / target``, ``fraction hard``,
         ``AP`` (mean over the phase's passes), ``images``, ``lat_easy now`` / ``lat_hard now`` (the
         routes' ms/img from the per-kind costs the controller measured on the stream, mean over
-        the phase's windows; NaN for a controller that keeps none); ``history``: per controller window
+        the phase's windows; NaN when the phase had no full window); ``history``: per controller window
         (every loop; the open loop is a controller that never moves): ``loop``, ``phase``,
-        ``images`` (cumulative), ``ms_per_image``, ``k``, ``threshold``; ``calibration``:
+        ``images`` (cumulative), ``ms_per_image``, ``c_first`` / ``c_easy`` / ``c_hard`` (per-image ms
+        of each kind of batch), ``k``, ``threshold``; ``calibration``:
         lat_easy, lat_hard, target (ms/img), open-loop threshold, ``noisy``.
     """
     if not 0.0 <= target_k <= 1.0:
