@@ -15,8 +15,8 @@ on this machine and in one run, and merges into ``results/bench.json`` / ``resul
 5. step-1 throughput: img/s of joint training vs ultralytics' trainer on one plain detector;
 6. threshold controller, open loop: achieved / target latency for k in {0.1, 0.5, 0.9} (report: a
    calibration cannot foresee the machine's speed in the next pass; goal: 6b, achieved / the latency
-   model in the same pass, within 5%, and item 10's closed loop);
-7. data generation speed (images/s at 256 px);
+   model on the same few images moments apart, within 5%, and item 10's closed loop);
+7. data generation speed (images/s at 256 px, the median of 3 runs);
 8. route-aware stream scheduling (full hard batches, `dynamicdet.stream`) vs the ideal mix at batch 8 and 32
    (goal within 5%), the same call timed twice as the noise floor of these ratios (8a), and per-image
    p50/p95 latency with and without a max-wait deadline;
@@ -94,7 +94,15 @@ def _goal(value: float, goal: float, higher_is_better: bool) -> str:
 
 
 def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
-    """Items 1-3: router overhead, route() vs ideal (batch 1 and 8) and vs a batch-1 loop, wrapper overhead."""
+    """Items 1-3: router overhead, route() vs ideal (batch 1 and 8) and vs a batch-1 loop, wrapper overhead.
+
+    Items 1 and 3 time single calls of 0.2-60 ms, so they take many rounds (10x ``repeats`` at
+    batch 1, 3x at batch 8: 20 rounds left the per-round ratios of item 3 at 0.81-1.40 and
+    their median 1.065 in one run). Item 2 times, per batch size, one round robin of 7 entries
+    (``repeats`` x 2 rounds): the easy and hard routes, route() at every k, and the two
+    routes again (k = 0 and 1: route() and the pure route are then the same call, the noise
+    floor of the ratios).
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = prepare_for_timing(model, device)
     plain = prepare_for_timing(model.det1, device)
@@ -113,7 +121,7 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                 "router": lambda f1=f1: m.router(f1),
             },
             warmup,
-            repeats,
+            repeats * (10 if b == 1 else 3),
         )
         med = {k: float(np.median(v)) for k, v in t.items()}
         r1, r3 = paired_ratio(t["router"], t["easy"]), paired_ratio(t["easy"], t["plain"])
@@ -135,59 +143,49 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                 "detail": f"easy {med['easy']:.2f} ms, plain {med['plain']:.2f} ms (medians); {_spread(r3)}",
             }
         )
-        # route() at hard fraction k: batch 1 = a stream of images, each on its own route;
-        # batch 8 = one batch split between the routes.
-        n_img = 20 if b == 1 else 8
+        # route() at hard fraction k: batch 1 = a stream of 10 images, each on its own route (the hard
+        # ones at random places); batch 8 = one batch split between the routes
+        ks = (0.1, 0.5, 0.9)
+        n_img = 10 if b == 1 else 8
         xs = torch.rand(n_img, 3, size, size, device=device, dtype=dtype)
-        for k in (0.0, 0.1, 0.5, 0.9, 1.0):
-            n_hard = round(k * n_img)
-            hard = torch.zeros(n_img, dtype=torch.bool)
-            hard[:n_hard] = True
+        n_hard = {k: round(k * n_img) for k in ks}
+        fns = {}
+        if b == 1:
             # a threshold of +-inf per image reproduces the split exactly (route() code path unchanged)
-            # route() is timed in alternation with the two pure routes it is compared with
-            if b == 1:
-                taus = [float("-inf") if h else float("inf") for h in hard]
+            def stream(taus, xs=xs):
+                for i in range(len(taus)):
+                    m.route(xs[i : i + 1], taus[i])
 
-                def stream(xs, taus):
-                    for i in range(len(taus)):
-                        m.route(xs[i : i + 1], taus[i])
-
-                t_k = _times(
-                    {
-                        "route": lambda xs=xs, taus=taus: stream(xs, taus),
-                        "easy": lambda xs=xs: stream(xs, [float("inf")] * len(xs)),
-                        "hard": lambda xs=xs: stream(xs, [float("-inf")] * len(xs)),
-                    },
-                    max(1, warmup // 2),
-                    repeats,
-                )
-            else:
-                # order the batch by router logit, so a threshold takes exactly the first n_hard images
-                with torch.inference_mode():
-                    z = m.score_logit(xs)
-                order = torch.argsort(z, descending=True)
-                xb = xs[order]
-                tau = float("inf") if n_hard == 0 else float(z[order][n_hard - 1]) - 1e-6
-                if n_hard == n_img:
-                    tau = float("-inf")
-                t_k = _times(
-                    {
-                        "route": lambda xb=xb, tau=tau: m.route(xb, tau),
-                        "easy": lambda xb=xb: m.route(xb, float("inf")),
-                        "hard": lambda xb=xb: m.route(xb, float("-inf")),
-                    },
-                    warmup,
-                    repeats,
-                )
-            k_real = n_hard / n_img
+            spots = np.random.default_rng(0).permutation(n_img)
+            for name, tau in (("easy", float("inf")), ("hard", float("-inf"))):
+                fns[name] = lambda tau=tau, n=n_img: stream([tau] * n)
+            for k in ks:
+                taus = [float("inf")] * n_img
+                for i in spots[: n_hard[k]]:
+                    taus[i] = float("-inf")
+                fns[f"route {k}"] = lambda taus=taus: stream(taus)
+        else:
+            # the batch ordered by router logit, so a threshold takes exactly the first n_hard images
+            with torch.inference_mode():
+                z = m.score_logit(xs)
+            order = torch.argsort(z, descending=True)
+            xb, zb = xs[order], z[order]
+            for name, tau in (("easy", float("inf")), ("hard", float("-inf"))):
+                fns[name] = lambda tau=tau, xb=xb: m.route(xb, tau)
+            for k in ks:
+                fns[f"route {k}"] = lambda tau=float(zb[n_hard[k] - 1]) - 1e-6, xb=xb: m.route(xb, tau)
+        # k = 0 and k = 1: route() is the pure route's call; timed again under another name
+        fns["route 0.0"], fns["route 1.0"] = fns["easy"], fns["hard"]
+        t_k = _times(fns, max(1, warmup // 2) if b == 1 else warmup, 2 * repeats)
+        for k in (0.0, *ks, 1.0):
+            k_real = k if k in (0.0, 1.0) else n_hard[k] / n_img
             # ideal_i = (1 - k) t_easy,i + k t_hard,i in round i; ratio = median_i (t_route,i / ideal_i)
             ideal = (1 - k_real) * t_k["easy"] + k_real * t_k["hard"]
-            r2 = paired_ratio(t_k["route"], ideal)
-            # k = 0 and k = 1: route() and the pure route it is compared with are the same call, so the
-            # ratio measures only the timing noise (reported). 0 < k < 1: one batch split into an easy and
-            # a hard sub-batch costs more than the mix (a small hard sub-batch costs nearly a full batch):
-            # at batch > 1 the goal is item 8's, the stream scheduler's full hard batches
-            ends = k_real in (0.0, 1.0)
+            r2 = paired_ratio(t_k[f"route {k}"], ideal)
+            # k = 0 and k = 1: the ratio measures only the timing noise (reported). 0 < k < 1: one batch split
+            # into an easy and a hard sub-batch costs more than the mix (a small hard sub-batch costs nearly a
+            # full batch): at batch > 1 the goal is item 8's, the stream scheduler's full hard batches
+            ends = k in (0.0, 1.0)
             goal = b == 1 and not ends
             rows.append(
                 {
@@ -197,8 +195,8 @@ def bench_routes(cfg: Config, model, warmup: int, repeats: int) -> list[dict]:
                     if goal
                     else ("report (the same call twice: timing noise)" if ends else "report (goal: item 8)"),
                     "mark": ("PASS" if 0.95 <= r2["ratio"] <= 1.05 else "MISS") if goal else "-",
-                    "detail": f"route {np.median(t_k['route']):.2f} ms, ideal {np.median(ideal):.2f} ms (medians); "
-                    + _spread(r2),
+                    "detail": f"route {np.median(t_k[f'route {k}']):.2f} ms, ideal {np.median(ideal):.2f} ms "
+                    f"(medians, {n_img} images); " + _spread(r2),
                 }
             )
         if b == 8:
@@ -309,13 +307,17 @@ def bench_step1(cfg: Config) -> list[dict]:
     ]
 
 
+# item 6b interleaves the compared streams every SEGMENT images (batch 1): pairs of calls moments apart
+SEGMENT = 6
+
+
 def bench_controller(cfg: Config, rounds: int = 3) -> list[dict]:
     """Item 6: threshold from a target latency, then measured route() latency on val images.
 
     Figures are medians over ``rounds`` rounds of :func:`experiments.target_latency` (the
     shared machine changes speed by up to 1.7x from one minute to the next).
     """
-    demo = target_latency(trained(cfg, progress=False), rounds=rounds, progress=False)
+    demo = target_latency(trained(cfg, progress=False), rounds=rounds, progress=False, segment=SEGMENT)
     rows = []
     for _, r in demo.iterrows():
         where = (
@@ -333,8 +335,9 @@ def bench_controller(cfg: Config, rounds: int = 3) -> list[dict]:
             (
                 "6b. achieved / latency model (same pass)",
                 "achieved / model",
-                "lat_easy + k (lat_hard - lat_easy) from easy/hard streams timed in alternation with route(); "
-                f"median of {int(r['achieved / model_n'])} per-round ratios (the timing rounds of {rounds} rounds)",
+                "lat_easy + k_s (lat_hard - lat_easy) from the easy/hard passes over the same segment s of "
+                f"{SEGMENT} images, timed in alternation with route(); median of {int(r['achieved / model_n'])} "
+                f"per-segment ratios (every segment of every timing round of {rounds} rounds)",
             ),
         ):
             # open loop: a threshold calibrated in one pass cannot hold its target if the machine's speed
@@ -442,6 +445,25 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
                 }
             )
     return rows
+
+
+def bench_datagen(n: int = 400, runs: int = 3) -> list[dict]:
+    """Item 7: images/s of the synthetic generator (2 processes, 256 px), the median of ``runs`` runs.
+
+    One run takes 3-4 s, and the VM's speed moves the figure by up to +-15% from one minute to
+    the next (95-126 img/s in runs minutes apart, in this process or a fresh one alike).
+    """
+    speeds = [measure_datagen(n=n)["images_per_s"] for _ in range(runs)]
+    value = float(np.median(speeds))
+    return [
+        {
+            "item": "7. data generation, 256 px, 2 processes (images/s)",
+            "value": value,
+            "goal": ">= 100",
+            "mark": _goal(value, 100, True),
+            "detail": f"{n} images; median of {runs} runs ({', '.join(f'{v:.1f}' for v in speeds)})",
+        }
+    ]
 
 
 def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]:
@@ -583,35 +605,24 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown bench part(s) {sorted(unknown)}; choose from {PARTS}")
-    rows = []
-    if "routes" in parts:
-        rows += bench_routes(cfg, model, warmup, repeats)
-    if "step2" in parts:
-        rows += bench_step2(cfg)
-    if "step1" in parts:
-        rows += bench_step1(cfg)
-    if "controller" in parts:
-        rows += bench_controller(cfg, rounds=1 if quick_timing else 3)
-    if "stream" in parts:
+    steps = {
+        "routes": lambda: bench_routes(cfg, model, warmup, repeats),
+        "step2": lambda: bench_step2(cfg),
+        "step1": lambda: bench_step1(cfg),
+        "controller": lambda: bench_controller(cfg, rounds=1 if quick_timing else 2),
         # 7 entries per round (ends, 3 k, 8c, 8a); 15 rounds at 20 repeats: 7 rounds left single ratios
         # 0.05-0.1 off in runs where the A/A pair (8a) also strayed by 0.04
-        rows += bench_stream(cfg, model, max(3, 3 * repeats // 4), batches=(8,) if quick_timing else (8, 32))
-    if "datagen" in parts:
-        g = measure_datagen(n=100 if quick_timing else 400)
-        rows.append(
-            {
-                "item": "7. data generation, 256 px, 2 processes (images/s)",
-                "value": g["images_per_s"],
-                "goal": ">= 100",
-                "mark": _goal(g["images_per_s"], 100, True),
-                "detail": f"{g['n']} images",
-            }
-        )
-    # rows in PARTS order (a partial run's merge sorts by it)
-    if "export" in parts:
-        rows += bench_export(cfg, model, max(3, repeats // 2))
-    if "disturbance" in parts:
-        rows += bench_disturbance(cfg, passes=1 if quick_timing else 3)
+        "stream": lambda: bench_stream(cfg, model, max(3, 3 * repeats // 4), batches=(8,) if quick_timing else (8, 32)),
+        "datagen": lambda: bench_datagen(n=100 if quick_timing else 400, runs=1 if quick_timing else 3),
+        "export": lambda: bench_export(cfg, model, max(3, repeats // 2)),
+        "disturbance": lambda: bench_disturbance(cfg, passes=1 if quick_timing else 3),
+    }
+    rows, part_s = [], {}
+    for part in PARTS:  # rows in PARTS order (a partial run's merge sorts by it)
+        if part in parts:
+            t0 = time.time()
+            rows += steps[part]()
+            part_s[part] = round(time.time() - t0, 1)
     record = {
         "config": config,
         "img_size": cfg.data.img_size,
@@ -621,6 +632,7 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
         "env": environment(),
         "wall_s": round(time.time() - t_start, 1),
         "parts": list(parts),
+        "part_s": part_s,  # wall time of each part measured in this run
         "rows": rows,
     }
     root = paths.results_dir()
@@ -636,6 +648,8 @@ def run(config: str = "quick", quick_timing: bool = False, parts: tuple[str, ...
             if _part_of(r) not in parts
         ]
         record["rows"] = sorted(rows + kept, key=lambda r: PARTS.index(_part_of(r)))
+        merged = {p: old.get("part_s", {}).get(p) for p in PARTS if p not in parts} | part_s
+        record["part_s"] = {p: merged[p] for p in PARTS if p in merged}
     allrec[config] = record
     path.write_text(json.dumps(allrec, indent=2))
     (root / "bench.md").write_text(render(allrec))
@@ -657,7 +671,12 @@ def render(allrec: dict) -> str:
             f"## {config} ({r['model']}, {r['img_size']} px)",
             "",
             f"{r['date']}, git {r['git_sha']}, {e['device']}, {e['threads']} threads, torch {e['torch']}, "
-            f"ultralytics {e['ultralytics']}; bench wall time {r['wall_s']} s.",
+            f"ultralytics {e['ultralytics']}; bench wall time {r['wall_s']} s"
+            + (
+                " (parts: " + ", ".join(f"{p} {t:.0f} s" for p, t in r["part_s"].items() if t is not None) + ")."
+                if r.get("part_s")
+                else "."
+            ),
             "",
             "| measure | value | goal | | detail |",
             "|---|---|---|---|---|",

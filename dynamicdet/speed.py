@@ -13,7 +13,7 @@ import copy
 import platform
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 import pycocotools
@@ -61,7 +61,7 @@ def _stats(times: list[float]) -> dict:
 
 
 @torch.inference_mode()
-def time_interleaved(fns: dict[str, Callable[[], object]], device, warmup: int = 5, repeats: int = 20) -> dict:
+def time_interleaved(fns: dict[Hashable, Callable[[], object]], device, warmup: int = 5, repeats: int = 20) -> dict:
     """Time several zero-argument callables in alternation (round robin, counterbalanced).
 
     Each repeat (round) calls every function once, in turn, so a burst of machine noise hits
@@ -112,34 +112,76 @@ def paired_ratio(num, den) -> dict:
     return {"ratio": float(np.median(r)), "lo": float(r.min()), "hi": float(r.max()), "rounds": len(r)}
 
 
+def segment_times(
+    fns: dict[str, Callable[[torch.Tensor], object]],
+    batches: list[torch.Tensor],
+    device,
+    segment: int | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> dict[str, np.ndarray]:
+    """Per-round time (ms) of several models on each segment of one stream of batches, timed together.
+
+    The stream is cut into consecutive segments of ``segment`` batches (``None``: one segment,
+    the whole stream). Each model's pass over one segment is one timed call; a round times
+    every model on the first segment, in alternation, then every model on the next segment,
+    and so on (:func:`time_interleaved`: the whole sequence reversed in odd rounds). Two
+    models' times on the same segment of the same round were taken moments apart, so their
+    ratio (:func:`paired_ratio`) stays meaningful even when the machine's speed swings within
+    a pass (measured on the 2-core VM: the same 60-image pass timed at 12 ms/img and at 25
+    ms/img in consecutive rounds).
+
+    Args:
+        fns: name -> ``fn(x)`` on one batch ``x`` (B, 3, H, W).
+        batches: the stream.
+        segment: batches per segment (the last segment may be shorter); >= 1 or ``None``.
+
+    Returns:
+        ``{name: (repeats, S) ms of each segment's pass, per round}`` for the S segments in stream order.
+    """
+    if not batches or sum(len(x) for x in batches) == 0:
+        raise ValueError("the timing stream holds no image")
+    if segment is not None and segment < 1:
+        raise ValueError(f"segment must be >= 1 batch or None, got {segment}")
+    step = len(batches) if segment is None else segment
+    parts = [batches[i : i + step] for i in range(0, len(batches), step)]
+    # segment-major: every model on segment 0, then every model on segment 1, ...
+    passes = {
+        (s, name): (lambda fn=fn, part=part: [fn(x) for x in part])
+        for s, part in enumerate(parts)
+        for name, fn in fns.items()
+    }
+    res = time_interleaved(passes, device, warmup, repeats)
+    return {name: np.stack([res[(s, name)]["times_ms"] for s in range(len(parts))], axis=1) for name in fns}
+
+
 def stream_times(
     fns: dict[str, Callable[[torch.Tensor], object]],
     batches: list[torch.Tensor],
     device,
     warmup: int = 1,
     repeats: int = 3,
+    segment: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-round latency (ms per image) of several models over one stream of batches, timed together.
 
-    The one timing path of the project: each model's pass over the whole stream is one
-    timed call, and the models' passes alternate (:func:`time_interleaved`), so a burst of
-    machine noise hits them alike.
+    The one timing path of the project (:func:`segment_times`): each model's pass over the
+    whole stream (or over each ``segment`` of it) is one timed call, and the models' passes
+    alternate (:func:`time_interleaved`), so a burst of machine noise hits them alike.
 
     Args:
         fns: name -> ``fn(x)`` on one batch ``x`` (B, 3, H, W).
         batches: the stream.
+        segment: interleave the models every ``segment`` batches (``None``: every whole pass).
 
     Returns:
         ``{name: (repeats,) pass time / images in the stream, per round}``: entries of the same
         round pair up (:func:`paired_ratio`).
     """
     n = sum(len(x) for x in batches)
-    if n == 0:
-        raise ValueError("the timing stream holds no image")
-    passes = {name: (lambda fn=fn: [fn(x) for x in batches]) for name, fn in fns.items()}
-    return {
-        name: np.asarray(r["times_ms"]) / n for name, r in time_interleaved(passes, device, warmup, repeats).items()
-    }
+    times = segment_times(fns, batches, device, segment, warmup, repeats)
+    # one round's pass = the sum of its segments' passes
+    return {name: t.sum(axis=1) / n for name, t in times.items()}
 
 
 def time_streams(

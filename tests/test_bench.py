@@ -9,6 +9,8 @@ import pytest
 
 from dynamicdet import paths
 
+PARTS = ["routes", "step2", "step1", "controller", "stream", "datagen", "export", "disturbance"]  # suite's order
+
 
 def _bench(*args: str) -> dict:
     r = subprocess.run(
@@ -33,6 +35,10 @@ def test_bench_smoke_writes_report(smoke_cfg):
     md = (paths.results_dir() / "bench.md").read_text()
     assert "## smoke" in md and md.count("| 2. route()") == 10
     assert rec["env"]["torch"].startswith("2.14.1")
+    # every part's wall time, in the suite's order, and no more than the whole run's
+    assert list(rec["part_s"]) == PARTS and all(t > 0 for t in rec["part_s"].values())
+    assert sum(rec["part_s"].values()) <= rec["wall_s"] + 1
+    assert "(parts: routes " in md
 
     # a partial run re-measures its part and keeps the others, marked with the run that measured them
     again = _bench("--parts", "datagen")
@@ -43,6 +49,11 @@ def test_bench_smoke_writes_report(smoke_cfg):
         else:
             assert new["measured"] == f"{rec['date']}, git {rec['git_sha']}"
             assert new["value"] == old["value"]
+    # the kept parts keep their wall times, the re-measured one has this run's
+    assert list(again["part_s"]) == PARTS
+    assert {p: t for p, t in again["part_s"].items() if p != "datagen"} == {
+        p: t for p, t in rec["part_s"].items() if p != "datagen"
+    }
     assert "measured in an earlier run" in (paths.results_dir() / "bench.md").read_text()
 
 

@@ -125,16 +125,21 @@ def test_stream_latency_times_every_threshold_per_image(trained_smoke):
 def _fake_stream_latency(easy: float, hard: float, speeds=(1.0, 1.6, 0.7)):
     """Stand-in for stream_latency: ms/img = easy + (fraction of the stream on the hard route) (hard - easy);
     per round (``per_round``), every entry of timing round i slowed by ``speeds[i]`` (a machine whose
-    speed changes between rounds)."""
+    speed changes between rounds); with ``segment``, (R, S): the same rule on each segment's images."""
 
-    def fake(t, fns, images, batch=1, per_round=False):
+    def fake(t, fns, images, batch=1, per_round=False, segment=None):
 
         _, z = timing_stream(t, len(images))
+        step = len(z) if segment is None else segment
+        parts = [z[i : i + step] for i in range(0, len(z), step)]
         out = {}
         for name, fn in fns.items():
-            frac = float((z >= float(fn)).mean())
-            out[name] = easy + frac * (hard - easy)
-        return {k: v * np.asarray(speeds) for k, v in out.items()} if per_round else out
+            fracs = np.array([float((zs >= float(fn)).mean()) for zs in parts])
+            out[name] = easy + fracs * (hard - easy)  # (S,)
+        if not per_round:
+            return {k: float(v @ [len(zs) for zs in parts] / len(z)) for k, v in out.items()}
+        speed = np.asarray(speeds)[:, None]
+        return {k: (v * speed).reshape(len(speeds), -1) if segment else (v * speed)[:, 0] for k, v in out.items()}
 
     return fake
 
@@ -146,7 +151,7 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke, monkeypatc
     ks = (0.25, 0.75)
     # the real timing is exercised by test_stream_latency...; here the rule, on fixed latencies (no noise)
     monkeypatch.setattr(variable_speed, "stream_latency", _fake_stream_latency(10.0, 30.0))
-    demo = target_latency(t, ks=ks, n_images=4, rounds=2, progress=False)
+    demo = target_latency(t, ks=ks, n_images=4, rounds=2, progress=False, segment=3)  # segments of 3 and 1 images
     n_val = len(t.val_scores)
     assert list(demo["target k"]) == list(ks) and (demo["images"] == 4).all() and (demo["rounds"] == 2).all()
     assert (demo["noisy_rounds"] == 0).all()
@@ -160,7 +165,12 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke, monkeypatc
     assert (abs(demo["val fraction hard"] - demo["target k"]) <= 1 / n_val + 1e-9).all()
     assert (abs(demo["timed fraction hard"] - demo["target k"]) <= 1 / 4 + 1 / n_val + 1e-9).all()
     # with exact latencies the achieved latency is the latency model's, pooled over 2 rounds x 3 timing rounds
-    assert np.allclose(demo["achieved / model"], 1.0) and (demo["achieved / model_n"] == 2 * 3).all()
+    # x 2 segments; the achieved ms/img weighs the segments by their images: easy + k_timed (hard - easy)
+    assert np.allclose(demo["achieved / model"], 1.0) and (demo["achieved / model_n"] == 2 * 3 * 2).all()
+    assert np.allclose(demo["achieved ms/img"], easy + demo["timed fraction hard"] * (hard - easy))
+    whole = target_latency(t, ks=ks, n_images=4, rounds=2, progress=False, segment=None)
+    assert (whole["achieved / model_n"] == 2 * 3).all()
+    assert np.allclose(whole["achieved ms/img"], demo["achieved ms/img"])
     with pytest.raises(ValueError, match="rounds"):
         target_latency(t, rounds=0)
 
@@ -171,7 +181,7 @@ def test_target_latency_records_noisy_calibrations_and_carries_on(trained_smoke,
 
     calls = []
 
-    def inverted(t, fns, images, batch=1, per_round=False):
+    def inverted(t, fns, images, batch=1, per_round=False, segment=None):
         calls.append(set(fns))
         return {name: 5.0 if name == "hard" else 10.0 for name in fns}
 

@@ -39,10 +39,39 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
         speed.paired_ratio([], [])
 
 
-def _fake_times(easy, hard):
+def test_segment_times_interleave_the_models_segment_by_segment(monkeypatch):
+    calls = []
+    batches = [torch.full((1,), float(i)) for i in range(5)]
+    fns = {"a": lambda x: calls.append(("a", int(x))), "b": lambda x: calls.append(("b", int(x)))}
+    t = speed.segment_times(fns, batches, "cpu", segment=2, warmup=0, repeats=2)
+    assert set(t) == {"a", "b"} and all(v.shape == (2, 3) for v in t.values())  # (rounds, segments)
+    # round 0: a then b on batches 0-1, on 2-3, on 4; round 1: the same sequence reversed
+    seq = [("a", 0, 1), ("b", 0, 1), ("a", 2, 3), ("b", 2, 3), ("a", 4), ("b", 4)]
+    expand = [(name, i) for name, *idx in seq for i in idx]
+    expand_rev = [(name, i) for name, *idx in seq[::-1] for i in idx]
+    assert calls == expand + expand_rev
+    # without segments: one segment, the whole stream per call
+    assert speed.segment_times(fns, batches, "cpu", warmup=0, repeats=2)["a"].shape == (2, 1)
+    with pytest.raises(ValueError, match="segment"):
+        speed.segment_times(fns, batches, "cpu", segment=0)
+    with pytest.raises(ValueError, match="no image"):
+        speed.segment_times(fns, [], "cpu")
+
+    # stream_times: a round's pass = the sum of its segments, per image
     def fake(fns, device, warmup, repeats):
-        ms = {k: 1.0 for k in fns} | {"easy": easy, "hard": hard(repeats)}
-        return {k: speed._stats([v] * repeats) for k, v in ms.items()}
+        return {key: speed._stats([(key[0] + 1) * (10.0 if key[1] == "b" else 1.0)] * repeats) for key in fns}
+
+    monkeypatch.setattr(speed, "time_interleaved", fake)
+    seg = speed.segment_times(fns, batches, "cpu", segment=2, repeats=4)
+    assert np.allclose(seg["a"], [[1.0, 2.0, 3.0]] * 4) and np.allclose(seg["b"], [[10.0, 20.0, 30.0]] * 4)
+    st = speed.stream_times(fns, batches, "cpu", repeats=4, segment=2)
+    assert np.allclose(st["a"], 6.0 / 5) and np.allclose(st["b"], 60.0 / 5)
+
+
+def _fake_times(easy, hard):
+    def fake(fns, device, warmup, repeats):  # keys (segment, name) of speed.segment_times
+        ms = {"easy": easy, "hard": hard(repeats)}
+        return {key: speed._stats([ms.get(key[1], 1.0)] * repeats) for key in fns}
 
     return fake
 

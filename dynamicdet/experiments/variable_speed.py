@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .. import routing
 from ..files import write_csv
 from ..runs import LATENCY
-from ..speed import prepare_for_timing, stream_times
+from ..speed import prepare_for_timing, segment_times, stream_times
 from ..validate import val_loader
 from .static_models import load_static
 from .trained import Trained
@@ -52,18 +52,27 @@ def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor],
     return images, picked["logit"].to_numpy()
 
 
-def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int = 1, per_round: bool = False) -> dict:
+def stream_latency(
+    t: Trained,
+    fns: dict,
+    images: list[torch.Tensor],
+    batch: int = 1,
+    per_round: bool = False,
+    segment: int | None = None,
+) -> dict:
     """Latency (ms per image) of several models over one stream of images, timed together.
 
     ``fns`` maps a name to a logit threshold (``route(x, tau)`` of the fused model) or to
     a callable ``fn(x)`` (e.g. a fused static model). The stream (:func:`timing_stream`)
     is cut into batches of ``batch`` (a last partial batch is dropped) and timed by
-    :func:`~dynamicdet.speed.stream_times` (each entry's pass one timed call, entries in
-    alternation, so machine noise hits them alike).
+    :func:`~dynamicdet.speed.segment_times` (each entry's pass over the stream, or over each
+    ``segment`` batches of it, one timed call, entries in alternation, so machine noise hits
+    them alike).
 
     Returns:
         ``{name: median ms per image}``; with ``per_round``, ``{name: (R,) ms per image of each
-        round}`` (entries of one round pair up, :func:`~dynamicdet.speed.paired_ratio`).
+        round}`` (entries of one round pair up, :func:`~dynamicdet.speed.paired_ratio`); with
+        ``per_round`` and ``segment``, ``{name: (R, S) ms per image of each segment in each round}``.
     """
     n = len(images) // batch * batch
     if n == 0:
@@ -74,7 +83,13 @@ def stream_latency(t: Trained, fns: dict, images: list[torch.Tensor], batch: int
         name: fn if callable(fn) else (lambda x, tau=float(fn): m.route(x, tau))  # a logit threshold
         for name, fn in fns.items()
     }
-    times = stream_times(calls, batches, t.device, warmup=1, repeats=max(3, t.cfg.eval.latency_repeats // 4))
+    repeats = max(3, t.cfg.eval.latency_repeats // 4)
+    if per_round and segment is not None:
+        step = segment * batch  # images per segment (the last one may hold fewer)
+        sizes = np.array([min(step, n - i) for i in range(0, n, step)], dtype=float)
+        times = segment_times(calls, batches, t.device, segment, warmup=1, repeats=repeats)
+        return {name: v / sizes for name, v in times.items()}
+    times = stream_times(calls, batches, t.device, warmup=1, repeats=repeats, segment=segment)
     return times if per_round else {name: float(np.median(v)) for name, v in times.items()}
 
 
@@ -85,6 +100,7 @@ def target_latency(
     rounds: int = 3,
     progress: bool = True,
     retries: int = 2,
+    segment: int | None = 6,
 ) -> pd.DataFrame:
     """Check the latency controller: thresholds from target latencies, then route() timed at them.
 
@@ -96,14 +112,20 @@ def target_latency(
     2. each target: lat_t = lat_easy + k (lat_hard - lat_easy) ms, and tau from
        :func:`routing.threshold_for_latency` on the router's scores over all of val;
     3. achieved: the stream through ``route(x, tau)`` for every target, timed right after
-       the calibration, in alternation with the easy and hard streams again.
+       the calibration, in alternation with the easy and hard streams again, ``segment``
+       images at a time (every entry on images 1-6, then every entry on images 7-12, ...:
+       :func:`~dynamicdet.speed.segment_times`; ``None``: whole passes).
 
     ``achieved / target`` is what a user gets from a calibration taken moments before; on
     a shared machine it also carries the machine's change of speed between the two passes
     (up to 1.7x on ours), hence the rounds. ``achieved / model`` compares with
-    lat_easy + k_timed (lat_hard - lat_easy) from the easy and hard streams timed in the same
-    rounds of the same pass: the accuracy of the latency model itself, as the median over
-    every timing round of every round of that round's ratio (:func:`~dynamicdet.speed.paired_ratio`).
+    lat_easy + k_s (lat_hard - lat_easy) from the easy and hard passes over the same segment s
+    of the same timing round (k_s: that segment's fraction of hard images): the accuracy of the
+    latency model itself, as the median of that ratio over every segment of every timing round
+    of every round (:func:`~dynamicdet.speed.paired_ratio`). Segments a few images long pair
+    calls taken moments apart: on the 2-core VM, whose speed swings within a 1.5 s pass,
+    the median of 15 whole-pass ratios came out at 0.87 (``make bench`` item 6b), although at
+    batch 1 route() makes the very calls of the easy and hard passes.
 
     A calibration whose hard route times no slower than its easy route (machine noise
     larger than the routes' difference) is measured again, up to ``retries`` times; a
@@ -115,16 +137,19 @@ def target_latency(
         One row per target, medians over the rounds: ``target k``, ``target ms/img``,
         ``logit threshold``, ``val fraction hard``, ``timed fraction hard``,
         ``achieved ms/img``, ``achieved / target`` (+ ``_min``, ``_max`` over the rounds),
-        ``achieved / model`` (median over ``achieved / model_n`` timing rounds), ``lat_easy ms/img``,
+        ``achieved / model`` (median over ``achieved / model_n`` segment ratios), ``lat_easy ms/img``,
         ``lat_hard ms/img`` (calibration), ``images``, ``rounds``, ``noisy_rounds``.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     stream, z_timed = timing_stream(t, n_images)
     z = t.val_scores["logit"].to_numpy()
+    step = len(stream) if segment is None else segment
+    z_segments = [z_timed[i : i + step] for i in range(0, len(stream), step)]
+    sizes = np.array([len(zs) for zs in z_segments], dtype=float)  # (S,) images per segment
     ends = {"easy": float("inf"), "hard": float("-inf")}
     per_round, noisy = [], 0
-    model_ratios: dict[float, list[float]] = {}  # per target: achieved_i / model_i of every timing round
+    model_ratios: dict[float, list[float]] = {}  # per target: achieved / model of every segment of every timing round
     for _ in tqdm(range(rounds), desc="target latency", disable=not progress, leave=False):
         for _ in range(retries + 1):
             cal = stream_latency(t, ends, stream)
@@ -141,13 +166,16 @@ def target_latency(
         # lat_t = lat_easy + k (lat_hard - lat_easy)
         targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
         taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
-        per = stream_latency(t, {**ends, **taus}, stream, per_round=True)
-        achieved = {name: float(np.median(v)) for name, v in per.items()}
+        per = stream_latency(t, {**ends, **taus}, stream, per_round=True, segment=segment)
+        per = {name: v.reshape(len(v), -1) for name, v in per.items()}  # (R, S) ms/img per segment
+        # a round's ms/img over the stream = the segments' ms/img weighted by their images
+        achieved = {name: float(np.median(v @ sizes / sizes.sum())) for name, v in per.items()}
         for k in ks:
             k_timed = float((z_timed >= taus[k]).mean())
-            # same timing round i: model_i = lat_easy,i + k_timed (lat_hard,i - lat_easy,i)
-            model_i = per["easy"] + k_timed * (per["hard"] - per["easy"])
-            model_ratios.setdefault(k, []).extend(per[k] / model_i)
+            k_seg = np.array([float((zs >= taus[k]).mean()) for zs in z_segments])  # (S,)
+            # same segment s of timing round i: model_is = lat_easy,is + k_s (lat_hard,is - lat_easy,is)
+            model = per["easy"] + k_seg * (per["hard"] - per["easy"])
+            model_ratios.setdefault(k, []).extend((per[k] / model).reshape(-1))
             per_round.append(
                 {
                     "target k": k,
@@ -157,7 +185,7 @@ def target_latency(
                     "timed fraction hard": k_timed,
                     "achieved ms/img": achieved[k],
                     "achieved / target": achieved[k] / targets[k],
-                    "achieved / model": np.nan,  # pooled over every timing round below
+                    "achieved / model": np.nan,  # pooled over every round below
                     "lat_easy ms/img": cal["easy"],
                     "lat_hard ms/img": cal["hard"],
                 }
