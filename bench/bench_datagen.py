@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_datagen.py [--n 400] [--size 256] [--workers 2]
+    python bench/bench_datagen.py [--n 1000] [--size 256] [--workers 2]
 
 Generates ``n`` training images into a temporary folder and prints the measured speed
 as json. The benchmark suite (``make bench``, ``bench/suite.py``) reports the same
@@ -21,7 +21,7 @@ from dynamicdet.config import DEFAULT_CLASSES
 from dynamicdet.data.synthetic import generate
 
 
-def measure_datagen(n: int = 400, size: int = 256, workers: int = 2) -> dict:
+def measure_datagen(n: int = 1000, size: int = 256, workers: int = 2) -> dict:
     """Generate ``n`` images of side ``size`` into a temporary folder; images per second."""
     with tempfile.TemporaryDirectory(prefix="bench_datagen_") as tmp:
         t0 = time.perf_counter()
@@ -48,7 +48,7 @@ def measure_datagen(n: int = 400, size: int = 256, workers: int = 2) -> dict:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400, help="images to generate")
+    parser.add_argument("--n", type=int, default=1000, help="images to generate")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     args = parser.parse_args()

@@ -81,3 +81,31 @@ def test_controller_compare_smoke_runs_every_loop_in_rotated_order(smoke_cfg):
         assert first == {("open loop", "integral", "model")[rep]}  # rotated: repetition i starts with loop i
     assert all(0.0 <= x["fraction hard"] <= 1.0 and x["achieved / target"] > 0 for x in runs)
     assert "## smoke" in (paths.results_dir() / "controller_compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_segment_compare_smoke_runs_both_estimators_in_alternating_order(smoke_cfg):
+    r = subprocess.run(
+        [sys.executable, str(paths.REPO_ROOT / "bench" / "segment_compare.py"), "--config", "smoke", "--reps", "2"],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((paths.results_dir() / "segment_compare.json").read_text())["smoke"]
+    runs = rec["runs"]
+    names = ("whole passes", "segments of 6")
+    for rep in (0, 1):
+        first = {x["estimator"] for x in runs if x["rep"] == rep and x["position"] == 1}
+        assert first == {names[rep]}  # alternating: repetition 1 starts with the other estimator
+        assert sorted((x["estimator"], x["k"]) for x in runs if x["rep"] == rep) == sorted(
+            (n, k) for n in names for k in (0.1, 0.5, 0.9)
+        )
+    # one ratio per timing round with whole passes, one per segment of 6 images of each timing round with
+    # segments (0: a round skipped as noisy, which a busy machine may cause)
+    rounds, segments = max(3, smoke_cfg.eval.latency_repeats // 4), -(-rec["settings"]["images"] // 6)
+    for x in runs:
+        assert x["ratios"] in (0, rounds if x["estimator"] == "whole passes" else rounds * segments)
+    assert {s["estimator"] for s in rec["summary"]} == set(names)
+    assert "## smoke" in (paths.results_dir() / "segment_compare.md").read_text()

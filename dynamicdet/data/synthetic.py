@@ -235,7 +235,8 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: 
 def _polygon_area(xy: np.ndarray) -> float:
     """Shoelace area of a (k, 2) polygon."""
     x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    x1, y1 = np.concatenate((x[1:], x[:1])), np.concatenate((y[1:], y[:1]))  # np.roll(., -1), without its overhead
+    return 0.5 * abs(float(np.dot(x, y1) - np.dot(y, x1)))
 
 
 @dataclass
@@ -339,6 +340,9 @@ def render_image(
             continue
 
         # Try random positions; keep the first one that hides no earlier object too much.
+        if max_hidden > 0.0 and placed:  # fixed while trying: what each earlier object shows, and must keep
+            visible_now = np.array(visible)
+            must_keep = (1 - max_hidden) * np.array([p.full_px for p in placed])
         for _try in range(30):
             if placed and rng.random() < p_near:
                 anchor = placed[int(rng.integers(len(placed)))]
@@ -354,8 +358,7 @@ def render_image(
                 covered = None
             else:
                 covered = np.bincount(under, minlength=len(placed))
-                left = np.array(visible) - covered
-                ok = bool(np.all(left >= (1 - max_hidden) * np.array([p.full_px for p in placed])))
+                ok = bool(np.all(visible_now - covered >= must_keep)) if placed else True
             if ok:
                 break
         else:
@@ -388,7 +391,7 @@ def render_image(
         annotations.append(
             {
                 "category_id": p.category + 1,
-                "segmentation": [[float(v) for v in poly.reshape(-1)]],
+                "segmentation": [poly.reshape(-1).tolist()],
                 "bbox": [round(float(v), 2) for v in (x_min, y_min, x_max - x_min, y_max - y_min)],
                 "area": round(_polygon_area(poly), 2),
                 "iscrowd": 0,
