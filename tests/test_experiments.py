@@ -173,6 +173,8 @@ def test_target_latency_rows_follow_the_threshold_rule(trained_smoke, monkeypatc
     assert np.allclose(whole["achieved ms/img"], demo["achieved ms/img"])
     with pytest.raises(ValueError, match="rounds"):
         target_latency(t, rounds=0)
+    with pytest.raises(ValueError, match="segment"):
+        target_latency(t, segment=0)
 
 
 @slow

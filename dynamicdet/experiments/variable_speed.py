@@ -142,6 +142,8 @@ def target_latency(
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if segment is not None and segment < 1:
+        raise ValueError(f"segment must be >= 1 image or None, got {segment}")
     stream, z_timed = timing_stream(t, n_images)
     z = t.val_scores["logit"].to_numpy()
     step = len(stream) if segment is None else segment
