@@ -254,12 +254,15 @@ def test_latency_harness_times_the_two_stage_routes(monkeypatch):
 
 
 def _ordered_fake_times(fns, device, warmup, repeats):
-    """time_interleaved that calls every function once (the plumbing runs) and reports fixed times."""
+    """time_interleaved that calls every function once (the plumbing runs) and reports fixed times.
+
+    Its keys are ``(segment, name)`` (``speed.segment_times``).
+    """
     fixed = {"easy": 2.0, "hard": 3.0, "score": 1.0, "router": 0.1}
     with torch.inference_mode():  # as the real harness
         for fn in fns.values():
             fn()
-    return {k: speed._stats([fixed[k]] * repeats) for k in fns}
+    return {key: speed._stats([fixed[key[1]]] * repeats) for key in fns}
 
 
 def test_group_norm_recipe_normalises_trunk_fpn_and_mask_head_without_batch_statistics():
