@@ -8,6 +8,7 @@ Each stage is cached by config, so the notebooks reuse what the pipeline compute
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import nbformat
 import papermill as pm
 
 from . import paths, runs
+from .claims import to_markdown, write_claims
 from .config import load_config
 from .data.coco import prepare_dataset
 from .data.synthetic import generate_from_config, summarize
@@ -28,6 +30,7 @@ from .experiments import (
     two_stage_table,
 )
 from .results import merge_provenance, out_dir, provenance, read_provenance, run_stamp
+from .step1 import SETUP_FILE
 
 # notebooks that `make reproduce` runs only when asked (`--notebooks`): experiments about this
 # replication itself rather than tables of the paper, too long for the default main job
@@ -176,6 +179,7 @@ def _record(
         runs_record = {name: {**stamp, "wall_s": dt} for name, dt in nb_times.items()}
         merge_provenance(config, {"notebook_wall_s": nb_times, "notebook_runs": runs_record})
         print(f"reproduce {config}: notebooks done in {total / 60:.1f} min -> {out_dir(config)}")
+        _print_claims(config)
         return
     record: dict = {"notebook_wall_s": nb_times}
     if times is not None:  # a stage run says what it left out (an earlier run's tables stay)
@@ -184,5 +188,16 @@ def _record(
     # the end-to-end time only means something when every stage was computed by this run
     complete = times is not None and not cached and not notebooks and not skip
     record["reproduce_wall_s" if complete else "last_partial_run_wall_s"] = round(total, 1)
+    setup = runs.STEP1.path(cfg) / SETUP_FILE
+    if times is not None and setup.exists():  # threads, workers, processes step 1 was trained with
+        record["step1_setup"] = json.loads(setup.read_text())
     provenance(config, cfg.to_dict(), record)
     print(f"reproduce {config}: done in {total / 60:.1f} min -> {out_dir(config)}")
+    _print_claims(config)
+
+
+def _print_claims(config: str) -> None:
+    """Write ``results/<config>/claims.{csv,md}`` from the tables the notebooks wrote, and print it."""
+    df = write_claims(config)
+    print(f"\nclaims of the paper, this run ({out_dir(config) / 'claims.md'}):")
+    print(to_markdown(df))

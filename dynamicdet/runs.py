@@ -17,7 +17,7 @@ Layout under ``paths.runs_dir()``::
             step2.pt  router_metrics.csv  train_losses.csv  val_scores.csv
             val_dets-<key>.pt          VAL_DETS: NMS settings, eval.batch
             tradeoff-<key>.pt          TRADEOFF: + fractions, sweep, random seeds
-            latency_table-<key>.csv    LATENCY: the timed models and the timing settings
+            latency_table_segments-<key>.csv  LATENCY: the timed models, timing settings (+ _checks.csv)
             two_stage_table-<key>.csv  TWO_STAGE_TABLE (two-stage configs): eval; + .json: who made it
     <name>-static-<key>/               STATIC_MODELS: data, model.family, the train fields ultralytics reads,
                                        eval.static_epochs
@@ -117,7 +117,7 @@ LATENCY = Stage(
         "eval.static_scales",
         "eval.static_epochs",
     ),
-    "latency_table-{key}.csv",
+    "latency_table_segments-{key}.csv",  # interleaved every few images, checked
     STEP2,
 )
 TWO_STAGE_TABLE = Stage("two-stage table", ("eval",), "two_stage_table-{key}.csv", STEP2)

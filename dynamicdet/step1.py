@@ -10,15 +10,18 @@ with DDP when a process group is initialised (rank 0 logs and saves).
 Writes into the run folder (:data:`~dynamicdet.runs.STEP1`): ``config.yaml``,
 ``step1_last.pt`` (every epoch, atomically; ``resume`` continues from it),
 ``step1_metrics.csv`` (per epoch: losses, gradient norms, val AP), ``step1_grad_norms.csv``
-(per optimizer step) and ``step1.pt`` (the EMA weights at the end).
+(per optimizer step), ``step1_setup.json`` (threads, workers, processes: :func:`compute_setup`;
+a resume with another setup is recorded and warned about) and ``step1.pt`` (the EMA weights at the end).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,7 @@ from .checkpoint import load_into, save_checkpoint
 from .config import Config
 from .data.coco import prepare_dataset
 from .data.loaders import build_dataset, make_loader, seed_everything, to_device
-from .files import append_csv_rows, write_csv
+from .files import append_csv_rows, write_csv, write_json
 from .runs import STEP1, write_config
 from .validate import evaluate_routes
 
@@ -130,6 +133,46 @@ def _truncate_log(path, epochs: int) -> None:
         write_csv(df[df["epoch"] <= epochs], path)
 
 
+def compute_setup(device: torch.device, workers: int, world: int) -> dict:
+    """What moves step-1 floats besides the config: torch's thread counts, workers, processes.
+
+    The same config trained twice with the same setup gives bit-identical weights
+    (``tests/test_train.py``); another thread count changes the order of float reductions,
+    so its weights differ like another seed's (docs: reproducibility).
+    """
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "dataloader_workers": workers,
+        "world_size": world,
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+
+
+SETUP_FILE = "step1_setup.json"
+
+
+def check_setup(folder: Path, now: dict, action: str) -> list[str]:
+    """Compare the setup a run folder was trained with against ``now``; warn on every difference.
+
+    Returns:
+        The differences, ``"torch_threads: run 1, now 2"`` (empty when the run has no record).
+    """
+    path = folder / SETUP_FILE
+    if not path.exists():
+        return []
+    was = json.loads(path.read_text())
+    diff = [f"{k}: run {was.get(k)!r}, now {v!r}" for k, v in now.items() if was.get(k) != v]
+    if diff:
+        warnings.warn(
+            f"{folder.name}: {action} with another setup than it was trained with ({'; '.join(diff)}): "
+            "its weights differ from an uninterrupted run of this setup like another seed's would",
+            stacklevel=3,
+        )
+    return diff
+
+
 def _fmt(items: dict) -> str:
     return ", ".join(f"{k} {float(v):.4g}" for k, v in items.items())
 
@@ -157,10 +200,12 @@ def train_step1(
     rank, world = _dist_info()
     folder = STEP1.path(cfg)
     final = folder / "step1.pt"
-    if final.exists():
-        return final
     t_cfg = cfg.train
     device = resolve_device(cfg.device)
+    if final.exists():  # cached: say so when this process would have trained it with another setup
+        if rank == 0:
+            check_setup(folder, compute_setup(device, t_cfg.workers, world), "reused")
+        return final
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     info = prepare_dataset(cfg)
@@ -187,7 +232,15 @@ def train_step1(
     start_epoch = 0
     last = folder / "step1_last.pt"
     metrics_path, norms_path = folder / "step1_metrics.csv", folder / "step1_grad_norms.csv"
+    setup = compute_setup(device, t_cfg.workers, world)
     if resume and last.exists():
+        if rank == 0:
+            diff = check_setup(folder, setup, "resumed")
+            if diff:  # the record keeps every setup the run saw
+                rec = json.loads((folder / SETUP_FILE).read_text())
+                write_json(
+                    {**rec, "resumed_with": [*rec.get("resumed_with", []), setup]}, folder / SETUP_FILE, indent=2
+                )
         ckpt = load_into(model, last)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -202,6 +255,7 @@ def train_step1(
     elif rank == 0:
         metrics_path.unlink(missing_ok=True)
         norms_path.unlink(missing_ok=True)
+        write_json(setup, folder / SETUP_FILE, indent=2)
 
     ddp = model
     if world > 1:

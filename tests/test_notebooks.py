@@ -140,3 +140,19 @@ def test_nbval_lax_on_executed_notebooks(executed):
         timeout=1800,
     )
     assert r.returncode == 0, r.stdout[-4000:]
+
+
+def test_notebooks_default_to_the_main_jobs_config():
+    # JupyterLab after `make reproduce` must read the run just made, not start another config's training
+    import re
+
+    from dynamicdet.pipeline import ON_REQUEST
+
+    make = (paths.REPO_ROOT / "Makefile").read_text()
+    main_job = re.search(r"^CONFIG \?= (\w+)$", make, flags=re.M).group(1)
+    for nb in NOTEBOOKS:
+        if nb.stem in ON_REQUEST:  # run on request on its own config (09: `make ablation`)
+            continue
+        params = [c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])][0]
+        default = re.search(r'^config = "(\w+)"', params.source, flags=re.M).group(1)
+        assert default == main_job, f"{nb.name}: parameters default config {default!r}, Makefile's CONFIG {main_job!r}"

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -218,18 +219,88 @@ def target_latency(
     return out
 
 
-def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Latency (ms per image) of every model of the trade-off, timed together.
+# the latency table's consistency checks (see latency_checks): bounds that hold on a quiet machine
+SAME_NETWORK = (0.97, 1.08)  # Dy /0 / the static model of the same architecture (+ a router of about 2%)
+MONOTONE_TOL = 0.02  # t(/k') >= (1 - tol) t(/k) for k' > k
+LINEAR_TOL = 0.05  # |t(/k) / ((1 - k) t(/0) + k t(/100)) - 1| <= tol
+TIMING_SEGMENT_IMAGES = 6  # images per interleaved segment (bench/segment_compare.py: within 1.3% of the truth)
+
+
+def latency_checks(lat: pd.DataFrame, k_timed: dict[str, float], same_static: str | None) -> pd.DataFrame:
+    """The three checks a latency table must pass before its figures are believed.
+
+    For every ``latency_ms_b*`` column of ``lat``:
+
+    1. ``same network``: Dy /0 (B1 + router + H1) over the static model of the same
+       architecture (``same_static``, skipped when absent) within :data:`SAME_NETWORK`;
+    2. ``non-decreasing``: each Dy /k at least (1 - :data:`MONOTONE_TOL`) times the Dy row
+       of the next smaller k;
+    3. ``linear mix``: each Dy /k within :data:`LINEAR_TOL` of (1 - k) t(/0) + k t(/100), k the
+       hard fraction of the timed stream (``k_timed``).
+
+    Args:
+        lat: columns ``model`` and ``latency_ms_b<B>``; the Dy rows are the models in ``k_timed``.
+        k_timed: Dy row name -> fraction of the timed images that took the hard route (must
+            include a 0 and a 1 row).
+        same_static: name of the static row of the same architecture, or None.
+
+    Returns:
+        One row per check and batch column: ``batch``, ``check``, ``model``, ``value``,
+        ``lo``, ``hi``, ``passed``.
+    """
+    dy = sorted(k_timed, key=lambda m: k_timed[m])
+    if not dy or k_timed[dy[0]] != 0 or k_timed[dy[-1]] != 1:
+        raise ValueError(f"latency_checks: the Dy rows must include k = 0 and k = 1, got {k_timed}")
+    rows = []
+    for col in [c for c in lat.columns if c.startswith("latency_ms_b")]:
+        t = lat.set_index("model")[col]
+        b = col.removeprefix("latency_ms_")
+
+        def add(check, model, value, lo, hi, b=b):
+            rows.append(
+                {
+                    "batch": b,
+                    "check": check,
+                    "model": model,
+                    "value": value,
+                    "lo": lo,
+                    "hi": hi,
+                    "passed": bool(lo <= value <= hi),
+                }
+            )
+
+        t0, t1 = t[dy[0]], t[dy[-1]]
+        if same_static is not None and same_static in t.index:
+            add("same network", dy[0], t0 / t[same_static], *SAME_NETWORK)
+        for prev, m in itertools.pairwise(dy):
+            add("non-decreasing", m, t[m] / t[prev], 1 - MONOTONE_TOL, np.inf)
+        for m in dy[1:-1]:
+            k = k_timed[m]
+            # the linear mix of the two routes: (1 - k) t(/0) + k t(/100)
+            add("linear mix", m, t[m] / ((1 - k) * t0 + k * t1), 1 - LINEAR_TOL, 1 + LINEAR_TOL)
+    return pd.DataFrame(rows, columns=["batch", "check", "model", "value", "lo", "hi", "passed"])
+
+
+def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = True, tries: int = 3) -> pd.DataFrame:
+    """Latency (ms per image) of every model of the trade-off, timed together, then checked.
 
     The dynamic rows run ``route()`` at the table's thresholds; ``B1 + router`` is the
     router's score alone (confidence escalation's hard images pay H1 = easy - score on
     top); the static models run their fused forward. All on one stream of val images
-    (:func:`timing_stream`), in alternation (:func:`stream_latency`), at batch 1 and
-    ``eval.batch``: figures taken minutes apart on a shared machine are not comparable.
+    (:func:`timing_stream`), interleaved every :data:`TIMING_SEGMENT_IMAGES` images
+    (:func:`stream_latency` with ``segment``: every model on images 1-6, then every model
+    on images 7-12, ...), at batch 1 and ``eval.batch``: whole passes timed one after the
+    other strayed by up to 26% on a shared machine (``bench/segment_compare.py``).
+
+    The table is then checked (:func:`latency_checks`); a table that fails is timed again,
+    up to ``tries`` times, and the attempt with the most passed checks is kept. It is
+    written with a ``consistent`` column (False on rows that take part in a failed check)
+    and a warning, never silently. The checks go to ``<table>_checks.csv`` beside it.
     Cached (:data:`~dynamicdet.runs.LATENCY`).
 
     Returns:
-        Columns ``model``, ``latency_ms_b1``, ``latency_ms_b<eval.batch>``.
+        Columns ``model``, ``k_timed`` (hard fraction of the timed images; NaN for static
+        rows), ``latency_ms_b1``, ``latency_ms_b<eval.batch>``, ``consistent``.
     """
     table, e = res["table"], t.cfg.eval
     path = LATENCY.path(t.cfg)
@@ -240,18 +311,45 @@ def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = 
             return cached
     fns: dict = dict(zip(table["model"], table["tau"], strict=True))
     fns["B1 + router"] = t.timing_model.score
+    same = None
     for scale in e.static_scales:
         name = f"{t.cfg.model.family}{scale} (static)"
         if name in names:
             fns[name] = prepare_for_timing(load_static(t.cfg, scale), t.device)
-    stream, _ = timing_stream(t)
-    out: dict = {"model": names}
-    for b in tqdm(sorted({1, e.batch}), desc="latency table", disable=not progress):
-        ms = stream_latency(t, fns, stream, b)
-        out[f"latency_ms_b{b}"] = [ms[n] for n in names]
-    df = pd.DataFrame(out)
+            same = name if scale == t.cfg.model.scale else same
+    stream, z = timing_stream(t)
+    k_timed = {m: float((z >= tau).mean()) for m, tau in zip(table["model"], table["tau"], strict=True)}
+    best = None
+    for attempt in range(max(tries, 1)):
+        out: dict = {"model": names, "k_timed": [k_timed.get(n, np.nan) for n in names]}
+        for b in tqdm(sorted({1, e.batch}), desc=f"latency table (try {attempt + 1})", disable=not progress):
+            ms = stream_latency(t, fns, stream, b, segment=max(1, TIMING_SEGMENT_IMAGES // b))
+            out[f"latency_ms_b{b}"] = [ms[n] for n in names]
+        df = pd.DataFrame(out)
+        checks = latency_checks(df, k_timed, same)
+        if best is None or checks["passed"].sum() >= best[1]["passed"].sum():
+            best = (df, checks)
+        if checks["passed"].all():
+            break
+    df, checks = best
+    failed = set(checks.loc[~checks["passed"], "model"])
+    # a failed check involves its row and the rows it was compared with (/0 and /100 for the mix)
+    if failed:
+        failed |= {m for m in k_timed if k_timed[m] in (0.0, 1.0)} | ({same} if same else set())
+        bad = checks.loc[~checks["passed"], ["batch", "check", "model", "value"]].to_string(index=False)
+        warnings.warn(
+            f"latency table: checks failed after {tries} timing(s); written with consistent=False:\n{bad}", stacklevel=2
+        )
+    df["consistent"] = [n not in failed for n in names]
+    write_csv(checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
     return df
+
+
+def latency_table_checks(t: Trained) -> pd.DataFrame:
+    """The checks of the cached latency table of ``t`` (:func:`latency_table` must have run)."""
+    path = LATENCY.path(t.cfg)
+    return pd.read_csv(path.with_name(path.stem + "_checks.csv"))
 
 
 def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, batch: int) -> pd.DataFrame:
@@ -259,7 +357,7 @@ def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, bat
 
     Columns: model, k (target hard fraction), k_measured, GFLOPs, latency at batch 1 and
     ``batch`` (ms per image, :func:`latency_table`), FPS at batch 1, AP, AP50, AP75, APs,
-    APm, APl.
+    APm, APl, ``consistent`` (the latency figures passed :func:`latency_checks`).
     """
     cols = [
         "model",
@@ -275,6 +373,7 @@ def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, bat
         "APs",
         "APm",
         "APl",
+        "consistent",
     ]
     rows = pd.concat([res["table"], static], ignore_index=True)
     rows = rows.drop(columns=[c for c in rows if c.startswith(("latency_ms", "FPS"))]).merge(

@@ -1,0 +1,371 @@
+"""The claims scorecard: which of the paper's claims this run reproduces, by how much, from which file.
+
+Each claim is a function of one results folder (``results/<config>/``, the tables the
+notebooks write) that returns the run's value and its margin over a *bar* the value must clear
+(value - bar), so a margin >= 0 means the claim holds in that run. Given the
+folders of several seeds of one config, every margin gets a mean, a standard deviation
+and a 95% interval (Student's t over the seeds), and the verdict follows the interval:
+
+- **reproduced**: the interval lies above 0 (one seed: the margin is >= 0);
+- **not reproduced**: the interval lies below 0 (one seed: the margin is < 0);
+- **inconclusive**: the interval straddles 0 (only with two or more seeds);
+- **not testable**: the run cannot test the claim (a table is missing, one static
+  scale where a frontier needs two, two-stage models too small to have learned).
+
+``make reproduce`` writes ``results/<config>/claims.{csv,md}`` and prints it; each
+notebook shows its own rows at its end (:func:`notebook_claims`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import paths
+from .files import write_csv, write_text
+
+# Dy-YOLOv7 (COCO test-dev): static YOLOv7 51.4 AP, Dy /50 53.3, Dy /100 53.9
+# c(0.5) = (AP(0.5) - AP_1) / (AP_2 - AP_1), with the static YOLOv7 as the easy route
+PAPER_C50 = (53.3 - 51.4) / (53.9 - 51.4)
+C50_TOLERANCE = 0.05  # c(0.5) counts as the paper's when it is at most this far below it
+BALANCE_TOLERANCE = 0.1  # the adaptive offset balances the routes: |share of phi > 0.5 - 0.5| <= this
+DIFFICULTY_BAR = 0.5  # Spearman(phi, generator difficulty) that counts as "hard = many small occluded objects"
+LEARNED_AP = 0.05  # a two-stage model under this AP has not learned: its claims are not testable here
+
+
+class NotTestable(Exception):
+    """The run cannot test this claim; the message says why."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper and how a results folder tests it.
+
+    Attributes:
+        name: the claim in a sentence.
+        notebook: the notebook whose tables test it (``"06"``).
+        paper: what the paper reports.
+        evidence: the table (file stem in the results folder) the value comes from.
+        measure: ``fn(folder) -> (value, margin)``, margin = how far the value clears the bar
+            (>= 0: the claim holds); raises :class:`NotTestable`.
+        bar: how the bar reads, for the table (``"> 0"``).
+    """
+
+    name: str
+    notebook: str
+    paper: str
+    evidence: str
+    bar: str
+    measure: Callable[[Path], tuple[float, float]]
+
+
+def _read(folder: Path, stem: str) -> pd.DataFrame:
+    path = folder / f"{stem}.csv"
+    if not path.exists():
+        raise NotTestable(f"{stem}.csv not written by this run")
+    return pd.read_csv(path)
+
+
+def _row(df: pd.DataFrame, column: str, value: str, stem: str) -> pd.Series:
+    hit = df[df[column] == value]
+    if hit.empty:
+        raise NotTestable(f"{stem}.csv has no row {column} = {value!r}")
+    return hit.iloc[0]
+
+
+def _joint_gain(folder: Path) -> tuple[float, float]:
+    df = _read(folder, "joint_training")
+    ap = df.set_index("detector")["AP"]
+    gain = float(ap.iloc[1] - ap.iloc[0])
+    return gain, gain
+
+
+def _static_same(folder: Path) -> tuple[float, float]:
+    df = _read(folder, "variable_speed").set_index("model")
+    static = [m for m in df.index if m.endswith("(static)")]
+    if not static:
+        raise NotTestable("no static model in variable_speed.csv")
+    # the static model of the dynamic model's architecture: the one with Dy /0's GFLOPs (the router adds < 1%)
+    same = min(static, key=lambda m: abs(df.loc[m, "GFLOPs"] - df.loc["Dy /0", "GFLOPs"]))
+    diff = float(df.loc["Dy /0", "AP"] - df.loc[same, "AP"])
+    return diff, diff
+
+
+def _capture(router: str) -> Callable[[Path], tuple[float, float]]:
+    def measure(folder: Path) -> tuple[float, float]:
+        df = _read(folder, "capture_ratio").set_index("router")["c(0.5)"]
+        return float(df["learned"]), float(df["learned"] - df[router])
+
+    return measure
+
+
+def _c50(folder: Path) -> tuple[float, float]:
+    df = _read(folder, "capture_ratio").set_index("router")["c(0.5)"]
+    return float(df["learned"]), float(df["learned"]) - (PAPER_C50 - C50_TOLERANCE)
+
+
+def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
+    def measure(folder: Path) -> tuple[float, float]:
+        from .experiments.tradeoffs import static_frontier
+
+        df = _read(folder, "variable_speed")
+        static = df[df["model"].str.endswith("(static)")]
+        if len(static) < 2:
+            raise NotTestable(f"{len(static)} static scale(s): the frontier needs two")
+        pick = ["model", cost, "AP"]
+        points = df[df["model"] == "Dy /50"][pick].rename(columns={cost: "latency_ms_b1"})
+        if points.empty:
+            raise NotTestable("variable_speed.csv has no Dy /50 row")
+        gap = static_frontier(points, static[pick].rename(columns={cost: "latency_ms_b1"}))["gap"].iloc[0]
+        return float(gap), float(gap)
+
+    return measure
+
+
+def _balance(folder: Path) -> tuple[float, float]:
+    df = _read(folder, "router_variants")
+    share = float(_row(df, "overrides", "{}", "router_variants")["val phi > 0.5"])
+    # margin = tolerance - |share - 0.5|: >= 0 when the routes are balanced
+    return share, BALANCE_TOLERANCE - abs(share - 0.5)
+
+
+def _difficulty(folder: Path) -> tuple[float, float]:
+    df = _read(folder, "difficulty_correlation").set_index("attribute")
+    if "difficulty" not in df.index:
+        raise NotTestable("no generator difficulty (real data)")
+    rho = float(df.loc["difficulty", "Spearman corr. with phi"])
+    return rho, rho - DIFFICULTY_BAR
+
+
+def _two_stage(kind: str, dy: str, static: str) -> Callable[[Path], tuple[float, float]]:
+    def measure(folder: Path) -> tuple[float, float]:
+        stem = f"two_stage_{kind}"
+        df = _read(folder, stem).set_index("model")
+        for m in (dy, static):
+            if m not in df.index:
+                raise NotTestable(f"{stem}.csv has no row {m!r}")
+        if max(df.loc[dy, "AP"], df.loc[static, "AP"]) < LEARNED_AP:
+            raise NotTestable(f"two-stage APs under {LEARNED_AP}: models too small to have learned at this config")
+        diff = float(df.loc[dy, "AP"] - df.loc[static, "AP"])
+        return diff, diff
+
+    return measure
+
+
+CLAIMS: list[Claim] = [
+    Claim(
+        "detector 2 beats detector 1",
+        "02",
+        "+2.5 AP (YOLOv7 51.4 -> Dy /100 53.9)",
+        "joint_training",
+        "AP2 - AP1 > 0",
+        _joint_gain,
+    ),
+    Claim(
+        "joint training leaves detector 1 as good as a static model of its architecture",
+        "06",
+        "implied (Dy /10 52.1 vs YOLOv7 51.4)",
+        "variable_speed",
+        "AP(Dy /0) - AP(static) >= 0",
+        _static_same,
+    ),
+    Claim(
+        "the router beats random routing at /50",
+        "06",
+        "implied (not reported)",
+        "capture_ratio",
+        "c(0.5) > random",
+        _capture("random"),
+    ),
+    Claim(
+        "the router beats confidence escalation at /50",
+        "06",
+        "not reported (a baseline of this project)",
+        "capture_ratio",
+        "c(0.5) > escalation",
+        _capture("confidence escalation"),
+    ),
+    Claim(
+        "/50 keeps about three quarters of detector 2's gain",
+        "06",
+        f"c(0.5) = {PAPER_C50:.2f}",
+        "capture_ratio",
+        f"c(0.5) >= {PAPER_C50 - C50_TOLERANCE:.2f}",
+        _c50,
+    ),
+    Claim(
+        "Dy /50 on or above the static frontier, by latency (batch 1)",
+        "06",
+        "Dy /50 53.3 AP at 96 FPS vs YOLOv7-X 53.1 at 105",
+        "variable_speed",
+        "AP - frontier >= 0",
+        _frontier("latency_ms_b1"),
+    ),
+    Claim(
+        "Dy /50 on or above the static frontier, by GFLOPs",
+        "06",
+        "Dy /50 53.3 AP at 143G vs YOLOv7-X 53.1 at 190G",
+        "variable_speed",
+        "AP - frontier >= 0",
+        _frontier("GFLOPs"),
+    ),
+    Claim(
+        "the adaptive offset balances the routes without a tuned hyperparameter",
+        "04",
+        "hyperparameter-free (offset = median)",
+        "router_variants",
+        f"|val share phi > 0.5 - 0.5| <= {BALANCE_TOLERANCE}",
+        _balance,
+    ),
+    Claim(
+        "hard images are the crowded, small, occluded, cluttered ones",
+        "07",
+        "qualitative (figure)",
+        "difficulty_correlation",
+        f"Spearman(phi, difficulty) >= {DIFFICULTY_BAR}",
+        _difficulty,
+    ),
+    Claim(
+        "two-stage: Dy /50 at or above the deeper static trunk",
+        "08",
+        "Dy-Faster R50 /50 39.5 vs R101 39.4",
+        "two_stage_faster_rcnn",
+        "AP(Dy /50) - AP(R34) >= 0",
+        _two_stage("faster_rcnn", "Dy /50", "static resnet34"),
+    ),
+    Claim(
+        "two-stage: Dy /90 at or above the deeper static trunk",
+        "08",
+        "Dy-Faster R50 /90 40.4 vs R101 39.4",
+        "two_stage_faster_rcnn",
+        "AP(Dy /90) - AP(R34) >= 0",
+        _two_stage("faster_rcnn", "Dy /90", "static resnet34"),
+    ),
+    Claim(
+        "two-stage: detector 2 beats detector 1 (Faster R-CNN)",
+        "08",
+        "Dy-Faster /90 40.4 vs R50 37.4",
+        "two_stage_faster_rcnn",
+        "AP(Dy /100) - AP(Dy /0) > 0",
+        _two_stage("faster_rcnn", "Dy /100", "Dy /0"),
+    ),
+    Claim(
+        "two-stage: detector 2 beats detector 1 (Mask R-CNN, box)",
+        "08",
+        "Dy-Mask Swin-T /90 49.9 vs Swin-T 46.0",
+        "two_stage_mask_rcnn",
+        "AP(Dy /100) - AP(Dy /0) > 0",
+        _two_stage("mask_rcnn", "Dy /100", "Dy /0"),
+    ),
+]
+
+
+def interval(margins: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and 95% interval of per-seed margins (Student's t; NaN for one seed)."""
+    from scipy import stats
+
+    m = np.asarray(margins, dtype=float)
+    mean = float(m.mean())
+    if len(m) < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(m.std(ddof=1))
+    # mean +- t_{0.975, n-1} sd / sqrt(n)
+    half = float(stats.t.ppf(0.975, len(m) - 1)) * sd / math.sqrt(len(m))
+    return mean, sd, mean - half, mean + half
+
+
+def verdict(margins: np.ndarray) -> str:
+    """The verdict of per-seed margins (see the module docstring)."""
+    mean, _, lo, hi = interval(margins)
+    if len(margins) < 2:
+        return "reproduced" if mean >= 0 else "not reproduced"
+    if lo > 0:
+        return "reproduced"
+    return "not reproduced" if hi < 0 else "inconclusive"
+
+
+def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) -> pd.DataFrame:
+    """The scorecard of one run (a results folder) or of several seeds of one config.
+
+    Returns:
+        One row per claim: ``claim``, ``notebook``, ``paper``, ``bar``, ``this run`` (mean value
+        over seeds), ``margin`` (mean of value - bar), ``std``, ``ci95 lo``, ``ci95 hi``,
+        ``seeds``, ``verdict``, ``evidence`` (``results/<folder>/<table>.csv``), ``note``
+        (why a claim is not testable).
+    """
+    folders = [folders] if isinstance(folders, Path) else list(folders)
+    rows = []
+    for c in claims or CLAIMS:
+        values, margins, note = [], [], ""
+        try:
+            for f in folders:
+                value, margin = c.measure(f)
+                values.append(value)
+                margins.append(margin)
+        except NotTestable as e:
+            note = str(e)
+        finite = bool(margins) and bool(np.isfinite(margins).all())
+        if not note and not finite:
+            note = "the value is not a number in this run"
+        mean, sd, lo, hi = interval(np.array(margins)) if finite else (math.nan,) * 4
+        rows.append(
+            {
+                "claim": c.name,
+                "notebook": c.notebook,
+                "paper": c.paper,
+                "bar": c.bar,
+                "this run": float(np.mean(values)) if finite else math.nan,
+                "margin": mean,
+                "std": sd,
+                "ci95 lo": lo,
+                "ci95 hi": hi,
+                "seeds": len(folders),
+                "verdict": verdict(np.array(margins)) if finite else "not testable",
+                "evidence": "/".join((*_relative(folders[0]).parts, f"{c.evidence}.csv")),
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _relative(folder: Path) -> Path:
+    try:
+        return folder.resolve().relative_to(paths.REPO_ROOT)
+    except ValueError:
+        return Path("results") / folder.name
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The scorecard as a Markdown table (the columns a reader needs; intervals when seeds exist)."""
+    cols = ["claim", "paper", "this run", "margin", "verdict", "evidence"]
+    out = df.copy()
+    if (out["seeds"] > 1).any():
+        out["margin"] = [
+            f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else f"{m:+.3f}"
+            for m, lo, hi in zip(out["margin"], out["ci95 lo"], out["ci95 hi"], strict=True)
+        ]
+    else:
+        out["margin"] = [f"{m:+.3f}" if np.isfinite(m) else "" for m in out["margin"]]
+    out["this run"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in out["this run"]]
+    out["verdict"] = [v if not n else f"{v}: {n}" for v, n in zip(out["verdict"], out["note"], strict=True)]
+    return out[cols].to_markdown(index=False) + "\n"
+
+
+def write_claims(config: str, folders: list[Path] | None = None) -> pd.DataFrame:
+    """Write ``results/<config>/claims.{csv,md}`` from that folder (or from the seeds' ``folders``)."""
+    out = paths.results_dir(config)
+    df = claims_table(folders or [out])
+    write_csv(df, out / "claims.csv")
+    write_text(to_markdown(df), out / "claims.md")
+    return df
+
+
+def notebook_claims(config: str, notebook: str) -> pd.DataFrame:
+    """The rows of one notebook (``"06"``) of the scorecard of ``results/<config>/``, as it stands now."""
+    df = claims_table(paths.results_dir(config), [c for c in CLAIMS if c.notebook == notebook])
+    return df[["claim", "paper", "bar", "this run", "margin", "verdict", "note"]]

@@ -1,0 +1,130 @@
+"""Tuning a config's recipe for its budget: one change per row, same data, seed and epochs.
+
+Each row is the base config with one set of overrides (``{"train": {"optimizer": "AdamW"}}``),
+trained by the ordinary entry points (:func:`~dynamicdet.experiments.trained.trained`: step 1
+then step 2), so every row is a cached, resumable stage and rows that share step 1 (router
+changes) reuse it. A row reports what the main job needs from a recipe:
+
+- ``AP det1`` / ``AP det2``: COCO AP of both detectors on val (pycocotools);
+- ``c(0.5) learned`` / ``random`` / ``conf. escalation`` / ``oracle AP gain``: the capture
+  ratio c(k) = (AP(k) - AP_1) / (AP_2 - AP_1) at k = 0.5 of the trained router, of random
+  routing (mean of ``eval.random_seeds`` draws), of confidence escalation and of the oracle
+  that ranks by detector 2's per-image AP gain;
+- ``spearman gain~difficulty``: Spearman of detector 2's per-image AP gain with the
+  generator's difficulty (synthetic data: > 0 means detector 2 gains most on hard images);
+- ``train min``: step-1 training time (validation excluded), from ``step1_metrics.csv``.
+
+``python -m dynamicdet.experiments.recipe_tuning --config quick`` runs :data:`QUICK_ROWS` and
+writes ``results/<config>_tuning/recipe_tuning.{csv,md}`` (each row appended as it finishes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from .. import routing
+from ..config import Config, load_config
+from ..results import provenance, save_table
+from ..runs import STEP1
+from ..step2 import spearman
+from .router_study import Capture
+from .trained import route_detections, trained
+
+# row -> (what changes, overrides of the base config). Row "base" is the config as it is.
+QUICK_ROWS: dict[str, tuple[str, dict]] = {
+    "base": ("the config as committed", {}),
+    "adamw": ("AdamW lr0 0.002", {"train": {"optimizer": "AdamW", "lr0": 0.002}}),
+    "adamw_lr4": ("AdamW lr0 0.004", {"train": {"optimizer": "AdamW", "lr0": 0.004}}),
+    "adamw_lr4_gain": (
+        "AdamW lr0 0.004, router target L1 - L2",
+        {"train": {"optimizer": "AdamW", "lr0": 0.004}, "router": {"target": "gain"}},
+    ),
+    "adamw_lr4_e12": ("AdamW lr0 0.004, 12 epochs", {"train": {"optimizer": "AdamW", "lr0": 0.004, "epochs": 12}}),
+}
+
+
+def apply(base: Config, overrides: dict) -> Config:
+    """A copy of ``base`` with ``{section: {field: value}}`` overrides (unknown field: clear error)."""
+    cfg = copy.deepcopy(base)
+    for section, values in overrides.items():
+        part = getattr(cfg, section, None)
+        if part is None:
+            raise ValueError(f"overrides: {section!r} is not a config section")
+        for k, v in values.items():
+            if not hasattr(part, k):
+                raise ValueError(f"overrides: {section}.{k} is not a config field")
+            setattr(part, k, v)
+    return cfg
+
+
+def difficulty_of(t, ids: list[int]) -> np.ndarray | None:
+    """The generator's per-image difficulty of ``ids`` (None on data without it, e.g. real COCO)."""
+    images = {im["id"]: im for im in json.loads(t.info.gt_json["val"].read_text())["images"]}
+    if not all("difficulty" in images[i] for i in ids):
+        return None
+    return np.array([images[i]["difficulty"] for i in ids], dtype=float)
+
+
+def recipe_row(cfg: Config, progress: bool = False) -> dict:
+    """Train (or reuse) one recipe and measure it (see the module docstring for the columns)."""
+    t = trained(cfg, progress=progress)
+    cap = Capture(t)
+    dets1, _ = route_detections(t, progress=False)
+    learned = t.val_scores.set_index("image_id").loc[cap.ids, "logit"].to_numpy()
+    conf = routing.confidence_escalation_score(dets1, cap.ids)
+    diff = difficulty_of(t, cap.ids)
+    metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
+    return {
+        "AP det1": cap.ap1,
+        "AP det2": cap.ap2,
+        "AP det2 - det1": cap.ap2 - cap.ap1,
+        "c(0.5) learned": cap.of(learned)["c(0.5)"],
+        "c(0.5) random": cap.random(cfg.eval.random_seeds)["c(0.5)"],
+        "c(0.5) conf. escalation": cap.of(conf)["c(0.5)"],
+        "c(0.5) oracle AP gain": cap.of(cap.ap_gain)["c(0.5)"],
+        "spearman gain~difficulty": spearman(cap.ap_gain, diff) if diff is not None else float("nan"),
+        "train min": float(metrics["time_s"].sum() / 60),
+        "run": STEP1.path(cfg).name,
+    }
+
+
+def tuning_table(
+    base: str | Config, rows: dict[str, tuple[str, dict]], out: str | None = None, progress: bool = True
+) -> pd.DataFrame:
+    """Every row of ``rows`` on ``base`` (see :func:`recipe_row`); saved after each row when ``out`` is set."""
+    base_cfg = base if isinstance(base, Config) else load_config(base)
+    table = []
+    for name, (change, overrides) in rows.items():
+        t0 = time.time()
+        row = {"row": name, "change": change, "overrides": json.dumps(overrides, sort_keys=True)}
+        row.update(recipe_row(apply(base_cfg, overrides), progress=progress))
+        row["wall min"] = (time.time() - t0) / 60  # this call's time (0 when every stage was cached)
+        table.append(row)
+        df = pd.DataFrame(table)
+        if out:
+            save_table(df, "recipe_tuning", out)
+        if progress:
+            print(df.drop(columns=["overrides", "run"]).tail(1).to_string(index=False, float_format="%.3f"), flush=True)
+    df = pd.DataFrame(table)
+    if out:
+        provenance(out, base_cfg.to_dict(), {"recipe_tuning": {"rows": {k: v[1] for k, v in rows.items()}}})
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="quick")
+    p.add_argument("--rows", nargs="*", help="row names of QUICK_ROWS (default: all)")
+    a = p.parse_args(argv)
+    rows = {k: v for k, v in QUICK_ROWS.items() if not a.rows or k in a.rows}
+    print(tuning_table(a.config, rows, out=f"{a.config}_tuning").to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The latency table's consistency checks, on fabricated timings (no timing in a test)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dynamicdet.experiments.variable_speed import latency_checks
+
+K = {"Dy /0": 0.0, "Dy /10": 0.1, "Dy /50": 0.5, "Dy /90": 0.9, "Dy /100": 1.0}
+
+
+def table(b1: dict[str, float], static: float = 20.0) -> pd.DataFrame:
+    names = [*K, "yolov8n (static)"]
+    ms = [b1[n] for n in K] + [static]
+    return pd.DataFrame({"model": names, "latency_ms_b1": ms, "latency_ms_b8": [m / 2 for m in ms]})
+
+
+def linear(t0: float = 20.4, t1: float = 30.0) -> dict[str, float]:
+    return {n: (1 - k) * t0 + k * t1 for n, k in K.items()}
+
+
+def failed(checks: pd.DataFrame) -> set[tuple[str, str, str]]:
+    return {(r.batch, r.check, r.model) for r in checks.itertuples() if not r.passed}
+
+
+def test_a_consistent_table_passes_every_check():
+    checks = latency_checks(table(linear()), K, "yolov8n (static)")
+    # per batch: 1 same-network + 4 non-decreasing + 3 linear-mix checks
+    assert len(checks) == 2 * 8
+    assert checks["passed"].all()
+    same = checks[(checks["check"] == "same network") & (checks["batch"] == "b1")]["value"].item()
+    assert same == pytest.approx(20.4 / 20.0)
+
+
+def test_dy0_faster_than_its_own_network_fails():
+    # the quick run's table: Dy /0 at 0.73x the identical static yolov8n
+    checks = latency_checks(table(linear(t0=14.6)), K, "yolov8n (static)")
+    assert ("b1", "same network", "Dy /0") in failed(checks)
+    assert ("b8", "same network", "Dy /0") in failed(checks)
+
+
+def test_a_dip_fails_monotonicity_and_the_linear_mix():
+    t = linear()
+    t["Dy /10"] = 0.9 * t["Dy /0"]  # /10 below /0 (seen: 16.7 -> 15.1 ms)
+    bad = failed(latency_checks(table(t), K, "yolov8n (static)"))
+    assert ("b1", "non-decreasing", "Dy /10") in bad
+    assert ("b1", "linear mix", "Dy /10") in bad
+    assert ("b1", "non-decreasing", "Dy /50") not in bad
+
+
+def test_bounds_are_inclusive_tolerances():
+    t = linear()
+    t["Dy /50"] *= 1.049  # inside 5%
+    assert latency_checks(table(t), K, None)["passed"].all()
+    t["Dy /50"] *= 1.01 / 1.049 * 1.05  # about 6% above the mix
+    assert ("b1", "linear mix", "Dy /50") in failed(latency_checks(table(t), K, None))
+
+
+def test_without_a_same_architecture_static_model_that_check_is_skipped():
+    checks = latency_checks(table(linear(t0=14.6)), K, None)
+    assert "same network" not in set(checks["check"])
+    assert checks["passed"].all()
+
+
+def test_the_dy_rows_need_both_ends():
+    with pytest.raises(ValueError, match="k = 0 and k = 1"):
+        latency_checks(table(linear()), {"Dy /10": 0.1, "Dy /50": 0.5}, None)
+
+
+def test_nan_timings_fail_rather_than_pass():
+    t = linear()
+    t["Dy /50"] = np.nan
+    bad = failed(latency_checks(table(t), K, None))
+    assert ("b1", "linear mix", "Dy /50") in bad
