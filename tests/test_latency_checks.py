@@ -72,3 +72,47 @@ def test_nan_timings_fail_rather_than_pass():
     t["Dy /50"] = np.nan
     bad = failed(latency_checks(table(t), K, None))
     assert ("b1", "linear mix", "Dy /50") in bad
+
+
+def test_latency_table_is_retimed_then_written_with_a_consistent_column(monkeypatch, tmp_path):
+    """latency_table on fabricated timings: a failed check is timed again; a table that stays bad says so."""
+    from types import SimpleNamespace
+
+    from dynamicdet.config import load_config
+    from dynamicdet.experiments import variable_speed as vs
+
+    monkeypatch.setenv("DYNAMICDET_HOME", str(tmp_path))
+    cfg = load_config("smoke")
+    cfg.eval.static_scales = ["n"]
+    taus = {"Dy /0": np.inf, "Dy /10": 0.9, "Dy /50": 0.5, "Dy /90": 0.1, "Dy /100": -np.inf}
+    z = np.linspace(0.005, 0.995, 100)  # logits: a fraction 1 - tau of them at or above tau
+    res = {"table": pd.DataFrame({"model": list(taus), "tau": list(taus.values())})}
+    static = pd.DataFrame({"model": ["yolov8n (static)"]})
+    t = SimpleNamespace(cfg=cfg, device="cpu", timing_model=SimpleNamespace(score=None))
+    monkeypatch.setattr(vs, "timing_stream", lambda t: ([None] * 100, z))
+    monkeypatch.setattr(vs, "load_static", lambda cfg, scale: None)
+    monkeypatch.setattr(vs, "prepare_for_timing", lambda model, device: None)
+    timings = []  # Dy /0's figure at each timing pass (one per batch size)
+
+    def fake(t, fns, images, batch, segment):
+        assert segment == max(1, vs.TIMING_SEGMENT_IMAGES // batch)
+        k = {n: float((z >= taus[n]).mean()) for n in taus}
+        ms = {n: (1 - k[n]) * 20.4 + k[n] * 30.0 for n in taus}
+        ms["Dy /0"] = timings.pop(0)
+        return {**ms, "B1 + router": 18.0, "yolov8n (static)": 20.0}
+
+    monkeypatch.setattr(vs, "stream_latency", fake)
+    timings[:] = [14.6, 14.6, 20.4, 20.4]  # try 1 (batch 1 and eval.batch): Dy /0 at 0.73x its own network
+    df = vs.latency_table(t, res, static, progress=False, tries=3)
+    assert not timings and df["consistent"].all()
+    assert df.set_index("model").loc["Dy /50", "k_timed"] == pytest.approx(0.5, abs=0.01)
+    checks = pd.read_csv(vs.LATENCY.path(cfg).with_name(vs.LATENCY.path(cfg).stem + "_checks.csv"))
+    assert checks["passed"].all()
+
+    vs.LATENCY.path(cfg).unlink()
+    timings[:] = [14.6, 14.6]  # one try, still bad: written, flagged, warned
+    with pytest.warns(UserWarning, match="checks failed after 1"):
+        df = vs.latency_table(t, res, static, progress=False, tries=1)
+    flagged = df.set_index("model")["consistent"]
+    assert not flagged["Dy /0"] and not flagged["yolov8n (static)"] and flagged["B1 + router"]
+    assert vs.LATENCY.path(cfg).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.experiments.router_study import PAPER_ROUTER, router_variant
 from dynamicdet.model import DynamicDetector
 from dynamicdet.runs import router_dir, run_dir
-from dynamicdet.step1 import clip_gradients, train_step1
+from dynamicdet.step1 import SETUP_FILE, check_setup, clip_gradients, train_step1
 from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, step_caches, train_step2
 
 
@@ -286,3 +287,36 @@ def test_step1_variants_train_through_the_cli(smoke_cfg, tmp_path, variant):
     assert metrics["det1_AP"].between(0, 1).all()
     if cfg.train.clip == "none":
         assert (norms["clipped"] == 0).all()
+
+
+# ---------------------------------------------------------------------- reproducibility
+@pytest.mark.slow
+def test_same_config_twice_gives_bit_identical_weights(smoke_cfg, tmp_path):
+    """Two processes, same config and setup (2 threads, 2 dataloader workers): the same step-1 weights."""
+    cfg_path = _cfg_file(tmp_path, epochs=2)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["train"]["workers"] = 2  # the real configs load with workers; their seeding must not depend on timing
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(cfg_path)
+    rel = run_dir(cfg).relative_to(Path(os.environ["DYNAMICDET_HOME"]))
+    weights, setups = [], []
+    for name in ("a", "b"):
+        env = {**_env(tmp_path / name), "OMP_NUM_THREADS": "2"}
+        subprocess.run(_train_cmd(cfg_path), env=env, check=True, capture_output=True)
+        weights.append(read_checkpoint(tmp_path / name / rel / "step1.pt")["model"])
+        setups.append(json.loads((tmp_path / name / rel / SETUP_FILE).read_text()))
+    assert setups[0] == setups[1]
+    assert setups[0]["torch_threads"] == 2 and setups[0]["dataloader_workers"] == 2
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), f"{k} differs between two runs of one config"
+
+
+def test_a_run_reused_with_another_setup_says_so(tmp_path):
+    setup = {"torch_threads": 1, "interop_threads": 1, "dataloader_workers": 2, "world_size": 1}
+    (tmp_path / SETUP_FILE).write_text(json.dumps(setup))
+    assert check_setup(tmp_path, dict(setup), "reused") == []
+    with pytest.warns(UserWarning, match="torch_threads: run 1, now 2"):
+        diff = check_setup(tmp_path, {**setup, "torch_threads": 2}, "resumed")
+    assert diff == ["torch_threads: run 1, now 2"]
+    assert check_setup(tmp_path / "nowhere", setup, "reused") == []  # runs made before the record existed
