@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-fast bench ablation two-stage-tuning lint data venv notebooks lab
+.PHONY: reproduce test test-fast bench ablation two-stage-tuning lint data venv notebooks lab docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(STAMP)
 # so that the committed notebooks show the reference results.
 notebooks: $(STAMP)
 	$(PY) -c "from dynamicdet.pipeline import publish_notebooks as p; print(p('standard'))"
+
+# Regenerate the tables of README.md and docs/*.md from results/ (also run by `make reproduce CONFIG=standard`).
+docs: $(STAMP)
+	$(PY) -m dynamicdet.docs
 
 # JupyterLab on notebooks/ with the project's kernel (python3 = this venv, installed by `make venv`).
 lab: $(STAMP)

@@ -1,0 +1,43 @@
+"""README.md and docs/*.md: their tables are the results files' (generated, never typed)."""
+
+import pandas as pd
+import pytest
+
+from dynamicdet import docs, paths
+
+
+@pytest.mark.parametrize("doc", docs.documents(), ids=lambda p: p.name)
+def test_committed_doc_tables_match_their_results_files(doc):
+    assert not docs.stale(doc), f"{doc.name}: tables differ from their sources; run `make docs`"
+
+
+def test_every_doc_table_block_has_a_source_that_exists():
+    for doc in docs.documents():
+        for m in docs.BLOCK.finditer(doc.read_text()):
+            path = paths.REPO_ROOT / m.group("spec").split()[0]
+            assert path.is_file(), f"{doc.name}: table block names {path}, which does not exist"
+
+
+def test_render_regenerates_a_block_and_detects_drift(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    pd.DataFrame({"model": ["a", "b"], "AP": [0.5, 0.25], "x": [1, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    doc = tmp_path / "README.md"
+    doc.write_text("intro\n<!-- table: t.csv columns=model,AP -->\nold\n<!-- /table -->\nend\n")
+    assert docs.stale(doc) == ["t.csv columns=model,AP"]
+    assert docs.update([doc]) == [doc]
+    text = doc.read_text()
+    assert "| a       | 0.500 |" in text and "| x" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert docs.stale(doc) == [] and docs.update([doc]) == []
+    doc.write_text(text.replace("0.500", "0.600"))  # a hand-edited number
+    assert docs.stale(doc) == ["t.csv columns=model,AP"]
+
+
+def test_bad_blocks_get_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        docs.render_source("missing.csv")
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match="no column"):
+        docs.render_source("t.csv columns=b")
+    with pytest.raises(ValueError, match="unknown option"):
+        docs.render_source("t.csv cols=a")
