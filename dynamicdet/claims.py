@@ -117,6 +117,8 @@ def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
         static = df[df["model"].str.endswith("(static)")]
         if len(static) < 2:
             raise NotTestable(f"{len(static)} static scale(s): the frontier needs two")
+        if cost.startswith("latency") and "consistent" in df and not df["consistent"].fillna(True).astype(bool).all():
+            raise NotTestable("the latency table failed its consistency checks (latency_checks.csv)")
         pick = ["model", cost, "AP"]
         points = df[df["model"] == "Dy /50"][pick].rename(columns={cost: "latency_ms_b1"})
         if points.empty:

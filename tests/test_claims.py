@@ -77,6 +77,16 @@ def test_not_testable_rows_say_why(tmp_path):
     assert "not testable" in claims.to_markdown(claims.claims_table(folder))
 
 
+def test_a_latency_verdict_needs_a_consistent_latency_table(tmp_path):
+    folder = results(tmp_path / "q")
+    vs = pd.read_csv(folder / "variable_speed.csv")
+    vs["consistent"] = [False, True, False, False, True]  # Dy /0 timed under its own network
+    vs.to_csv(folder / "variable_speed.csv", index=False)
+    df = by_claim(claims.claims_table(folder))
+    assert "consistency" in df.loc["Dy /50 on or above the static frontier, by latency (batch 1)", "note"]
+    assert df.loc["Dy /50 on or above the static frontier, by GFLOPs", "verdict"] != "not testable"
+
+
 def test_balance_is_a_distance_from_half(tmp_path):
     df = by_claim(claims.claims_table(results(tmp_path / "a", share=0.68)))
     row = df.loc["the adaptive offset balances the routes without a tuned hyperparameter"]
