@@ -26,21 +26,18 @@ k = 0 or 1. Merged into
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import pandas as pd
+from bench_record import provenance, save, stamp
 
-from dynamicdet import paths
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.experiments import trained
 from dynamicdet.experiments.controller import disturbed_stream
-from dynamicdet.results import git_sha
-from dynamicdet.speed import environment
 from dynamicdet.stream import LatencyController
 
 
@@ -146,10 +143,7 @@ def compare(config: str, reps: int = 3, passes: int = 3, duty: float = 0.1, targ
     )
     return {
         "config": config,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git_sha": git_sha(),
-        "env": environment(),
-        "wall_s": round(time.time() - t0, 1),
+        **stamp(t0),  # date, git_sha, env, wall_s
         "settings": {"reps": reps, "passes": passes, "duty": duty, "target_k": target_k, "batch": 8},
         "runs": runs.to_dict("records"),
         "summary": summary.to_dict("records"),
@@ -165,11 +159,11 @@ def render(allrec: dict) -> str:
         "",
     ]
     for config, r in allrec.items():
-        e, s = r["env"], r["settings"]
+        s = r["settings"]
         lines += [
             f"## {config}",
             "",
-            f"{r['date']}, git {r['git_sha']}, {e['device']}, {e['threads']} threads, torch {e['torch']}; "
+            f"{provenance(r)}; "
             f"{s['reps']} repetitions x {s['passes']} passes per phase, batch {s['batch']}, duty {s['duty']}, "
             f"target at k = {s['target_k']}; wall time {r['wall_s']} s.",
             "",
@@ -203,13 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=3, help="passes over the val images per phase")
     args = p.parse_args(argv)
     rec = compare(args.config, reps=args.reps, passes=args.passes)
-    root = paths.results_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "controller_compare.json"
-    allrec = json.loads(path.read_text()) if path.exists() else {}
-    allrec[rec["config"]] = rec
-    path.write_text(json.dumps(allrec, indent=2))
-    (root / "controller_compare.md").write_text(render(allrec))
+    save("controller_compare", rec, render)
     print(render({rec["config"]: rec}))
     return 0
 

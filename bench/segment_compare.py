@@ -17,17 +17,14 @@ Merged into ``results/segment_compare.{json,md}`` per config.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import pandas as pd
+from bench_record import provenance, save, stamp
 
-from dynamicdet import paths
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.experiments import target_latency, trained
-from dynamicdet.results import git_sha
-from dynamicdet.speed import environment
 
 
 def compare(config: str, reps: int = 3, segment: int = 6) -> dict:
@@ -75,10 +72,7 @@ def compare(config: str, reps: int = 3, segment: int = 6) -> dict:
     )
     return {
         "config": config,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "git_sha": git_sha(),
-        "env": environment(),
-        "wall_s": round(time.time() - t0, 1),
+        **stamp(t0),  # date, git_sha, env, wall_s
         "settings": {"reps": reps, "segment": segment, "images": images},
         "runs": runs,
         "summary": summary.to_dict("records"),
@@ -94,12 +88,12 @@ def render(allrec: dict) -> str:
         "",
     ]
     for config, r in allrec.items():
-        e, s = r["env"], r["settings"]
+        s = r["settings"]
         runs = pd.DataFrame(r["runs"])
         lines += [
             f"## {config}",
             "",
-            f"{r['date']}, git {r['git_sha']}, {e['device']}, {e['threads']} threads, torch {e['torch']}; "
+            f"{provenance(r)}; "
             f"{s['reps']} repetitions of one round, {s['images']} val images; wall time {r['wall_s']} s.",
             "",
             pd.DataFrame(r["summary"]).to_markdown(index=False, floatfmt=".3f"),
@@ -119,13 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment", type=int, default=6, help="images per segment of the segmented estimator")
     args = p.parse_args(argv)
     rec = compare(args.config, reps=args.reps, segment=args.segment)
-    root = paths.results_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "segment_compare.json"
-    allrec = json.loads(path.read_text()) if path.exists() else {}
-    allrec[rec["config"]] = rec
-    path.write_text(json.dumps(allrec, indent=2, default=float))
-    (root / "segment_compare.md").write_text(render(allrec))
+    save("segment_compare", rec, render)
     print(render({rec["config"]: rec}))
     return 0
 

@@ -12,16 +12,21 @@ from dynamicdet import paths
 PARTS = ["routes", "step2", "step1", "controller", "stream", "datagen", "export", "disturbance"]  # suite's order
 
 
-def _bench(*args: str) -> dict:
+def _run(script: str, results: str, *args: str) -> dict:
+    """Run ``bench/<script>`` at the smoke config; the smoke record it merged into ``results/<results>.json``."""
     r = subprocess.run(
-        [sys.executable, str(paths.REPO_ROOT / "bench" / "suite.py"), "--config", "smoke", "--fast", *args],
+        [sys.executable, str(paths.REPO_ROOT / "bench" / script), "--config", "smoke", *args],
         env={**os.environ},
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads((paths.results_dir() / "bench.json").read_text())["smoke"]
+    return json.loads((paths.results_dir() / f"{results}.json").read_text())["smoke"]
+
+
+def _bench(*args: str) -> dict:
+    return _run("suite.py", "bench", "--fast", *args)
 
 
 @pytest.mark.slow
@@ -59,16 +64,7 @@ def test_bench_smoke_writes_report(smoke_cfg):
 
 @pytest.mark.slow
 def test_controller_compare_smoke_runs_every_loop_in_rotated_order(smoke_cfg):
-    r = subprocess.run(
-        [sys.executable, str(paths.REPO_ROOT / "bench" / "controller_compare.py"), "--config", "smoke"]
-        + ["--reps", "2", "--passes", "1"],
-        env={**os.environ},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    rec = json.loads((paths.results_dir() / "controller_compare.json").read_text())["smoke"]
+    rec = _run("controller_compare.py", "controller_compare", "--reps", "2", "--passes", "1")
     runs = rec["runs"]
     # a repetition whose calibration stays inverted (timing noise) is skipped, never an error
     assert len(runs) in (0, 9, 18)
@@ -85,15 +81,7 @@ def test_controller_compare_smoke_runs_every_loop_in_rotated_order(smoke_cfg):
 
 @pytest.mark.slow
 def test_segment_compare_smoke_runs_both_estimators_in_alternating_order(smoke_cfg):
-    r = subprocess.run(
-        [sys.executable, str(paths.REPO_ROOT / "bench" / "segment_compare.py"), "--config", "smoke", "--reps", "2"],
-        env={**os.environ},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    rec = json.loads((paths.results_dir() / "segment_compare.json").read_text())["smoke"]
+    rec = _run("segment_compare.py", "segment_compare", "--reps", "2")
     runs = rec["runs"]
     names = ("whole passes", "segments of 6")
     for rep in (0, 1):
