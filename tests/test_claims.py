@@ -75,6 +75,9 @@ def test_not_testable_rows_say_why(tmp_path):
     two = df.loc["two-stage: Dy /90 at or above the deeper static trunk"]
     assert two["verdict"] == "not testable" and "learned" in two["note"]
     assert "not testable" in claims.to_markdown(claims.claims_table(folder))
+    # read back from its CSV, as README's table is rendered: empty notes stay empty
+    claims.claims_table(results(tmp_path / "full")).to_csv(tmp_path / "claims.csv", index=False)
+    assert "nan" not in claims.to_markdown(pd.read_csv(tmp_path / "claims.csv"))
 
 
 def test_a_latency_verdict_needs_a_consistent_latency_table(tmp_path):
