@@ -39,6 +39,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .data.loaders import targets_from_batch
 from .model import AdaptiveRouter, CompositeLinks, RouteOutput
 
 KINDS = ("faster_rcnn", "mask_rcnn")
@@ -421,32 +422,6 @@ class DynamicTwoStage(nn.Module):
         for name, p in self.named_parameters():
             if not name.startswith("router."):
                 yield p
-
-
-def targets_from_batch(batch: dict, with_masks: bool = False) -> Targets:
-    """ultralytics batch -> torchvision targets (boxes in letterboxed pixels, labels 1-based).
-
-    Args:
-        batch: ``img`` (B, 3, H, W), ``bboxes`` (N, 4) normalised xywh, ``cls`` (N, 1),
-            ``batch_idx`` (N,), and for masks ``masks`` (N, H, W) (one per instance).
-    """
-    img = batch["img"]
-    b, _, h, w = img.shape
-    scale = torch.tensor([w, h, w, h], device=img.device, dtype=torch.float32)
-    xywh = batch["bboxes"].float() * scale
-    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], dim=1)
-    xyxy[:, 2:] = torch.maximum(xyxy[:, 2:], xyxy[:, :2] + 1)  # torchvision needs positive sides
-    idx = batch["batch_idx"].long()
-    labels = batch["cls"].view(-1).long() + 1
-    out = []
-    for i in range(b):
-        sel = idx == i
-        t = {"boxes": xyxy[sel], "labels": labels[sel]}
-        if with_masks:
-            masks = batch["masks"]
-            t["masks"] = masks[sel].to(torch.uint8) if len(masks) == len(idx) else masks.new_zeros((0, h, w))
-        out.append(t)
-    return out
 
 
 def build_two_stage(kind: str, backbone: str, nc: int, dual: bool = True, sizes: HeadSizes = HeadSizes()):

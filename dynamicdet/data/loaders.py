@@ -100,3 +100,32 @@ def to_device(batch: dict, device: torch.device) -> dict:
     out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     out["img"] = out["img"].float() / 255
     return out
+
+
+def targets_from_batch(batch: dict, with_masks: bool = False) -> list[dict]:
+    """ultralytics batch -> torchvision targets (boxes in letterboxed pixels, labels 1-based).
+
+    Returns:
+        Per image ``{"boxes": (m, 4) xyxy px, "labels": (m,) 1-based[, "masks": (m, H, W) uint8]}``.
+
+    Args:
+        batch: ``img`` (B, 3, H, W), ``bboxes`` (N, 4) normalised xywh, ``cls`` (N, 1),
+            ``batch_idx`` (N,), and for masks ``masks`` (N, H, W) (one per instance).
+    """
+    img = batch["img"]
+    b, _, h, w = img.shape
+    scale = torch.tensor([w, h, w, h], device=img.device, dtype=torch.float32)
+    xywh = batch["bboxes"].float() * scale
+    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], dim=1)
+    xyxy[:, 2:] = torch.maximum(xyxy[:, 2:], xyxy[:, :2] + 1)  # torchvision needs positive sides
+    idx = batch["batch_idx"].long()
+    labels = batch["cls"].view(-1).long() + 1
+    out = []
+    for i in range(b):
+        sel = idx == i
+        t = {"boxes": xyxy[sel], "labels": labels[sel]}
+        if with_masks:
+            masks = batch["masks"]
+            t["masks"] = masks[sel].to(torch.uint8) if len(masks) == len(idx) else masks.new_zeros((0, h, w))
+        out.append(t)
+    return out
