@@ -160,10 +160,7 @@ class StreamScheduler:
         batch_easy: True (default): queue easy images too, so H1 also runs on full batches (an
             easy image then waits for ``batch`` easy images or the deadline); False: H1 runs at once
             on each batch's easy sub-batch (lowest latency of easy images, ``max_wait_s`` aside).
-            Measured (``make bench``, items 8 / 8c, rounds of both modes in alternation): queueing
-            was faster at batch 8 in 9 of 9 paired measurements of three runs; at batch 32, once
-            queued easy images stopped being copied twice (YOLO: never), in 34 of 42 rounds of the
-            quick and standard runs at bdf5c94 (it had tied before, 5 of 9 the other way).
+            ``make bench`` items 8 / 8c time both modes in alternation (``results/bench.md``).
     """
 
     def __init__(self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool = True):
