@@ -354,7 +354,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     else:
         out["margin"] = [f"{m:+.3f}" if np.isfinite(m) else "" for m in out["margin"]]
     out["this run"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in out["this run"]]
-    notes = out["note"].fillna("").astype(str)  # empty notes come back from a CSV as NaN
+    notes = ["" if pd.isna(n) else str(n) for n in out["note"]]  # empty notes come back from a CSV as NaN
     out["verdict"] = [v if not n else f"{v}: {n}" for v, n in zip(out["verdict"], notes, strict=True)]
     return out[cols].to_markdown(index=False) + "\n"
 

@@ -97,3 +97,27 @@ def test_segment_compare_smoke_runs_both_estimators_in_alternating_order(smoke_c
         assert x["ratios"] in (0, rounds if x["estimator"] == "whole passes" else rounds * segments)
     assert {s["estimator"] for s in rec["summary"]} == set(names)
     assert "## smoke" in (paths.results_dir() / "segment_compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg):
+    rec = _run("reproducibility.py", "reproducibility", "--epochs", "1")
+    rows = {r["setup"]: r for r in rec["rows"]}
+    assert set(rows) == {
+        "reference",
+        "reference again",
+        "1 thread",
+        "0 workers",
+        "under load",
+        "two at once (a)",
+        "two at once (b)",
+    }
+    ref = rows["reference"]
+    assert (
+        ref["max |w - w_ref|"] == 0 and ref["identical tensors"].split("/")[0] == ref["identical tensors"].split("/")[1]
+    )
+    assert rows["1 thread"]["torch threads"] == 1 and rows["0 workers"]["workers"] == 0
+    assert rows["two at once (a)"]["torch threads"] == 1
+    # the same setup twice: bit-identical weights (the property tests/test_train.py asserts)
+    assert rows["reference again"]["max |w - w_ref|"] == 0
+    assert "## smoke, 1 epochs" in (paths.results_dir() / "reproducibility.md").read_text()

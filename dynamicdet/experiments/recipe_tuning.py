@@ -12,7 +12,8 @@ changes) reuse it. A row reports what the main job needs from a recipe:
   that ranks by detector 2's per-image AP gain;
 - ``spearman gain~difficulty``: Spearman of detector 2's per-image AP gain with the
   generator's difficulty (synthetic data: > 0 means detector 2 gains most on hard images);
-- ``train min``: step-1 training time (validation excluded), from ``step1_metrics.csv``.
+- ``train min``: step-1 training time (validation excluded), from ``step1_metrics.csv``
+  (a timing: comparable only between rows trained in the same conditions).
 
 ``python -m dynamicdet.experiments.recipe_tuning --config quick`` runs :data:`QUICK_ROWS` and
 writes ``results/<config>_tuning/recipe_tuning.{csv,md}`` (each row appended as it finishes).
@@ -36,16 +37,23 @@ from ..step2 import spearman
 from .router_study import Capture
 from .trained import route_detections, trained
 
-# row -> (what changes, overrides of the base config). Row "base" is the config as it is.
+# row -> (what changes, overrides of the quick config); every row names its whole step-1 recipe, so the
+# table reproduces whatever quick.yaml holds. Row "base" is ultralytics' SGD defaults at 8 epochs.
+SGD8 = {"optimizer": "SGD", "lr0": 0.01, "epochs": 8, "batch": 16, "nbs": 16, "val_every": 1}
+ADAMW = {**SGD8, "optimizer": "AdamW", "lr0": 0.004}
 QUICK_ROWS: dict[str, tuple[str, dict]] = {
-    "base": ("the config as committed", {}),
-    "adamw": ("AdamW lr0 0.002", {"train": {"optimizer": "AdamW", "lr0": 0.002}}),
-    "adamw_lr4": ("AdamW lr0 0.004", {"train": {"optimizer": "AdamW", "lr0": 0.004}}),
-    "adamw_lr4_gain": (
-        "AdamW lr0 0.004, router target L1 - L2",
-        {"train": {"optimizer": "AdamW", "lr0": 0.004}, "router": {"target": "gain"}},
+    "base": ("SGD lr0 0.01, 8 epochs", {"train": SGD8, "router": {"target": "l1"}}),
+    "adamw_lr4": ("AdamW lr0 0.004", {"train": ADAMW, "router": {"target": "l1"}}),
+    "adamw_lr4_gain": ("AdamW lr0 0.004, router target L1 - L2", {"train": ADAMW, "router": {"target": "gain"}}),
+    "adamw_lr4_b8": (
+        "AdamW lr0 0.004, batch 8 (twice the steps)",
+        {"train": {**ADAMW, "batch": 8, "nbs": 8}, "router": {"target": "l1"}},
     ),
-    "adamw_lr4_e12": ("AdamW lr0 0.004, 12 epochs", {"train": {"optimizer": "AdamW", "lr0": 0.004, "epochs": 12}}),
+    "adamw_lr4_e12": ("AdamW lr0 0.004, 12 epochs", {"train": {**ADAMW, "epochs": 12}, "router": {"target": "l1"}}),
+    "adamw_lr4_e12_gain": (
+        "AdamW lr0 0.004, 12 epochs, router target L1 - L2",
+        {"train": {**ADAMW, "epochs": 12}, "router": {"target": "gain"}},
+    ),
 }
 
 
@@ -121,9 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="quick")
     p.add_argument("--rows", nargs="*", help="row names of QUICK_ROWS (default: all)")
+    p.add_argument("--out", default="", help="results folder (default <config>_tuning)")
     a = p.parse_args(argv)
     rows = {k: v for k, v in QUICK_ROWS.items() if not a.rows or k in a.rows}
-    print(tuning_table(a.config, rows, out=f"{a.config}_tuning").to_string(index=False))
+    print(tuning_table(a.config, rows, out=a.out or f"{a.config}_tuning").to_string(index=False))
 
 
 if __name__ == "__main__":
