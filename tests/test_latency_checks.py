@@ -116,3 +116,17 @@ def test_latency_table_is_retimed_then_written_with_a_consistent_column(monkeypa
     flagged = df.set_index("model")["consistent"]
     assert not flagged["Dy /0"] and not flagged["yolov8n (static)"] and flagged["B1 + router"]
     assert vs.LATENCY.path(cfg).exists()
+
+
+def test_split_batches_cost_more_than_the_mix_without_making_the_table_inconsistent():
+    # batch 8 (quick run): /50 at 1.25x the linear mix, /100 under /90: route() splits mixed batches
+    lat = table(linear())
+    b8 = lat.set_index("model")["latency_ms_b8"]
+    b8["Dy /50"] *= 1.25
+    b8["Dy /90"] = 1.05 * b8["Dy /100"]
+    lat["latency_ms_b8"] = b8.to_numpy()
+    checks = latency_checks(lat, K, "yolov8n (static)")
+    assert ("b8", "linear mix", "Dy /50") in failed(checks) and ("b8", "non-decreasing", "Dy /100") in failed(checks)
+    assert not checks.loc[~checks["passed"], "decides"].any()  # measured, recorded, not deciding
+    assert checks.loc[checks["batch"] == "b1", "decides"].all()
+    assert checks.loc[(checks["batch"] == "b8") & (checks["check"] == "same network"), "decides"].all()
