@@ -58,6 +58,14 @@ def test_one_run_verdicts_follow_the_margins(tmp_path):
     assert (df["seeds"] == 1).all() and df["ci95 lo"].isna().all()
 
 
+def test_c50_needs_a_lead_beyond_noise(tmp_path):
+    # the quick run: detector 2 ahead by 0.010 and c(0.5) = 1.30, a ratio of two small numbers
+    df = by_claim(claims.claims_table(results(tmp_path / "q", ap1=0.346, ap2=0.356, c50=1.30, rand=0.38)))
+    row = df.loc["/50 keeps about three quarters of detector 2's gain"]
+    assert row["verdict"] == "not testable" and "0.010" in row["note"]
+    assert df.loc["the router beats random routing at /50", "verdict"] == "reproduced"  # its sign still holds
+
+
 def test_a_router_worse_than_random_is_not_reproduced(tmp_path):
     df = by_claim(claims.claims_table(results(tmp_path / "quick", c50=0.46, rand=0.53)))
     assert df.loc["the router beats random routing at /50", "verdict"] == "not reproduced"
