@@ -10,8 +10,8 @@ row   recipe                                                         config chan
 ====  =============================================================  =======================================
 a     static yolov8n, ultralytics' trainer (the published baseline)   (``experiments.static_models``)
 b     static yolov8n, our step-1 loop (one detector)                 ``model.dual: false``
-c     joint, one clip over both detectors (the old default)          ``train.clip: joint``
-d     joint, each detector clipped on its own (the default now)      ``train.clip: per_detector``
+c     joint, one clip over both detectors                            ``train.clip: joint``
+d     joint, each detector clipped on its own (the default)          ``train.clip: per_detector``
 e     joint, no clipping (the authors' YOLOv7 loop)                  ``train.clip: none``
 f     joint, composite links detached                                ``train.detach_links: true``
 f2    per-detector clipping and links detached                       both
@@ -35,7 +35,7 @@ from .static_models import static_baselines
 
 # row -> (recipe, overrides of the base config)
 RECIPES: dict[str, tuple[str, dict]] = {
-    # one detector: joint and per-detector clipping are the same; "joint" keeps the runs cached before the default moved
+    # one detector: joint and per-detector clipping are the same ("joint" keys its cached runs)
     "b": ("static, our loop", {"model": {"dual": False}, "train": {"clip": "joint"}}),
     "c": ("joint, one clip", {"train": {"clip": "joint", "detach_links": False}}),
     "d": ("joint, per-detector clip", {"train": {"clip": "per_detector", "detach_links": False}}),
