@@ -317,6 +317,8 @@ def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) 
                 margins.append(margin)
         except NotTestable as e:
             note = str(e)
+        except KeyError as e:  # a table without the row or column (e.g. c(k) all NaN when both detectors tie)
+            note = f"{c.evidence}.csv has no {e}"
         finite = bool(margins) and bool(np.isfinite(margins).all())
         if not note and not finite:
             note = "the value is not a number in this run"

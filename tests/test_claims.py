@@ -98,6 +98,17 @@ def test_a_latency_verdict_needs_a_consistent_latency_table(tmp_path):
     assert df.loc["Dy /50 on or above the static frontier, by GFLOPs", "verdict"] != "not testable"
 
 
+def test_a_table_without_the_column_is_not_testable(tmp_path):
+    # smoke: both detectors tie, c(k) is NaN everywhere and the pivot drops the column
+    folder = results(tmp_path / "smoke")
+    pd.DataFrame({"router": ["learned", "random"], "c(0)": [0.0, 0.0]}).to_csv(
+        folder / "capture_ratio.csv", index=False
+    )
+    df = by_claim(claims.claims_table(folder))
+    row = df.loc["the router beats random routing at /50"]
+    assert row["verdict"] == "not testable" and "c(0.5)" in row["note"]
+
+
 def test_balance_is_a_distance_from_half(tmp_path):
     df = by_claim(claims.claims_table(results(tmp_path / "a", share=0.68)))
     row = df.loc["the adaptive offset balances the routes without a tuned hyperparameter"]
