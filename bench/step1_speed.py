@@ -1,0 +1,137 @@
+"""The step-1 speed levers on 2 CPU cores: torch threads, dataloader workers, image cache, channels_last.
+
+Usage::
+
+    python bench/step1_speed.py --config quick [--iters 24]
+
+Each setup runs in its own process (torch's thread count is fixed per process): the
+config's joint model trains ``--iters`` batches after 4 warm-up batches, with the config's
+mosaic augmentation, and the throughput of the timed batches is recorded. Setups are run
+twice, interleaved (A B C ... A B C ...), and the best of the two rounds is kept, so a
+passing disturbance on the shared machine does not decide a row. Written to
+``results/quick_tuning/step1_speed.{csv,md}`` (a speed measurement: the weights a setup
+trains differ only as a seed does, see ``bench/reproducibility.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+# setup -> (torch threads, dataloader workers, image cache, channels_last)
+SETUPS = {
+    "2 threads, 2 workers (the config)": (2, 2, False, False),
+    "2 threads, 1 worker": (2, 1, False, False),
+    "2 threads, 0 workers": (2, 0, False, False),
+    "1 thread, 1 worker": (1, 1, False, False),
+    "1 thread, 2 workers": (1, 2, False, False),
+    "2 threads, 2 workers, RAM image cache": (2, 2, True, False),
+    "2 threads, 2 workers, channels_last": (2, 2, False, True),
+}
+
+CHILD = r"""
+import json, sys, time, torch
+threads, workers, cache, cl, config, iters = json.loads(sys.argv[1])
+torch.set_num_threads(threads)
+from dynamicdet.build import build_model
+from dynamicdet.config import load_config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.data.loaders import build_dataset, make_loader, seed_everything, to_device
+cfg = load_config(config)
+info = prepare_dataset(cfg)
+seed_everything(0)
+model = build_model(cfg, nc=len(info.names))
+if cl:
+    model = model.to(memory_format=torch.channels_last)
+model.train()
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+aug = {"mosaic": cfg.train.mosaic, "mixup": cfg.train.mixup, **({"cache": "ram"} if cache else {})}
+ds = build_dataset(info.data, "train", cfg.data.img_size, augment=True, batch=cfg.train.batch, **aug)
+done, t0, n_img = 0, None, 0
+while done < iters + 4:
+    for batch in make_loader(ds, cfg.train.batch, True, done, workers):
+        if done == 4:
+            t0, n_img = time.perf_counter(), 0
+        batch = to_device(batch, torch.device("cpu"))
+        if cl:
+            batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
+        loss, _ = model.objective(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        n_img += len(batch["img"])
+        done += 1
+        if done == iters + 4:
+            break
+print(json.dumps({"img_s": n_img / (time.perf_counter() - t0)}))
+"""
+
+
+def measure(config: str, setup: tuple, iters: int) -> float:
+    """Images per second of step-1 training under ``setup`` (a fresh process)."""
+    threads, workers, cache, cl = setup
+    args = json.dumps([threads, workers, cache, cl, config, iters])
+    out = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"setup {setup} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["img_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="quick")
+    ap.add_argument("--iters", type=int, default=24, help="timed batches per setup and round")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    from dynamicdet.config import load_config
+    from dynamicdet.data.synthetic import generate_from_config
+    from dynamicdet.results import run_stamp
+
+    cfg = load_config(args.config)
+    generate_from_config(cfg, progress=False)
+    t0 = time.time()
+    best: dict[str, list[float]] = {name: [] for name in SETUPS}
+    for r in range(args.rounds):
+        for name, setup in SETUPS.items():
+            best[name].append(measure(args.config, setup, args.iters))
+            print(f"round {r + 1} {name}: {best[name][-1]:.1f} img/s", flush=True)
+    ref = max(best[next(iter(SETUPS))])
+    rows = []
+    for name, (threads, workers, cache, cl) in SETUPS.items():
+        img_s = max(best[name])
+        rows.append(
+            {
+                "setup": name,
+                "torch threads": threads,
+                "workers": workers,
+                "RAM cache": cache,
+                "channels_last": cl,
+                "img/s (best of rounds)": round(img_s, 1),
+                "rounds": " / ".join(f"{v:.1f}" for v in best[name]),
+                "vs the config": round(img_s / ref, 3),
+            }
+        )
+    df = pd.DataFrame(rows)
+    out = Path(__file__).resolve().parents[1] / "results" / "quick_tuning"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "step1_speed.csv", index=False)
+    stamp = run_stamp(cfg.to_dict())
+    note = (
+        f"Step-1 training throughput at `{args.config}` (joint model, mosaic on, batch {cfg.train.batch}, "
+        f"{cfg.data.img_size} px), {args.iters} timed batches per setup, best of {args.rounds} interleaved rounds; "
+        f"`python bench/step1_speed.py --config {args.config}`, git {stamp['git_sha'][:7]}, "
+        f"{time.time() - t0:.0f} s.\n\n"
+    )
+    (out / "step1_speed.md").write_text(note + df.to_markdown(index=False) + "\n")
+    print(note + df.to_markdown(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
