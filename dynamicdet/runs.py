@@ -18,6 +18,7 @@ Layout under ``paths.runs_dir()``::
             val_dets-<key>.pt          VAL_DETS: NMS settings, eval.batch
             tradeoff-<key>.pt          TRADEOFF: + fractions, sweep, random seeds
             latency_table_segments-<key>.csv  LATENCY: the timed models, timing settings (+ _checks.csv)
+            latency_onnx-<key>.csv     ONNX_LATENCY: the same on onnxruntime, batch 1 (+ _checks.csv)
             two_stage_table-<key>.csv  TWO_STAGE_TABLE (two-stage configs): eval; + .json: who made it
     <name>-static-<key>/               STATIC_MODELS: data, model.family, the train fields ultralytics reads,
                                        eval.static_epochs
@@ -118,6 +119,13 @@ LATENCY = Stage(
         "eval.static_epochs",
     ),
     "latency_table_segments-{key}.csv",  # interleaved every few images, checked
+    STEP2,
+)
+# onnxruntime at batch 1 (experiments.frontier): the same stream and rows as the latency table
+ONNX_LATENCY = Stage(
+    "onnxruntime latency",
+    ("eval.fractions", "eval.batch", "eval.stream_images", "eval.latency_repeats", "eval.static_scales"),
+    "latency_onnx-{key}.csv",
     STEP2,
 )
 TWO_STAGE_TABLE = Stage("two-stage table", ("eval",), "two_stage_table-{key}.csv", STEP2)

@@ -139,3 +139,31 @@ def test_interval_is_students_t():
     assert hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t_{0.975, 2}
     assert math.isnan(claims.interval(np.array([1.0]))[2])
     assert claims.verdict(np.array([-0.1, -0.2, -0.15])) == "not reproduced"
+
+
+def test_the_frontier_claims_read_their_own_cost_column(tmp_path):
+    folder = results(tmp_path / "q")
+    vs = pd.read_csv(folder / "variable_speed.csv")
+    # batch 8: Dy /50 cheap (above the line); onnxruntime: Dy /50 slow (under it), and its table failed a check
+    vs["latency_ms_b8"] = [7.0, 8.0, 12.0, 7.0, 20.0]
+    vs["latency_ms_onnx_b1"] = [12.0, 30.0, 20.0, 12.0, 25.0]
+    vs["consistent_onnx"] = True
+    vs.to_csv(folder / "variable_speed.csv", index=False)
+    df = by_claim(claims.claims_table(folder))
+    b8 = df.loc["Dy /50 on or above the static frontier, by latency (batch 8)"]
+    # frontier at 8 ms: 0.61 + (8 - 7) (0.70 - 0.61) / 13; Dy /50 AP 0.60 + 0.8 * 0.04
+    assert b8["margin"] == pytest.approx(0.632 - (0.61 + 0.09 / 13))
+    onnx = df.loc["Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)"]
+    # 30 ms is past yolov8s: the line extended to 0.61 + 18 * 0.09 / 13 is above Dy /50's 0.632
+    assert onnx["verdict"] == "not reproduced"
+    assert onnx["margin"] == pytest.approx(0.632 - (0.61 + 18 * 0.09 / 13))
+    vs["consistent_onnx"] = [False, True, False, False, True]
+    vs.to_csv(folder / "variable_speed.csv", index=False)
+    df = by_claim(claims.claims_table(folder))
+    onnx_claim = "Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)"
+    assert "consistent_onnx" in df.loc[onnx_claim, "note"]
+    assert df.loc["Dy /50 on or above the static frontier, by latency (batch 8)", "verdict"] != "not testable"
+    # a table without the onnxruntime column (an older run): that row alone is not testable
+    vs.drop(columns=["latency_ms_onnx_b1", "consistent_onnx"]).to_csv(folder / "variable_speed.csv", index=False)
+    df = by_claim(claims.claims_table(folder))
+    assert "no column" in df.loc["Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)", "note"]

@@ -340,3 +340,26 @@ def test_ablation_row_g_doubles_the_best_joint_recipe_and_the_cli_saves_it(monke
         ab.main(["--config", "smoke", "--rows", "a,zz"])
     with pytest.raises(ConfigError, match="config file not found"):  # before anything trains
         ab.main(["--config", "smoke", "--rows", "a", "--results", "no_such_config"])
+
+
+def test_the_frontier_by_cost_has_one_row_per_cost_and_dynamic_row():
+    from dynamicdet.experiments import frontier_by_cost
+
+    table = pd.DataFrame(
+        {
+            "model": ["Dy /0", "Dy /100", "yolov8n (static)", "yolov8s (static)"],
+            "GFLOPs": [1.0, 2.0, 1.0, 3.0],
+            "latency_ms_b1": [10.0, 20.0, 10.0, 30.0],
+            "latency_ms_b8": [5.0, 9.0, 5.0, 13.0],
+            "AP": [0.6, 0.7, 0.6, 0.8],
+        }
+    )
+    f = frontier_by_cost(table, 8)
+    # no onnxruntime column in this table: three costs, two Dy rows each
+    assert list(dict.fromkeys(f["cost"])) == ["GFLOPs", "CPU latency, batch 1 (torch)", "CPU latency, batch 8 (torch)"]
+    assert len(f) == 6
+    # the line (1, 0.6)-(3, 0.8) at 2 GFLOPs: 0.7 -> gap 0; by latency b1 at 20 ms: 0.7 -> gap 0; b8 at 9 ms: 0.7
+    assert np.allclose(f["gap"], 0.0)
+    assert np.allclose(f.loc[f["cost"] == "GFLOPs", "cost value"], [1.0, 2.0])
+    table["AP"] = [0.6, 0.75, 0.6, 0.8]
+    assert np.allclose(frontier_by_cost(table, 8).query("model == 'Dy /100'")["gap"], 0.05)

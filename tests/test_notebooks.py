@@ -114,6 +114,8 @@ def test_notebooks_run_and_write_only_results(executed):
         "tradeoff.png",
         "capture_ratio.csv",
         "static_models.csv",
+        "static_frontier.csv",
+        "frontier_costs.png",
         "easy_hard.png",
         "difficulty_correlation.csv",
         "two_stage_faster_rcnn.csv",
@@ -125,6 +127,11 @@ def test_notebooks_run_and_write_only_results(executed):
         "step1_grad_norms.png",
     ):
         assert name in produced, f"missing {name}"
+    # the trade-off table carries every cost of the four-cost frontier, onnxruntime included
+    header = (results / "variable_speed.csv").read_text().splitlines()[0].split(",")
+    assert {"GFLOPs", "latency_ms_b1", "latency_ms_onnx_b1", "consistent_onnx"} <= set(header)
+    costs = {line.split(",")[0] for line in (results / "static_frontier.csv").read_text().splitlines()[1:]}
+    assert len(costs) == 4, costs
 
 
 @pytest.mark.slow

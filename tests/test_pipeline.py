@@ -19,7 +19,7 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
     prov_path = paths.results_dir("smoke") / "provenance.json"
     first = json.loads(prov_path.read_text())
     stages = ["train (step 1 + step 2)", "evaluation (trade-off)", "static baselines", "latency table"]
-    stages += ["two-stage faster_rcnn", "two-stage mask_rcnn"]
+    stages += ["onnxruntime latency", "two-stage faster_rcnn", "two-stage mask_rcnn"]
     # every stage is now on disk; whether this run or an earlier test computed it, it is recorded once
     recorded = set(first["stage_wall_s"]) | set(first["cached_stages"])
     assert set(stages) <= recorded
@@ -33,7 +33,7 @@ def test_reproduce_reuses_stages_and_keeps_their_wall_times(smoke_cfg):
     # --no-two-stage: the YOLO stages only, and the provenance says what was left out
     reproduce("smoke", run_notebooks=False, progress=False, two_stage=False)
     third = json.loads(prov_path.read_text())
-    assert third["cached_stages"] == stages[:4] and third["skipped"] == ["08_two_stage"]
+    assert third["cached_stages"] == stages[:5] and third["skipped"] == ["08_two_stage"]
 
 
 @pytest.mark.slow

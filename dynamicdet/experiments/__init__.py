@@ -8,6 +8,8 @@ module                     what                                                 
 :mod:`.variable_speed`     timing on a stream of val images, latency table, targets    05, 06
 :mod:`.controller`         closed vs open loop through a slow-down (stream scheduler)  05
 :mod:`.static_models`      plain ultralytics models trained by ultralytics' trainer    05, 06
+:mod:`.frontier`           onnxruntime latency; the static frontier in four costs      05, 06
+:mod:`.seeds`              the reference trained for several seeds; claims' intervals  (CLI)
 :mod:`.generality`         Dy-Faster / Dy-Mask R-CNN against static models             08
 =========================  ==========================================================  ==========
 
@@ -15,6 +17,7 @@ Every stage stores its output under the run folder, keyed by the config fields i
 (:mod:`dynamicdet.runs`), so re-running a notebook does not retrain or re-measure.
 """
 
+from .frontier import cost_columns, frontier_by_cost, onnx_latency
 from .generality import KINDS, record_provenance, static_config, two_stage_config, two_stage_table
 from .static_models import load_static, static_baselines, train_ultralytics
 from .tradeoffs import static_frontier, sweep_latency, tradeoff
@@ -23,6 +26,9 @@ from .variable_speed import latency_table, stream_latency, target_latency, timin
 
 __all__ = [
     "KINDS",
+    "cost_columns",
+    "frontier_by_cost",
+    "onnx_latency",
     "Trained",
     "evaluate_dets",
     "latency_table",

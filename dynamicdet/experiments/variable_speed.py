@@ -362,12 +362,15 @@ def latency_table_checks(t: Trained) -> pd.DataFrame:
     return pd.read_csv(path.with_name(path.stem + "_checks.csv"))
 
 
-def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, batch: int) -> pd.DataFrame:
+def variable_speed_table(
+    res: dict, static: pd.DataFrame, lat: pd.DataFrame, batch: int, onnx: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """The trade-off table: dynamic rows /0 /10 /50 /90 /100 (route() for real) plus static models.
 
     Columns: model, k (target hard fraction), k_measured, GFLOPs, latency at batch 1 and
     ``batch`` (ms per image, :func:`latency_table`), FPS at batch 1, AP, AP50, AP75, APs,
-    APm, APl, ``consistent`` (the latency figures passed :func:`latency_checks`).
+    APm, APl, ``consistent`` (the latency figures passed :func:`latency_checks`); with
+    ``onnx`` (:func:`~.frontier.onnx_latency`) also ``latency_ms_onnx_b1`` and ``consistent_onnx``.
     """
     cols = [
         "model",
@@ -390,4 +393,8 @@ def variable_speed_table(res: dict, static: pd.DataFrame, lat: pd.DataFrame, bat
         lat, on="model", how="left"
     )
     rows["FPS_b1"] = 1000.0 / rows["latency_ms_b1"]
+    if onnx is not None:
+        rows = rows.merge(onnx, on="model", how="left")
+        cols.insert(cols.index("FPS_b1"), "latency_ms_onnx_b1")
+        cols.append("consistent_onnx")
     return rows.reindex(columns=cols)
