@@ -1,0 +1,185 @@
+"""Seeds as a dimension: the YOLO reference trained for several seeds, and the claims with intervals.
+
+A seed changes ``train.seed`` only (initialisation, shuffling and augmentation of step 1 and
+of the static models; the data stay the same). Every stage is the pipeline's own cached
+stage, keyed by the config with that seed, so a seed run resumes where it stopped::
+
+    python -m dynamicdet.experiments.seeds train --config standard --part joint   # steps 1+2, static yolov8n
+    python -m dynamicdet.experiments.seeds train --config standard --part s       # static yolov8s
+    python -m dynamicdet.experiments.seeds tables --config standard               # quiet machine: timing
+
+(the two ``train`` parts fit 2 cores as two processes of one torch thread each).
+``tables`` writes, per seed, the tables the claims read into ``results/<config>/seeds/seed<k>/``,
+one row per seed and model into ``results/<config>/seeds.csv``, and the scorecard over the
+seeds into ``results/<config>/claims.{csv,md}`` (:func:`dynamicdet.claims.write_claims`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .. import paths
+from ..config import Config, load_config
+from ..data.synthetic import image_table
+from ..files import write_csv, write_json, write_text
+from ..results import run_stamp
+from ..runs import STEP1
+from ..step1 import SETUP_FILE
+from .frontier import onnx_latency
+from .static_models import static_baselines
+from .tradeoffs import tradeoff
+from .trained import trained
+from .variable_speed import latency_table, variable_speed_table
+
+SEEDS = (0, 1, 2)
+
+
+def seed_config(config: str, seed: int) -> Config:
+    """``config`` with ``train.seed = seed`` (everything else as in the file)."""
+    return load_config(config, {"train": {"seed": seed}})
+
+
+def seed_folder(config: str, seed: int, out: Path | None = None) -> Path:
+    """``<out>/seeds/seed<k>/`` (``out``: ``results/<config>/``): the tables of one seed that the claims read."""
+    return (out or paths.results_dir(config)) / "seeds" / f"seed{seed}"
+
+
+def train_seed(config: str, seed: int, scales: list[str], progress: bool = False) -> None:
+    """Train (or resume) one seed: steps 1 and 2 when ``scales`` holds ``"joint"``, and the static ``scales``."""
+    cfg = seed_config(config, seed)
+    if "joint" in scales:
+        tradeoff(trained(cfg, progress=progress), progress=progress)
+    statics = [s for s in scales if s != "joint"]
+    if statics:
+        cfg.eval.static_scales = statics
+        static_baselines(cfg, progress=progress)
+
+
+def seed_tables(
+    config: str, seed: int, out: Path | None = None, timing: bool = True, progress: bool = False
+) -> dict[str, pd.DataFrame]:
+    """The tables of one trained seed, written into :func:`seed_folder` (names as the notebooks write them).
+
+    ``joint_training`` (AP of both detectors), ``variable_speed`` (the /k rows and the static
+    models with every cost: GFLOPs, latency at batch 1 and ``eval.batch``, checked like
+    notebook 05's), ``capture_ratio`` (learned, random, confidence escalation, oracles),
+    ``router_variants`` (the default router's val share phi > 0.5 only),
+    ``step1_setup`` (threads, workers, processes step 1 was trained with) and
+    ``difficulty_correlation`` (Spearman of the router's score with the generator's attributes).
+    Times the models (``timing``): run it on a quiet machine. ``timing=False`` leaves the latency
+    columns out (their claims are then not testable), e.g. at a config with one static model.
+    """
+    cfg = seed_config(config, seed)
+    tr = trained(cfg, progress=progress)
+    res = tradeoff(tr, progress=progress)
+    static = static_baselines(cfg, progress=progress)
+    if timing:
+        lat = latency_table(tr, res, static, progress=progress)
+        onnx = onnx_latency(tr, res, static)
+    else:  # the table's rows without latencies
+        lat, onnx = pd.DataFrame({"model": [*res["table"]["model"], *static["model"]], "latency_ms_b1": math.nan}), None
+    sweep = res["sweep"]
+    capture = sweep[sweep["k"].isin(cfg.eval.fractions)].pivot_table(index="router", columns="k", values="capture")
+    capture.columns = [f"c({k:g})" for k in capture.columns]
+    scores = tr.val_scores.set_index("image_id")
+    tables = {
+        "joint_training": pd.DataFrame(
+            {
+                "detector": ["detector 1 (B1 + H1)", "detector 2 (B1 -> B2 + H2)"],
+                "AP": [res["ap1"]["AP"], res["ap2"]["AP"]],
+            }
+        ),
+        "variable_speed": variable_speed_table(res, static, lat, cfg.eval.batch, onnx),
+        "capture_ratio": capture.reset_index(),
+        "router_variants": pd.DataFrame(
+            {"router": ["default"], "overrides": ["{}"], "val phi > 0.5": [float((scores["logit"] > 0).mean())]}
+        ),
+    }
+    if cfg.data.source == "synthetic":
+        df = scores.join(image_table(tr.info.root, "val"), how="left")
+        cols = [c for c in ("difficulty", "n_objects", "mean_rel_area", "occlusion", "clutter") if c in df]
+        corr = df[["logit", *cols]].corr(method="spearman")["logit"].drop("logit").rename("Spearman corr. with phi")
+        tables["difficulty_correlation"] = corr.rename_axis("attribute").reset_index()
+    setup = STEP1.path(cfg) / SETUP_FILE
+    if setup.exists():
+        tables["step1_setup"] = pd.json_normalize(json.loads(setup.read_text()), max_level=0).astype(str)
+    folder = seed_folder(config, seed, out)
+    for name, df in tables.items():
+        write_csv(df, folder / f"{name}.csv")
+    return tables
+
+
+def seeds_table(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
+    """One row per seed and model from the seeds' folders: AP, GFLOPs, latencies, and the routers' c(0.5)."""
+    rows = []
+    for seed in seeds:
+        folder = seed_folder(config, seed, out)
+        vs = pd.read_csv(folder / "variable_speed.csv")
+        cap = pd.read_csv(folder / "capture_ratio.csv").set_index("router")
+        ck = [c for c in cap.columns if c.startswith("c(")]
+        for _, r in vs.iterrows():
+            row = {"seed": seed, **{c: r[c] for c in vs.columns if c not in ("k_measured",)}}
+            if r["model"] == "Dy /50":  # the routers' c(0.5), on the row they describe
+                row.update({f"{c} {name}": cap.loc[name, c] for name in cap.index for c in ck if c == "c(0.5)"})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_seed_results(
+    config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None, wall_s: float | None = None
+) -> pd.DataFrame:
+    """``<out>/seeds.{csv,md}``, ``seeds_provenance.json`` and the scorecard over the seeds (``claims.{csv,md}``).
+
+    ``out``: ``results/<config>/`` by default.
+    """
+    from ..claims import claims_table, to_markdown
+
+    out = out or paths.results_dir(config)
+    table = seeds_table(config, seeds, out)
+    write_csv(table, out / "seeds.csv")
+    write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n", out / "seeds.md")
+    record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
+    record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
+    write_json(record, out / "seeds_provenance.json", indent=2)
+    df = claims_table([seed_folder(config, s, out) for s in seeds])
+    write_csv(df, out / "claims.csv")
+    write_text(to_markdown(df), out / "claims.md")
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=("train", "tables"))
+    ap.add_argument("--config", default="standard")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--part", default="joint", help="train: 'joint' (steps 1+2 and static n) or a static scale")
+    ap.add_argument("--out", type=Path, default=None, help="tables: results folder (default results/<config>)")
+    ap.add_argument("--no-timing", action="store_true", help="tables: leave the latencies out (no quiet machine)")
+    args = ap.parse_args(argv)
+    if args.action == "train":
+        scales = ["joint", "n"] if args.part == "joint" else [args.part]
+        for seed in args.seeds:
+            print(f"seed {seed}: training {scales}", flush=True)
+            train_seed(args.config, seed, scales)
+            print(f"seed {seed}: done", flush=True)
+        return 0
+    t0 = time.time()
+    for seed in args.seeds:
+        seed_tables(args.config, seed, args.out, timing=not args.no_timing)
+        print(f"seed {seed}: tables written to {seed_folder(args.config, seed, args.out)}", flush=True)
+    df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
+    from ..claims import to_markdown
+
+    print(to_markdown(df))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Seeds as a dimension (experiments.seeds): two smoke seeds trained, tabled and scored with intervals."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from dynamicdet.config import load_config
+from dynamicdet.runs import STEP1
+
+
+def test_a_seed_changes_train_seed_only():
+    from dynamicdet.experiments.seeds import seed_config
+
+    base, one = load_config("smoke").to_dict(), seed_config("smoke", 1).to_dict()
+    assert one["train"]["seed"] == 1
+    one["train"]["seed"] = base["train"]["seed"]
+    assert one == base  # same data (data.seed), model, recipe
+    assert seed_config("smoke", 0).to_dict() == base  # seed 0 is the config's own run (shares its cache)
+
+
+@pytest.mark.slow
+def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
+    from dynamicdet.experiments.seeds import seed_config, seed_folder, seed_tables, train_seed, write_seed_results
+
+    for seed in (0, 1):
+        train_seed("smoke", seed, ["joint", "n"])
+        seed_tables("smoke", seed, out=tmp_path)
+    w0, w1 = (torch.load(STEP1.path(seed_config("smoke", s)) / "step1.pt", weights_only=False) for s in (0, 1))
+    key = next(k for k in w0["model"] if k.endswith("weight"))
+    assert not torch.equal(w0["model"][key], w1["model"][key])  # another seed, other weights
+    df = write_seed_results("smoke", (0, 1), out=tmp_path)
+    assert (df["seeds"] == 2).all()
+    testable = df[df["verdict"] != "not testable"]
+    assert not testable.empty and testable["ci95 lo"].notna().all()
+    assert set(testable["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+    table = pd.read_csv(tmp_path / "seeds.csv")
+    # per seed: the five Dy rows and the static model, with every cost column
+    assert sorted(table["seed"].unique()) == [0, 1] and len(table) == 2 * 6
+    assert {"GFLOPs", "latency_ms_b1", "latency_ms_b4", "latency_ms_onnx_b1", "AP"} <= set(table.columns)
+    setup = pd.read_csv(seed_folder("smoke", 1, tmp_path) / "step1_setup.csv")
+    assert int(setup["torch_threads"].iloc[0]) == torch.get_num_threads()
+    record = json.loads((tmp_path / "seeds_provenance.json").read_text())
+    assert record["seeds"] == [0, 1] and record["git_sha"]
