@@ -10,10 +10,10 @@ processes, each with its own run folder, under these setups:
 ====================  ===============================================================
 setup                 what differs from the reference
 ====================  ===============================================================
-reference             2 torch threads, the config's dataloader workers (2), alone
+reference             2 torch threads, the config's dataloader workers, alone
 reference again       nothing (the same setup twice: bit-identical?)
 1 thread              1 torch thread
-0 workers             dataloader in the main process
+0 / 2 workers         the other dataloader setup (0 workers if the config has some, else 2)
 under load            a competing busy process on one core
 two at once (a, b)    two trainings of the reference setup at the same time, 1 thread each
 ====================  ===============================================================
@@ -86,7 +86,10 @@ def measure(config: str, epochs: int = 2) -> dict:
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="dynamicdet-repro-"))
     base = _config_file(config, epochs, None, work)
-    no_workers = _config_file(config, epochs, 0, work / "w0") if (work / "w0").mkdir() is None else None
+    # the other dataloader setup: the main process when the config uses workers, 2 workers when it does not
+    other = 0 if cfg.train.workers else 2
+    (work / "w").mkdir()
+    other_workers = _config_file(config, epochs, other, work / "w")
     runs: dict[str, tuple[dict, dict]] = {}
 
     def alone(name: str, cfg_path: Path, threads: int) -> None:
@@ -98,7 +101,7 @@ def measure(config: str, epochs: int = 2) -> dict:
     alone("reference", base, 2)
     alone("reference again", base, 2)
     alone("1 thread", base, 1)
-    alone("0 workers", no_workers, 2)
+    alone(f"{other} workers", other_workers, 2)
     busy = subprocess.Popen([sys.executable, "-S", "-c", BUSY])
     try:
         alone("under load", base, 2)

@@ -107,7 +107,7 @@ def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg
         "reference",
         "reference again",
         "1 thread",
-        "0 workers",
+        "2 workers",  # smoke uses the main process: the other setup is 2 workers
         "under load",
         "two at once (a)",
         "two at once (b)",
@@ -116,7 +116,7 @@ def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg
     assert (
         ref["max |w - w_ref|"] == 0 and ref["identical tensors"].split("/")[0] == ref["identical tensors"].split("/")[1]
     )
-    assert rows["1 thread"]["torch threads"] == 1 and rows["0 workers"]["workers"] == 0
+    assert rows["1 thread"]["torch threads"] == 1 and rows["2 workers"]["workers"] == 2
     assert rows["two at once (a)"]["torch threads"] == 1
     # the same setup twice: bit-identical weights (the property tests/test_train.py asserts)
     assert rows["reference again"]["max |w - w_ref|"] == 0
