@@ -39,6 +39,10 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     # per seed: the five Dy rows and the static model, with every cost column
     assert sorted(table["seed"].unique()) == [0, 1] and len(table) == 2 * 6
     assert {"GFLOPs", "latency_ms_b1", "latency_ms_b4", "latency_ms_onnx_b1", "AP"} <= set(table.columns)
+    summary = pd.read_csv(tmp_path / "seeds_summary.csv", dtype={"seed": str})
+    assert list(summary["seed"]) == ["0", "1", "mean", "std", "ci95 lo", "ci95 hi"]
+    lead = summary.set_index("seed")["AP det2 - det1"].astype(float)
+    assert lead["mean"] == pytest.approx((lead["0"] + lead["1"]) / 2)
     setup = pd.read_csv(seed_folder("smoke", 1, tmp_path) / "step1_setup.csv")
     assert int(setup["torch_threads"].iloc[0]) == torch.get_num_threads()
     record = json.loads((tmp_path / "seeds_provenance.json").read_text())

@@ -32,7 +32,10 @@ from ..files import write_csv, write_json, write_text
 from ..results import run_stamp
 from ..runs import STEP1
 from ..step1 import SETUP_FILE
+from ..step2 import spearman
 from .frontier import onnx_latency
+from .recipe_tuning import difficulty_of
+from .router_study import Capture
 from .static_models import static_baselines
 from .tradeoffs import tradeoff
 from .trained import trained
@@ -102,6 +105,10 @@ def seed_tables(
             {"router": ["default"], "overrides": ["{}"], "val phi > 0.5": [float((scores["logit"] > 0).mean())]}
         ),
     }
+    cap = Capture(tr)
+    diff = difficulty_of(tr, cap.ids)
+    if diff is not None:  # detector 2's per-image AP gain against the generator's difficulty
+        tables["gain_difficulty"] = pd.DataFrame({"Spearman(AP gain, difficulty)": [spearman(cap.ap_gain, diff)]})
     if cfg.data.source == "synthetic":
         df = scores.join(image_table(tr.info.root, "val"), how="left")
         cols = [c for c in ("difficulty", "n_objects", "mean_rel_area", "occlusion", "clutter") if c in df]
@@ -132,10 +139,65 @@ def seeds_table(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = 
     return pd.DataFrame(rows)
 
 
+def _optional(folder: Path, stem: str, column: str, row: str | None = None) -> float:
+    path = folder / f"{stem}.csv"
+    if not path.exists():
+        return math.nan
+    df = pd.read_csv(path)
+    if row is not None:
+        df = df.set_index(df.columns[0])
+        return float(df.loc[row, column]) if row in df.index else math.nan
+    return float(df[column].iloc[0])
+
+
+def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
+    """One row per seed of the quantities a run is judged by, then their mean, std and 95% interval.
+
+    Columns: both detectors' AP and detector 2's lead, detector 1 against the static model of
+    its architecture, the routers' c(0.5), Spearman of the router's score with the generator's
+    difficulty and of detector 2's per-image AP gain with it.
+    """
+    from ..claims import interval
+
+    rows = []
+    for seed in seeds:
+        folder = seed_folder(config, seed, out)
+        ap = pd.read_csv(folder / "joint_training.csv")["AP"]
+        vs = pd.read_csv(folder / "variable_speed.csv").set_index("model")
+        same = [
+            m
+            for m in vs.index
+            if m.endswith("(static)") and abs(vs.loc[m, "GFLOPs"] - vs.loc["Dy /0", "GFLOPs"]) < 0.01
+        ]
+        rows.append(
+            {
+                "seed": str(seed),
+                "AP det1": ap.iloc[0],
+                "AP det2": ap.iloc[1],
+                "AP det2 - det1": ap.iloc[1] - ap.iloc[0],
+                "AP det1 - static": ap.iloc[0] - vs.loc[same[0], "AP"] if same else math.nan,
+                **{
+                    f"c(0.5) {r}": _optional(folder, "capture_ratio", "c(0.5)", r)
+                    for r in ("learned", "random", "confidence escalation")
+                },
+                "spearman phi~difficulty": _optional(
+                    folder, "difficulty_correlation", "Spearman corr. with phi", "difficulty"
+                ),
+                "spearman gain~difficulty": _optional(folder, "gain_difficulty", "Spearman(AP gain, difficulty)"),
+            }
+        )
+    df = pd.DataFrame(rows)
+    stats = {name: interval(df[name].to_numpy(float)) for name in df.columns[1:]}
+    for i, label in enumerate(("mean", "std", "ci95 lo", "ci95 hi")):
+        df.loc[len(df)] = {"seed": label, **{name: v[i] for name, v in stats.items()}}
+    return df
+
+
 def write_seed_results(
     config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None, wall_s: float | None = None
 ) -> pd.DataFrame:
-    """``<out>/seeds.{csv,md}``, ``seeds_provenance.json`` and the scorecard over the seeds (``claims.{csv,md}``).
+    """``<out>/seeds.{csv,md}``, ``seeds_summary.{csv,md}`` (:func:`seeds_summary`), ``seeds_provenance.json``
+    and the scorecard over the seeds (``claims.{csv,md}``).
 
     ``out``: ``results/<config>/`` by default.
     """
@@ -145,6 +207,9 @@ def write_seed_results(
     table = seeds_table(config, seeds, out)
     write_csv(table, out / "seeds.csv")
     write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n", out / "seeds.md")
+    summary = seeds_summary(config, seeds, out)
+    write_csv(summary, out / "seeds_summary.csv")
+    write_text(summary.to_markdown(index=False, floatfmt=".3f") + "\n", out / "seeds_summary.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
     record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
     write_json(record, out / "seeds_provenance.json", indent=2)
