@@ -123,6 +123,9 @@ def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
         from .experiments.tradeoffs import static_frontier
 
         df = _read(folder, "variable_speed")
+        static = df[df["model"].str.endswith("(static)")]
+        if len(static) < 2:
+            raise NotTestable(f"{len(static)} static scale(s): the frontier needs two")
         col = cost
         if cost == "latency_ms_batch":
             cols = [c for c in df.columns if c.startswith("latency_ms_b") and c != "latency_ms_b1"]
@@ -131,9 +134,6 @@ def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
             col = cols[0]
         if col not in df:
             raise NotTestable(f"variable_speed.csv has no column {col}")
-        static = df[df["model"].str.endswith("(static)")]
-        if len(static) < 2:
-            raise NotTestable(f"{len(static)} static scale(s): the frontier needs two")
         flag = "consistent_onnx" if col == "latency_ms_onnx_b1" else "consistent"
         if col.startswith("latency") and flag in df and not df[flag].fillna(True).astype(bool).all():
             raise NotTestable(f"the latency figures failed their consistency checks ({flag} False)")
@@ -338,15 +338,17 @@ def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) 
     rows = []
     for c in claims or CLAIMS:
         values, margins, note = [], [], ""
-        try:
-            for f in folders:
+        for i, f in enumerate(folders):
+            try:
                 value, margin = c.measure(f)
-                values.append(value)
-                margins.append(margin)
-        except NotTestable as e:
-            note = str(e)
-        except KeyError as e:  # a table without the row or column (e.g. c(k) all NaN when both detectors tie)
-            note = f"{c.evidence}.csv has no {e}"
+            except (NotTestable, KeyError) as e:  # KeyError: a table without the row or column (c(k) all NaN)
+                note = str(e) if isinstance(e, NotTestable) else f"{c.evidence}.csv has no {e}"
+                # one seed that cannot test the claim makes the claim not testable over the seeds
+                note = f"seed {i + 1} of {len(folders)}: {note}" if len(folders) > 1 else note
+                values, margins = [], []
+                break
+            values.append(value)
+            margins.append(margin)
         finite = bool(margins) and bool(np.isfinite(margins).all())
         if not note and not finite:
             note = "the value is not a number in this run"
@@ -384,7 +386,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     out = df.copy()
     if (out["seeds"] > 1).any():
         out["margin"] = [
-            f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else f"{m:+.3f}"
+            f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else (f"{m:+.3f}" if np.isfinite(m) else "")
             for m, lo, hi in zip(out["margin"], out["ci95 lo"], out["ci95 hi"], strict=True)
         ]
     else:

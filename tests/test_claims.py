@@ -167,3 +167,13 @@ def test_the_frontier_claims_read_their_own_cost_column(tmp_path):
     vs.drop(columns=["latency_ms_onnx_b1", "consistent_onnx"]).to_csv(folder / "variable_speed.csv", index=False)
     df = by_claim(claims.claims_table(folder))
     assert "no column" in df.loc["Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)", "note"]
+
+
+def test_a_seed_that_cannot_test_a_claim_makes_it_not_testable_over_the_seeds(tmp_path):
+    # quick seeds: detector 2 ahead in two seeds, behind in one; c(0.5) is a share only with a lead
+    seeds = [results(tmp_path / f"s{i}", ap1=0.26, ap2=0.26 + d) for i, d in enumerate([0.05, -0.04, 0.03])]
+    df = by_claim(claims.claims_table(seeds))
+    row = df.loc["/50 keeps about three quarters of detector 2's gain"]
+    assert row["verdict"] == "not testable" and row["note"].startswith("seed 2 of 3:")
+    assert math.isnan(row["margin"]) and math.isnan(row["this run"])
+    assert df.loc["detector 2 beats detector 1", "verdict"] == "inconclusive"
