@@ -137,6 +137,7 @@ class EvalConfig:
     stream_images: int = 60  # val images timed as a stream: route() latencies of the table and target check
     disturbance_passes: int = 3  # 05_variable_speed: passes over the val images per phase of the disturbed stream
     target_rounds: int = 3  # 05_variable_speed: calibrate-then-route rounds of the target-latency check (median)
+    onnx_latency: bool = True  # 05/06: also time every model on onnxruntime at batch 1 (the fourth frontier cost)
 
 
 @dataclass
@@ -198,6 +199,7 @@ ADDED_FIELDS = {
     ("model", "norm"): "bn",
     ("eval", "disturbance_passes"): 3,
     ("eval", "target_rounds"): 3,
+    ("eval", "onnx_latency"): True,
 }
 TWO_STAGE_MODEL_FIELDS = (
     "kind",

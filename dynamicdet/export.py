@@ -174,6 +174,9 @@ class OnnxDynamicDetector:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        # three sessions take turns on one stream: threads that spin after a call would hold the cores the
+        # next session needs (the routed stream timed 10% over the mix of its routes with spinning on)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {
             p: ort.InferenceSession(str(folder / meta["pieces"][p]), opts, providers=["CPUExecutionProvider"])
             for p in PIECES

@@ -141,7 +141,8 @@ def reproduce(
     static_done = all(runs.STATIC_ROW.done(cfg, model=f"{cfg.model.family}{s}") for s in cfg.eval.static_scales)
     static = stage("static baselines", static_done, lambda: static_baselines(cfg, progress))
     stage("latency table", runs.LATENCY.done(cfg), lambda: latency_table(tr, res, static, progress=progress))
-    stage("onnxruntime latency", runs.ONNX_LATENCY.done(cfg), lambda: onnx_latency(tr, res, static))
+    if cfg.eval.onnx_latency:
+        stage("onnxruntime latency", runs.ONNX_LATENCY.done(cfg), lambda: onnx_latency(tr, res, static))
     for kind in KINDS if two_stage else ():  # 08_two_stage: Dy-Faster / Dy-Mask R-CNN and static rows
         ts_cfg = two_stage_config(config, kind)
         if ts_cfg.data.source == "synthetic":
