@@ -8,6 +8,7 @@ the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` (the checks cells).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -128,9 +129,11 @@ def test_notebooks_run_and_write_only_results(executed):
     ):
         assert name in produced, f"missing {name}"
     # the trade-off table carries every cost of the four-cost frontier, onnxruntime included
-    header = (results / "variable_speed.csv").read_text().splitlines()[0].split(",")
+    with open(results / "variable_speed.csv", newline="") as f:
+        header = next(csv.reader(f))
     assert {"GFLOPs", "latency_ms_b1", "latency_ms_onnx_b1", "consistent_onnx"} <= set(header)
-    costs = {line.split(",")[0] for line in (results / "static_frontier.csv").read_text().splitlines()[1:]}
+    with open(results / "static_frontier.csv", newline="") as f:
+        costs = {row["cost"] for row in csv.DictReader(f)}  # a cost name holds a comma ("CPU latency, batch 1")
     assert len(costs) == 4, costs
 
 

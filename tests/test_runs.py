@@ -44,6 +44,7 @@ EVAL_CHANGES = [
     ("static_backbones", ["resnet18"], set()),  # two-stage table only
     ("disturbance_passes", 1, set()),  # notebook 05's disturbed stream: timed live, nothing cached
     ("target_rounds", 1, set()),  # notebook 05's target-latency check: timed live, nothing cached
+    ("onnx_latency", False, set()),  # whether the onnxruntime stage runs at all; no key reads it
 ]
 
 
