@@ -130,3 +130,34 @@ def test_split_batches_cost_more_than_the_mix_without_making_the_table_inconsist
     assert not checks.loc[~checks["passed"], "decides"].any()  # measured, recorded, not deciding
     assert checks.loc[checks["batch"] == "b1", "decides"].all()
     assert checks.loc[(checks["batch"] == "b8") & (checks["check"] == "same network"), "decides"].all()
+
+
+def test_time_until_consistent_keeps_the_best_attempt_and_marks_the_compared_rows():
+    from dynamicdet.experiments.variable_speed import time_until_consistent
+
+    def check(t: pd.DataFrame) -> pd.DataFrame:
+        return latency_checks(t, K, "yolov8n (static)")
+
+    bad_mix, dip = linear(), linear()
+    bad_mix["Dy /50"] *= 1.10  # one failed check (the mix)
+    dip["Dy /10"] = 0.9 * dip["Dy /0"]  # two failed checks per batch (monotone and mix)
+    attempts = [table(dip), table(bad_mix), table(dip)]
+    calls = []
+
+    def time_once(attempt: int) -> pd.DataFrame:
+        calls.append(attempt)
+        return attempts[attempt]
+
+    df, checks, failed_rows = time_until_consistent(time_once, check, K, "yolov8n (static)", tries=3)
+    assert calls == [0, 1, 2]
+    assert df is attempts[1]  # the fewest failed checks
+    assert failed_rows == {"Dy /50", "Dy /0", "Dy /100", "yolov8n (static)"}
+
+    calls.clear()
+    attempts[1] = table(linear())
+    df, _, failed_rows = time_until_consistent(time_once, check, K, "yolov8n (static)", tries=3)
+    assert calls == [0, 1] and df is attempts[1] and failed_rows == set()  # stops at the first clean timing
+
+    calls.clear()
+    df, _, failed_rows = time_until_consistent(time_once, check, K, "yolov8n (static)", tries=0)
+    assert calls == [0] and failed_rows  # at least one timing, whose failure is reported

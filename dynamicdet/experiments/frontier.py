@@ -26,7 +26,13 @@ from ..files import write_csv
 from ..runs import ONNX_LATENCY, STATIC_MODELS
 from .tradeoffs import static_frontier
 from .trained import Trained
-from .variable_speed import TIMING_SEGMENT_IMAGES, latency_checks, stream_latency, timing_stream
+from .variable_speed import (
+    TIMING_SEGMENT_IMAGES,
+    latency_checks,
+    stream_latency,
+    time_until_consistent,
+    timing_stream,
+)
 
 ONNX_COLUMN = "latency_ms_onnx_b1"
 
@@ -97,23 +103,20 @@ def onnx_latency(t: Trained, res: dict, static: pd.DataFrame, tries: int = 3) ->
                 sess = _static_session(t, scale, Path(tmp), threads)
                 fns[name] = lambda x, s=sess: s.run(None, {"images": x.detach().cpu().numpy()})
                 same = name if scale == t.cfg.model.scale else same
-        best = None
-        for _ in range(max(tries, 1)):
+
+        def time_once(attempt: int) -> pd.DataFrame:
             ms = stream_latency(t, fns, stream, 1, segment=TIMING_SEGMENT_IMAGES)
-            df = pd.DataFrame({"model": names, "latency_ms_b1": [ms[n] for n in names]})
+            return pd.DataFrame({"model": names, "latency_ms_b1": [ms[n] for n in names]})
+
+        def check(df: pd.DataFrame) -> pd.DataFrame:
             checks = latency_checks(df, k_timed, same)
             # Dy /0 here is two sessions (stage1 + head1) against ultralytics' one graph of the same network:
             # the ratio is the export's split, recorded; the monotone and linear-mix checks decide
             checks.loc[checks["check"] == "same network", "decides"] = False
-            ok = checks["passed"] | ~checks["decides"]
-            if best is None or ok.sum() >= best[2]:
-                best = (df, checks, ok.sum())
-            if ok.all():
-                break
-    df, checks, _ = best
-    failed = set(checks.loc[~checks["passed"] & checks["decides"], "model"])
-    if failed:  # as the torch table: the failed rows and the rows they were compared with
-        failed |= {m for m in k_timed if k_timed[m] in (0.0, 1.0)} | ({same} if same else set())
+            return checks
+
+        df, checks, failed = time_until_consistent(time_once, check, k_timed, same, tries)
+    if failed:
         warnings.warn(f"onnxruntime latency: checks failed after {tries} timing(s): {sorted(failed)}", stacklevel=2)
     df = df.rename(columns={"latency_ms_b1": ONNX_COLUMN})
     df["consistent_onnx"] = [n not in failed for n in names]

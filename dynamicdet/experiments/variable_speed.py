@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,44 @@ def latency_checks(lat: pd.DataFrame, k_timed: dict[str, float], same_static: st
     return pd.DataFrame(rows, columns=["batch", "check", "model", "value", "lo", "hi", "passed", "decides"])
 
 
+def time_until_consistent(
+    time_once: Callable[[int], pd.DataFrame],
+    check: Callable[[pd.DataFrame], pd.DataFrame],
+    k_timed: dict[str, float],
+    same_static: str | None,
+    tries: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, set[str]]:
+    """Time a latency table up to ``tries`` times until its deciding checks pass.
+
+    Args:
+        time_once: ``attempt -> table`` (one timing of every row).
+        check: ``table -> checks`` with boolean columns ``passed`` and ``decides``
+            (:func:`latency_checks`).
+        k_timed: hard fraction of each Dy row; the /0 and /100 rows take part in every mix check.
+        same_static: the static row compared with Dy /0 (None without one).
+        tries: timings at most (at least one).
+
+    Returns:
+        The attempt with the most passed deciding checks (the last of equals), its checks,
+        and the rows to mark inconsistent: those of a failed deciding check plus the rows
+        they were compared with (/0, /100 and ``same_static``); empty when all passed.
+    """
+    best = None
+    for attempt in range(max(tries, 1)):
+        df = time_once(attempt)
+        checks = check(df)
+        ok = checks["passed"] | ~checks["decides"]
+        if best is None or ok.sum() >= best[2]:
+            best = (df, checks, ok.sum())
+        if ok.all():
+            break
+    df, checks, _ = best
+    failed = set(checks.loc[~checks["passed"] & checks["decides"], "model"])
+    if failed:
+        failed |= {m for m in k_timed if k_timed[m] in (0.0, 1.0)} | ({same_static} if same_static else set())
+    return df, checks, failed
+
+
 def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = True, tries: int = 3) -> pd.DataFrame:
     """Latency (ms per image) of every model of the trade-off, timed together, then checked.
 
@@ -327,24 +366,18 @@ def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = 
             same = name if scale == t.cfg.model.scale else same
     stream, z = timing_stream(t)
     k_timed = {m: float((z >= tau).mean()) for m, tau in zip(table["model"], table["tau"], strict=True)}
-    best = None
-    for attempt in range(max(tries, 1)):
+
+    def time_once(attempt: int) -> pd.DataFrame:
         out: dict = {"model": names, "k_timed": [k_timed.get(n, np.nan) for n in names]}
         for b in tqdm(sorted({1, e.batch}), desc=f"latency table (try {attempt + 1})", disable=not progress):
             ms = stream_latency(t, fns, stream, b, segment=max(1, TIMING_SEGMENT_IMAGES // b))
             out[f"latency_ms_b{b}"] = [ms[n] for n in names]
-        df = pd.DataFrame(out)
-        checks = latency_checks(df, k_timed, same)
-        ok = checks["passed"] | ~checks["decides"]
-        if best is None or ok.sum() >= best[2]:
-            best = (df, checks, ok.sum())
-        if ok.all():
-            break
-    df, checks, _ = best
-    failed = set(checks.loc[~checks["passed"] & checks["decides"], "model"])
-    # a failed check involves its row and the rows it was compared with (/0 and /100 for the mix)
+        return pd.DataFrame(out)
+
+    df, checks, failed = time_until_consistent(
+        time_once, lambda df: latency_checks(df, k_timed, same), k_timed, same, tries
+    )
     if failed:
-        failed |= {m for m in k_timed if k_timed[m] in (0.0, 1.0)} | ({same} if same else set())
         bad = checks.loc[~checks["passed"] & checks["decides"], ["batch", "check", "model", "value"]]
         bad = bad.to_string(index=False)
         warnings.warn(
