@@ -17,6 +17,8 @@ changes) reuse it. A row reports what the main job needs from a recipe:
 
 ``python -m dynamicdet.experiments.recipe_tuning --config quick`` runs :data:`QUICK_ROWS` and
 writes ``results/<config>_tuning/recipe_tuning.{csv,md}`` (each row appended as it finishes).
+``--table workers --seeds 0 1 2`` runs :data:`WORKER_ROWS` once per seed into
+``workers_seeds.{csv,md}`` and their mean and std per row into ``workers_seeds_summary.{csv,md}``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,32 @@ QUICK_ROWS: dict[str, tuple[str, dict]] = {
         {"train": {**ADAMW, "epochs": 12}, "router": {"target": "gain"}},
     ),
 }
+
+# the dataloader lever of results/quick_tuning/step1_speed.md (0 workers: 1.12x the img/s beside 2 torch
+# threads) over seeds: does reading the data in the main process change what the recipe learns?
+WORKER_ROWS: dict[str, tuple[str, dict]] = {
+    "workers0": ("the config as it is (0 dataloader workers at quick)", {}),
+    "workers2": ("2 dataloader workers", {"train": {"workers": 2}}),
+}
+TABLES = {"recipe": ("recipe_tuning", QUICK_ROWS), "workers": ("workers_seeds", WORKER_ROWS)}
+
+
+def with_seeds(rows: dict[str, tuple[str, dict]], seeds: list[int]) -> dict[str, tuple[str, dict]]:
+    """Each row once per seed: ``"<row> seed<k>"`` with ``train.seed = k`` added to its overrides."""
+    out = {}
+    for name, (change, overrides) in rows.items():
+        for k in seeds:
+            seeded = {**overrides, "train": {**overrides.get("train", {}), "seed": k}}
+            out[f"{name} seed{k}"] = (f"{change}, seed {k}", seeded)
+    return out
+
+
+def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of every numeric column, per row of :func:`with_seeds` (``"<row> seed<k>"``)."""
+    num = df.select_dtypes("number").assign(row=df["row"].str.replace(r" seed\d+$", "", regex=True))
+    stats = num.groupby("row", sort=False).agg(["mean", "std"])
+    stats.columns = [f"{col} {stat}" for col, stat in stats.columns]
+    return stats.assign(seeds=num.groupby("row", sort=False).size()).reset_index()
 
 
 def apply(base: Config, overrides: dict) -> Config:
@@ -103,9 +131,16 @@ def recipe_row(cfg: Config, progress: bool = False) -> dict:
 
 
 def tuning_table(
-    base: str | Config, rows: dict[str, tuple[str, dict]], out: str | None = None, progress: bool = True
+    base: str | Config,
+    rows: dict[str, tuple[str, dict]],
+    out: str | None = None,
+    progress: bool = True,
+    name: str = "recipe_tuning",
 ) -> pd.DataFrame:
-    """Every row of ``rows`` on ``base`` (see :func:`recipe_row`); saved after each row when ``out`` is set."""
+    """Every row of ``rows`` on ``base`` (see :func:`recipe_row`).
+
+    Saved as ``results/<out>/<name>.{csv,md}`` after each row when ``out`` is set.
+    """
     base_cfg = base if isinstance(base, Config) else load_config(base)
     table = []
     for name, (change, overrides) in rows.items():
@@ -116,23 +151,37 @@ def tuning_table(
         table.append(row)
         df = pd.DataFrame(table)
         if out:
-            save_table(df, "recipe_tuning", out)
+            save_table(df, name, out)
         if progress:
             print(df.drop(columns=["overrides", "run"]).tail(1).to_string(index=False, float_format="%.3f"), flush=True)
     df = pd.DataFrame(table)
     if out:
-        provenance(out, base_cfg.to_dict(), {"recipe_tuning": {"rows": {k: v[1] for k, v in rows.items()}}})
+        provenance(out, base_cfg.to_dict(), {name: {"rows": {k: v[1] for k, v in rows.items()}}})
     return df
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="quick")
-    p.add_argument("--rows", nargs="*", help="row names of QUICK_ROWS (default: all)")
+    p.add_argument("--table", choices=sorted(TABLES), default="recipe", help="recipe: QUICK_ROWS; workers: WORKER_ROWS")
+    p.add_argument("--rows", nargs="*", help="row names of the table (default: all)")
+    p.add_argument("--seeds", nargs="*", type=int, help="run every row once per seed (train.seed)")
     p.add_argument("--out", default="", help="results folder (default <config>_tuning)")
     a = p.parse_args(argv)
-    rows = {k: v for k, v in QUICK_ROWS.items() if not a.rows or k in a.rows}
-    print(tuning_table(a.config, rows, out=a.out or f"{a.config}_tuning").to_string(index=False))
+    name, table_rows = TABLES[a.table]
+    unknown = set(a.rows or []) - set(table_rows)
+    if unknown:
+        p.error(f"--rows: {sorted(unknown)} not in the {a.table} table ({sorted(table_rows)})")
+    rows = {k: v for k, v in table_rows.items() if not a.rows or k in a.rows}
+    if a.seeds:
+        rows = with_seeds(rows, a.seeds)
+    out = a.out or f"{a.config}_tuning"
+    df = tuning_table(a.config, rows, out=out, name=name)
+    print(df.drop(columns=["overrides", "run"]).to_string(index=False, float_format="%.3f"))
+    if a.seeds:
+        summary = seed_summary(df)
+        save_table(summary, f"{name}_summary", out, floatfmt=".3f")
+        print(summary.to_string(index=False, float_format="%.3f"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""The tuning table's row bookkeeping (no training: the rows' training is the ordinary pipeline's)."""
+
+import pandas as pd
+import pytest
+
+from dynamicdet.config import load_config
+from dynamicdet.experiments.recipe_tuning import QUICK_ROWS, WORKER_ROWS, apply, main, seed_summary, with_seeds
+
+
+def test_with_seeds_adds_the_seed_to_each_rows_overrides_without_changing_the_row():
+    rows = with_seeds(WORKER_ROWS, [0, 2])
+    assert list(rows) == ["workers0 seed0", "workers0 seed2", "workers2 seed0", "workers2 seed2"]
+    assert rows["workers2 seed2"][1] == {"train": {"workers": 2, "seed": 2}}
+    assert rows["workers0 seed0"][1] == {"train": {"seed": 0}}
+    assert WORKER_ROWS["workers2"][1] == {"train": {"workers": 2}}  # the table's own rows are untouched
+    cfg = apply(load_config("quick"), rows["workers2 seed2"][1])
+    assert (cfg.train.workers, cfg.train.seed) == (2, 2)
+    assert cfg.train.optimizer == load_config("quick").train.optimizer
+
+
+def test_every_quick_row_applies_to_the_quick_config():
+    for _, overrides in QUICK_ROWS.values():
+        apply(load_config("quick"), overrides)
+    with pytest.raises(ValueError, match="train.worker is not a config field"):
+        apply(load_config("quick"), {"train": {"worker": 2}})
+
+
+def test_seed_summary_is_the_mean_and_std_per_row():
+    df = pd.DataFrame(
+        {
+            "row": ["a seed0", "a seed1", "b seed0", "b seed1"],
+            "change": ["x"] * 4,
+            "AP det1": [0.2, 0.4, 0.5, 0.5],
+        }
+    )
+    s = seed_summary(df).set_index("row")
+    assert list(s.index) == ["a", "b"]
+    assert s.loc["a", "AP det1 mean"] == pytest.approx(0.3)
+    assert s.loc["a", "AP det1 std"] == pytest.approx(0.1414, abs=1e-4)
+    assert s.loc["b", "AP det1 std"] == 0 and s.loc["b", "seeds"] == 2
+
+
+def test_unknown_rows_are_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["--table", "workers", "--rows", "workers9"])
+    assert "workers9" in capsys.readouterr().err
