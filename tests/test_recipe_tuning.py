@@ -44,3 +44,29 @@ def test_unknown_rows_are_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["--table", "workers", "--rows", "workers9"])
     assert "workers9" in capsys.readouterr().err
+
+
+def test_tuning_table_writes_one_table_named_after_the_table_not_its_rows(monkeypatch, tmp_path):
+    import json
+
+    from dynamicdet.experiments import recipe_tuning as rt
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    seen = []
+
+    def fake_row(cfg, progress=False):
+        seen.append((cfg.train.workers, cfg.train.seed))
+        return {"AP det1": 0.1 * len(seen), "run": "x"}
+
+    monkeypatch.setattr(rt, "recipe_row", fake_row)
+    df = rt.tuning_table("quick", with_seeds(WORKER_ROWS, [0, 1]), out="t", progress=False, name="workers_seeds")
+    quick_workers = load_config("quick").train.workers
+    assert seen == [(quick_workers, 0), (quick_workers, 1), (2, 0), (2, 1)]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "provenance.json",
+        "workers_seeds.csv",
+        "workers_seeds.md",
+    ]
+    assert len(pd.read_csv(tmp_path / "t" / "workers_seeds.csv")) == len(df) == 4
+    record = json.loads((tmp_path / "t" / "provenance.json").read_text())["workers_seeds"]
+    assert set(record["rows"]) == set(df["row"]) and record["wall_min"] >= 0

@@ -143,9 +143,10 @@ def tuning_table(
     """
     base_cfg = base if isinstance(base, Config) else load_config(base)
     table = []
-    for name, (change, overrides) in rows.items():
+    start = time.time()
+    for row_name, (change, overrides) in rows.items():
         t0 = time.time()
-        row = {"row": name, "change": change, "overrides": json.dumps(overrides, sort_keys=True)}
+        row = {"row": row_name, "change": change, "overrides": json.dumps(overrides, sort_keys=True)}
         row.update(recipe_row(apply(base_cfg, overrides), progress=progress))
         row["wall min"] = (time.time() - t0) / 60  # this call's time (0 when every stage was cached)
         table.append(row)
@@ -156,7 +157,8 @@ def tuning_table(
             print(df.drop(columns=["overrides", "run"]).tail(1).to_string(index=False, float_format="%.3f"), flush=True)
     df = pd.DataFrame(table)
     if out:
-        provenance(out, base_cfg.to_dict(), {name: {"rows": {k: v[1] for k, v in rows.items()}}})
+        record = {"rows": {k: v[1] for k, v in rows.items()}, "wall_min": (time.time() - start) / 60}
+        provenance(out, base_cfg.to_dict(), {name: record})
     return df
 
 
