@@ -25,19 +25,26 @@ def test_every_quick_row_applies_to_the_quick_config():
         apply(load_config("quick"), {"train": {"worker": 2}})
 
 
-def test_seed_summary_is_the_mean_and_std_per_row():
+def test_seed_summary_is_the_mean_and_std_per_row_and_the_paired_difference_from_the_first():
     df = pd.DataFrame(
         {
-            "row": ["a seed0", "a seed1", "b seed0", "b seed1"],
-            "change": ["x"] * 4,
-            "AP det1": [0.2, 0.4, 0.5, 0.5],
+            "row": ["a seed0", "a seed1", "a seed2", "b seed0", "b seed1", "b seed2"],
+            "change": ["x"] * 6,
+            "AP det1": [0.2, 0.4, 0.3, 0.3, 0.5, 0.4],  # b = a + 0.1 on every seed
+            "AP det2": [0.3, 0.3, 0.3, 0.2, 0.4, 0.3],  # b - a: -0.1, +0.1, 0
         }
     )
-    s = seed_summary(df).set_index("row")
-    assert list(s.index) == ["a", "b"]
-    assert s.loc["a", "AP det1 mean"] == pytest.approx(0.3)
-    assert s.loc["a", "AP det1 std"] == pytest.approx(0.1414, abs=1e-4)
-    assert s.loc["b", "AP det1 std"] == 0 and s.loc["b", "seeds"] == 2
+    s = seed_summary(df).set_index(["row", "statistic"])
+    assert s.loc[("a", "mean"), "AP det1"] == pytest.approx(0.3)
+    assert s.loc[("a", "std"), "AP det1"] == pytest.approx(0.1)
+    assert s.loc[("b", "mean"), "seeds"] == 3
+    # the same change on every seed: a zero-width interval at +0.1 (paired by seed, not pooled)
+    assert s.loc[("b - a", "mean"), "AP det1"] == pytest.approx(0.1)
+    assert s.loc[("b - a", "ci95 lo"), "AP det1"] == pytest.approx(0.1)
+    assert s.loc[("b - a", "ci95 lo"), "AP det2"] < 0 < s.loc[("b - a", "ci95 hi"), "AP det2"]
+    assert ("a - a", "mean") not in s.index
+    with pytest.raises(ValueError, match="seed<k>"):
+        seed_summary(pd.DataFrame({"row": ["a"], "AP det1": [0.1]}))
 
 
 def test_unknown_rows_are_a_clear_error(capsys):

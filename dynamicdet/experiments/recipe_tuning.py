@@ -77,12 +77,49 @@ def with_seeds(rows: dict[str, tuple[str, dict]], seeds: list[int]) -> dict[str,
     return out
 
 
+SUMMARY_COLUMNS = (
+    "AP det1",
+    "AP det2",
+    "AP det2 - det1",
+    "c(0.5) learned",
+    "c(0.5) random",
+    "c(0.5) conf. escalation",
+    "spearman gain~difficulty",
+)
+
+
 def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every numeric column, per row of :func:`with_seeds` (``"<row> seed<k>"``)."""
-    num = df.select_dtypes("number").assign(row=df["row"].str.replace(r" seed\d+$", "", regex=True))
-    stats = num.groupby("row", sort=False).agg(["mean", "std"])
-    stats.columns = [f"{col} {stat}" for col, stat in stats.columns]
-    return stats.assign(seeds=num.groupby("row", sort=False).size()).reset_index()
+    """Rows of :func:`with_seeds` (``"<row> seed<k>"``) over their seeds, each row against the first.
+
+    Per row: the mean and std of :data:`SUMMARY_COLUMNS` over its seeds; per row after the
+    first: the per-seed difference from the first row (same seed, one change), its mean and
+    Student-t 95% interval (:func:`~dynamicdet.claims.interval`).
+
+    Returns:
+        Columns ``row``, ``statistic``, ``seeds`` and :data:`SUMMARY_COLUMNS`.
+    """
+    from ..claims import interval
+
+    parts = df["row"].str.extract(r"^(?P<row>.*) seed(?P<seed>\d+)$")
+    if parts.isna().any().any():
+        raise ValueError(f"seed_summary: rows must be named '<row> seed<k>', got {list(df['row'])}")
+    cols = [c for c in SUMMARY_COLUMNS if c in df]
+    values = df[cols].set_index([parts["row"], parts["seed"].astype(int)])
+    names = list(dict.fromkeys(parts["row"]))
+    ref = values.loc[names[0]]
+    out = []
+    for name in names:
+        v = values.loc[name]
+        out.append({"row": name, "statistic": "mean", "seeds": len(v), **v.mean().to_dict()})
+        out.append({"row": name, "statistic": "std", "seeds": len(v), **v.std().to_dict()})
+        if name == names[0]:
+            continue
+        diff = (v - ref).dropna(how="all")  # the seeds both rows have
+        stats = {c: interval(diff[c].to_numpy(float)) for c in cols}
+        label = f"{name} - {names[0]}"
+        for i, stat in ((0, "mean"), (2, "ci95 lo"), (3, "ci95 hi")):
+            out.append({"row": label, "statistic": stat, "seeds": len(diff), **{c: stats[c][i] for c in cols}})
+    return pd.DataFrame(out)
 
 
 def apply(base: Config, overrides: dict) -> Config:
