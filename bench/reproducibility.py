@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,12 +80,8 @@ def _result(cfg_path: Path, home: Path) -> tuple[dict, dict]:
     return weights, {"AP det1": float(last["det1_AP"]), "AP det2": float(last["det2_AP"]), **setup}
 
 
-def measure(config: str, epochs: int = 2) -> dict:
-    cfg = load_config(config)
-    if cfg.data.source == "synthetic":
-        generate_from_config(cfg, progress=False)
-    t0 = time.time()
-    work = Path(tempfile.mkdtemp(prefix="dynamicdet-repro-"))
+def _train_setups(config: str, cfg, epochs: int, work: Path) -> dict[str, tuple[dict, dict]]:
+    """Train every setup of the module docstring under ``work``; per setup its weights and record."""
     base = _config_file(config, epochs, None, work)
     # the other dataloader setup: the main process when the config uses workers, 2 workers when it does not
     other = 0 if cfg.train.workers else 2
@@ -114,7 +111,19 @@ def measure(config: str, epochs: int = 2) -> dict:
         _finish(p, name)
         runs[name] = _result(base, work / name)
         runs[name][1]["train_s"] = round(time.time() - start, 1)
+    return runs
 
+
+def measure(config: str, epochs: int = 2) -> dict:
+    cfg = load_config(config)
+    if cfg.data.source == "synthetic":
+        generate_from_config(cfg, progress=False)
+    t0 = time.time()
+    work = Path(tempfile.mkdtemp(prefix="dynamicdet-repro-"))
+    try:  # the run folders (about 100 MB per setup at quick) are not kept
+        runs = _train_setups(config, cfg, epochs, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     ref_w, ref = runs["reference"]
     rows = []
     for name, (w, info) in runs.items():

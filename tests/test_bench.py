@@ -12,11 +12,11 @@ from dynamicdet import paths
 PARTS = ["routes", "step2", "step1", "controller", "stream", "datagen", "export", "disturbance"]  # suite's order
 
 
-def _run(script: str, results: str, *args: str) -> dict:
+def _run(script: str, results: str, *args: str, env: dict | None = None) -> dict:
     """Run ``bench/<script>`` at the smoke config; the smoke record it merged into ``results/<results>.json``."""
     r = subprocess.run(
         [sys.executable, str(paths.REPO_ROOT / "bench" / script), "--config", "smoke", *args],
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=900,
@@ -100,8 +100,9 @@ def test_segment_compare_smoke_runs_both_estimators_in_alternating_order(smoke_c
 
 
 @pytest.mark.slow
-def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg):
-    rec = _run("reproducibility.py", "reproducibility", "--epochs", "1")
+def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg, tmp_path):
+    rec = _run("reproducibility.py", "reproducibility", "--epochs", "1", env={"TMPDIR": str(tmp_path)})
+    assert not any(tmp_path.glob("dynamicdet-repro-*"))  # the setups' run folders are removed
     rows = {r["setup"]: r for r in rec["rows"]}
     assert set(rows) == {
         "reference",
