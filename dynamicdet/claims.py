@@ -12,12 +12,16 @@ and a 95% interval (Student's t over the seeds), and the verdict follows the int
 - **not testable**: the run cannot test the claim (a table is missing, one static
   scale where a frontier needs two, two-stage models too small to have learned).
 
+The two-stage claims are tested on one run even when seeds exist (their models are trained
+once per config): over seeds they read the config's own results folder and say so.
+
 ``make reproduce`` writes ``results/<config>/claims.{csv,md}`` and prints it; each
 notebook shows its own rows at its end (:func:`notebook_claims`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +61,8 @@ class Claim:
         measure: ``fn(folder) -> (value, margin)``, margin = how far the value clears the bar
             (>= 0: the claim holds); raises :class:`NotTestable`.
         bar: how the bar reads, for the table (``"> 0"``).
+        seeded: False for a claim whose models are trained once per config (two-stage):
+            over seeds it is tested on the config's own folder.
     """
 
     name: str
@@ -65,6 +71,7 @@ class Claim:
     evidence: str
     bar: str
     measure: Callable[[Path], tuple[float, float]]
+    seeded: bool = True
 
 
 def _read(folder: Path, stem: str) -> pd.DataFrame:
@@ -273,6 +280,7 @@ CLAIMS: list[Claim] = [
         "two_stage_faster_rcnn",
         "AP(Dy /50) - AP(R34) >= 0",
         _two_stage("faster_rcnn", "Dy /50", "static resnet34"),
+        seeded=False,
     ),
     Claim(
         "two-stage: Dy /90 at or above the deeper static trunk",
@@ -281,6 +289,7 @@ CLAIMS: list[Claim] = [
         "two_stage_faster_rcnn",
         "AP(Dy /90) - AP(R34) >= 0",
         _two_stage("faster_rcnn", "Dy /90", "static resnet34"),
+        seeded=False,
     ),
     Claim(
         "two-stage: detector 2 beats detector 1 (Faster R-CNN)",
@@ -289,6 +298,7 @@ CLAIMS: list[Claim] = [
         "two_stage_faster_rcnn",
         "AP(Dy /100) - AP(Dy /0) > 0",
         _two_stage("faster_rcnn", "Dy /100", "Dy /0"),
+        seeded=False,
     ),
     Claim(
         "two-stage: detector 2 beats detector 1 (Mask R-CNN, box)",
@@ -297,6 +307,7 @@ CLAIMS: list[Claim] = [
         "two_stage_mask_rcnn",
         "AP(Dy /100) - AP(Dy /0) > 0",
         _two_stage("mask_rcnn", "Dy /100", "Dy /0"),
+        seeded=False,
     ),
 ]
 
@@ -325,8 +336,13 @@ def verdict(margins: np.ndarray) -> str:
     return "not reproduced" if hi < 0 else "inconclusive"
 
 
-def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) -> pd.DataFrame:
+def claims_table(
+    folders: list[Path] | Path, claims: list[Claim] | None = None, base: Path | None = None
+) -> pd.DataFrame:
     """The scorecard of one run (a results folder) or of several seeds of one config.
+
+    ``base``: the config's own results folder, where the claims trained once per config
+    (``seeded=False``) are tested when ``folders`` are seeds (default: the first folder).
 
     Returns:
         One row per claim: ``claim``, ``notebook``, ``paper``, ``bar``, ``this run`` (mean value
@@ -338,13 +354,14 @@ def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) 
     rows = []
     for c in claims or CLAIMS:
         values, margins, note = [], [], ""
-        for i, f in enumerate(folders):
+        tested = folders if c.seeded or len(folders) == 1 else [base or folders[0]]
+        for i, f in enumerate(tested):
             try:
                 value, margin = c.measure(f)
             except (NotTestable, KeyError) as e:  # KeyError: a table without the row or column (c(k) all NaN)
                 note = str(e) if isinstance(e, NotTestable) else f"{c.evidence}.csv has no {e}"
                 # one seed that cannot test the claim makes the claim not testable over the seeds
-                note = f"seed {i + 1} of {len(folders)}: {note}" if len(folders) > 1 else note
+                note = f"seed {i + 1} of {len(tested)}: {note}" if len(tested) > 1 else note
                 values, margins = [], []
                 break
             values.append(value)
@@ -353,6 +370,8 @@ def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) 
         if not note and not finite:
             note = "the value is not a number in this run"
         mean, sd, lo, hi = interval(np.array(margins)) if finite else (math.nan,) * 4
+        if finite and len(tested) < len(folders):
+            note = "one run: these models are trained once per config, not per seed"
         rows.append(
             {
                 "claim": c.name,
@@ -364,9 +383,9 @@ def claims_table(folders: list[Path] | Path, claims: list[Claim] | None = None) 
                 "std": sd,
                 "ci95 lo": lo,
                 "ci95 hi": hi,
-                "seeds": len(folders),
+                "seeds": len(tested),
                 "verdict": verdict(np.array(margins)) if finite else "not testable",
-                "evidence": "/".join((*_relative(folders[0]).parts, f"{c.evidence}.csv")),
+                "evidence": "/".join((*_relative(tested[0]).parts, f"{c.evidence}.csv")),
                 "note": note,
             }
         )
@@ -397,10 +416,25 @@ def to_markdown(df: pd.DataFrame) -> str:
     return out[cols].to_markdown(index=False) + "\n"
 
 
+def seed_folders(out: Path) -> list[Path]:
+    """The seeds' folders of a results folder (``<out>/seeds/seed<k>/``, as ``seeds_provenance.json``
+    lists them; ``python -m dynamicdet.experiments.seeds tables``), or [] without seeds."""
+    record = out / "seeds_provenance.json"
+    if not record.exists():
+        return []
+    folders = [out / "seeds" / f"seed{k}" for k in json.loads(record.read_text())["seeds"]]
+    missing = [f for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{record}: seed folders missing: {[str(f) for f in missing]}")
+    return folders
+
+
 def write_claims(config: str, folders: list[Path] | None = None) -> pd.DataFrame:
-    """Write ``results/<config>/claims.{csv,md}`` from that folder (or from the seeds' ``folders``)."""
+    """Write ``results/<config>/claims.{csv,md}``: over the seeds' ``folders`` when given or when the
+    folder has seeds (:func:`seed_folders`), else from the folder's own tables."""
     out = paths.results_dir(config)
-    df = claims_table(folders or [out])
+    folders = folders or seed_folders(out) or [out]
+    df = claims_table(folders, base=out)
     write_csv(df, out / "claims.csv")
     write_text(to_markdown(df), out / "claims.md")
     return df

@@ -205,7 +205,16 @@ def _record(
 
 
 def _print_claims(config: str) -> None:
-    """Write ``results/<config>/claims.{csv,md}`` from the tables the notebooks wrote, and print it."""
+    """Write ``results/<config>/claims.{csv,md}`` and print it: over the folder's seeds when it has
+    them (``seeds_provenance.json``), else from the tables the notebooks wrote."""
+    out = out_dir(config)
     df = write_claims(config)
-    print(f"\nclaims of the paper, this run ({out_dir(config) / 'claims.md'}):")
+    if (df["seeds"] > 1).any():
+        made = json.loads((out / "seeds_provenance.json").read_text())
+        print(
+            f"\nclaims of the paper over seeds {made['seeds']} ({out / 'claims.md'}; the seeds' tables: "
+            f"{out / 'seeds'}, made at git {made['git_sha'][:12]} by `{made['command']}`):"
+        )
+    else:
+        print(f"\nclaims of the paper, this run ({out / 'claims.md'}):")
     print(to_markdown(df))

@@ -177,3 +177,42 @@ def test_a_seed_that_cannot_test_a_claim_makes_it_not_testable_over_the_seeds(tm
     assert row["verdict"] == "not testable" and row["note"].startswith("seed 2 of 3:")
     assert math.isnan(row["margin"]) and math.isnan(row["this run"])
     assert df.loc["detector 2 beats detector 1", "verdict"] == "inconclusive"
+
+
+def test_two_stage_claims_over_seeds_read_the_configs_own_run(tmp_path):
+    # the seeds' folders hold no two-stage tables: those models are trained once per config
+    base = results(tmp_path / "standard", ts_ap=0.4)
+    seeds = [results(tmp_path / "standard" / "seeds" / f"seed{i}", ap2=0.63 + 0.01 * i) for i in range(3)]
+    for s in seeds:
+        for kind in ("faster_rcnn", "mask_rcnn"):
+            (s / f"two_stage_{kind}.csv").unlink()
+    df = by_claim(claims.claims_table(seeds, base=base))
+    ts = df.loc["two-stage: Dy /50 at or above the deeper static trunk"]
+    assert ts["seeds"] == 1 and ts["verdict"] == "reproduced" and ts["margin"] == pytest.approx(0.002)
+    assert ts["note"].startswith("one run") and ts["evidence"].endswith("standard/two_stage_faster_rcnn.csv")
+    assert math.isnan(ts["ci95 lo"])
+    assert df.loc["detector 2 beats detector 1", "seeds"] == 3
+    # without a base, the first seed's folder is read: no two-stage table there
+    no_base = by_claim(claims.claims_table(seeds))
+    assert no_base.loc["two-stage: Dy /50 at or above the deeper static trunk", "verdict"] == "not testable"
+    assert "one run" in claims.to_markdown(claims.claims_table(seeds, base=base))
+
+
+def test_write_claims_scores_over_the_seeds_a_results_folder_has(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    out = results(tmp_path / "standard")
+    one = by_claim(claims.write_claims("standard"))
+    assert (one["seeds"] == 1).all()  # no seeds: the run's own tables
+    for i, lead in enumerate([0.02, 0.03, 0.04]):
+        results(out / "seeds" / f"seed{i}", ap2=0.60 + lead)
+    (out / "seeds_provenance.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    df = by_claim(claims.write_claims("standard"))
+    assert df.loc["detector 2 beats detector 1", "seeds"] == 3
+    assert df.loc["detector 2 beats detector 1", "margin"] == pytest.approx(0.03)
+    assert df.loc["two-stage: detector 2 beats detector 1 (Faster R-CNN)", "seeds"] == 1
+    assert pd.read_csv(out / "claims.csv")["seeds"].max() == 3
+    (out / "seeds_provenance.json").write_text(json.dumps({"seeds": [0, 1, 2, 3]}))
+    with pytest.raises(FileNotFoundError, match="seeds_provenance.json: seed folders missing"):
+        claims.write_claims("standard")

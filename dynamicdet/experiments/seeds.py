@@ -213,7 +213,7 @@ def write_seed_results(
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
     record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
     write_json(record, out / "seeds_provenance.json", indent=2)
-    df = claims_table([seed_folder(config, s, out) for s in seeds])
+    df = claims_table([seed_folder(config, s, out) for s in seeds], base=out)
     write_csv(df, out / "claims.csv")
     write_text(to_markdown(df), out / "claims.md")
     return df
