@@ -3,10 +3,14 @@
 Usage::
 
     python bench/step1_speed.py --config quick [--iters 24]
+    python bench/step1_speed.py --config quick --epoch --setups "2 threads, 2 workers" "2 threads, 0 workers"
 
 Each setup runs in its own process (torch's thread count is fixed per process): the
 config's joint model trains ``--iters`` batches after 4 warm-up batches, with the config's
-mosaic augmentation, and the throughput of the timed batches is recorded. Setups are run
+mosaic augmentation, and the throughput of the timed batches is recorded. ``--epoch`` times
+one whole epoch instead, from the creation of its data loader (as training makes one per
+epoch: the workers' start is part of the cost) to its last batch, and writes
+``step1_speed_epoch.{csv,md}``. Setups are run
 twice, interleaved (A B C ... A B C ...), and the best of the two rounds is kept, so a
 passing disturbance on the shared machine does not decide a row. Written to
 ``results/quick_tuning/step1_speed.{csv,md}`` (a speed measurement: the weights a setup
@@ -37,7 +41,7 @@ SETUPS = {
 
 CHILD = r"""
 import json, sys, time, torch
-threads, workers, cache, cl, config, iters = json.loads(sys.argv[1])
+threads, workers, cache, cl, config, iters, epoch = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 from dynamicdet.build import build_model
 from dynamicdet.config import load_config
@@ -54,6 +58,25 @@ opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1
 aug = {"mosaic": cfg.train.mosaic, "mixup": cfg.train.mixup, **({"cache": "ram"} if cache else {})}
 ds = build_dataset(info.data, "train", cfg.data.img_size, augment=True, batch=cfg.train.batch, **aug)
 done, t0, n_img = 0, None, 0
+if epoch:  # 4 warm-up batches, then one whole epoch from its loader's creation on
+    for i, batch in enumerate(make_loader(ds, cfg.train.batch, True, 1, 0)):
+        loss, _ = model.objective(to_device(batch, torch.device("cpu")))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if i == 3:
+            break
+    t0 = time.perf_counter()
+    for batch in make_loader(ds, cfg.train.batch, True, 0, workers):
+        batch = to_device(batch, torch.device("cpu"))
+        if cl:
+            batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
+        loss, _ = model.objective(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        n_img += len(batch["img"])
+    done = iters + 4
 while done < iters + 4:
     for batch in make_loader(ds, cfg.train.batch, True, done, workers):
         if done == 4:
@@ -73,10 +96,10 @@ print(json.dumps({"img_s": n_img / (time.perf_counter() - t0)}))
 """
 
 
-def measure(config: str, setup: tuple, iters: int) -> float:
-    """Images per second of step-1 training under ``setup`` (a fresh process)."""
+def measure(config: str, setup: tuple, iters: int, epoch: bool = False) -> float:
+    """Images per second of step-1 training under ``setup`` (a fresh process; ``epoch``: one whole epoch)."""
     threads, workers, cache, cl = setup
-    args = json.dumps([threads, workers, cache, cl, config, iters])
+    args = json.dumps([threads, workers, cache, cl, config, iters, epoch])
     out = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"setup {setup} failed:\n{out.stderr[-2000:]}")
@@ -88,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="quick")
     ap.add_argument("--iters", type=int, default=24, help="timed batches per setup and round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epoch", action="store_true", help="time one whole epoch per setup, loader start included")
+    ap.add_argument("--setups", nargs="+", default=list(SETUPS), help="setup names (default: all)")
     args = ap.parse_args(argv)
+    unknown = set(args.setups) - set(SETUPS)
+    if unknown:
+        ap.error(f"--setups: unknown {sorted(unknown)}; known: {list(SETUPS)}")
+    setups = {name: SETUPS[name] for name in SETUPS if name in args.setups}
     from dynamicdet.config import load_config
     from dynamicdet.data.synthetic import generate_from_config
     from dynamicdet.results import run_stamp
@@ -96,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     generate_from_config(cfg, progress=False)
     t0 = time.time()
-    best: dict[str, list[float]] = {name: [] for name in SETUPS}
+    best: dict[str, list[float]] = {name: [] for name in setups}
     for r in range(args.rounds):
-        for name, setup in SETUPS.items():
-            best[name].append(measure(args.config, setup, args.iters))
+        for name, setup in setups.items():
+            best[name].append(measure(args.config, setup, args.iters, args.epoch))
             print(f"round {r + 1} {name}: {best[name][-1]:.1f} img/s", flush=True)
-    ref = max(best[next(iter(SETUPS))])
+    ref = max(best[next(iter(setups))])
     rows = []
-    for name, (threads, workers, cache, cl) in SETUPS.items():
+    for name, (threads, workers, cache, cl) in setups.items():
         img_s = max(best[name])
         rows.append(
             {
@@ -114,21 +143,24 @@ def main(argv: list[str] | None = None) -> int:
                 "channels_last": cl,
                 "img/s (best of rounds)": round(img_s, 1),
                 "rounds": " / ".join(f"{v:.1f}" for v in best[name]),
-                "vs 2 threads, 2 workers": round(img_s / ref, 3),
+                "vs the first setup": round(img_s / ref, 3),  # no comma in a column name (CSV)
             }
         )
     df = pd.DataFrame(rows)
     out = Path(__file__).resolve().parents[1] / "results" / "quick_tuning"
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "step1_speed.csv", index=False)
+    name = "step1_speed_epoch" if args.epoch else "step1_speed"
+    df.to_csv(out / f"{name}.csv", index=False)
     stamp = run_stamp(cfg.to_dict())
+    what = "one whole epoch per setup from its loader's creation" if args.epoch else f"{args.iters} timed batches"
+    command = " ".join(["python bench/step1_speed.py", *(argv if argv is not None else sys.argv[1:])])
     note = (
         f"Step-1 training throughput at `{args.config}` (joint model, mosaic on, batch {cfg.train.batch}, "
-        f"{cfg.data.img_size} px), {args.iters} timed batches per setup, best of {args.rounds} interleaved rounds; "
-        f"`python bench/step1_speed.py --config {args.config}`, git {stamp['git_sha'][:7]}, "
+        f"{cfg.data.img_size} px), {what}, best of {args.rounds} interleaved rounds; "
+        f"`{command}`, git {stamp['git_sha'][:7]}, {stamp['environment']['torch']}, "
         f"{time.time() - t0:.0f} s.\n\n"
     )
-    (out / "step1_speed.md").write_text(note + df.to_markdown(index=False) + "\n")
+    (out / f"{name}.md").write_text(note + df.to_markdown(index=False) + "\n")
     print(note + df.to_markdown(index=False))
     return 0
 
