@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     df.to_csv(out / f"{name}.csv", index=False)
     stamp = run_stamp(cfg.to_dict())
     what = "one whole epoch per setup from its loader's creation" if args.epoch else f"{args.iters} timed batches"
-    command = " ".join(["python bench/step1_speed.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "bench/step1_speed.py", *(argv if argv is not None else sys.argv[1:])])
     note = (
         f"Step-1 training throughput at `{args.config}` (joint model, mosaic on, batch {cfg.train.batch}, "
         f"{cfg.data.img_size} px), {what}, best of {args.rounds} interleaved rounds; "
