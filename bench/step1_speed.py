@@ -13,7 +13,7 @@ epoch: the workers' start is part of the cost) to its last batch, and writes
 ``step1_speed_epoch.{csv,md}``. Setups are run
 twice, interleaved (A B C ... A B C ...), and the best of the two rounds is kept, so a
 passing disturbance on the shared machine does not decide a row. Written to
-``results/quick_tuning/step1_speed.{csv,md}`` (a speed measurement: the weights a setup
+``results/<config>_tuning/step1_speed.{csv,md}`` (a speed measurement: the weights a setup
 trains differ only as a seed does, see ``bench/reproducibility.py``).
 """
 
@@ -25,7 +25,6 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 
@@ -148,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     df = pd.DataFrame(rows)
-    out = Path(__file__).resolve().parents[1] / "results" / "quick_tuning"
+    from dynamicdet import paths
+
+    out = paths.results_dir(f"{args.config}_tuning")
     out.mkdir(parents=True, exist_ok=True)
     name = "step1_speed_epoch" if args.epoch else "step1_speed"
     df.to_csv(out / f"{name}.csv", index=False)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from dynamicdet import paths
@@ -122,3 +123,25 @@ def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg
     # the same setup twice: bit-identical weights (the property tests/test_train.py asserts)
     assert rows["reference again"]["max |w - w_ref|"] == 0
     assert "## smoke, 1 epochs" in (paths.results_dir() / "reproducibility.md").read_text()
+
+
+@pytest.mark.slow
+def test_step1_speed_smoke_times_batches_and_whole_epochs():
+    script = str(paths.REPO_ROOT / "bench" / "step1_speed.py")
+    out = paths.results_dir("smoke_tuning")
+    for mode in ([], ["--epoch"]):
+        setups = ["2 threads, 0 workers", "1 thread, 2 workers"]
+        r = subprocess.run(
+            [sys.executable, script, "--config", "smoke", "--iters", "2", "--rounds", "1", "--setups", *setups, *mode],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        name = "step1_speed_epoch" if mode else "step1_speed"
+        df = pd.read_csv(out / f"{name}.csv")
+        assert list(df["setup"]) == setups and (df["img/s (best of rounds)"] > 0).all()
+        assert df["vs the first setup"].iloc[0] == 1.0
+        assert "'2 threads, 0 workers'" in (out / f"{name}.md").read_text()  # the command, quoted as typed
+    bad = subprocess.run([sys.executable, script, "--setups", "3 threads"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown ['3 threads']" in bad.stderr
