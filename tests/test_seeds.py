@@ -48,5 +48,42 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     setup = pd.read_csv(seed_folder("smoke", 1, tmp_path) / "step1_setup.csv")
     recorded = json.loads((STEP1.path(seed_config("smoke", 1)) / "step1_setup.json").read_text())
     assert int(setup["torch_threads"].iloc[0]) == recorded["torch_threads"] >= 1
+    frontier = pd.read_csv(tmp_path / "seeds_frontier.csv")
+    assert {"GFLOPs", "CPU latency, batch 1 (torch)"} <= set(frontier["cost"]) and "gap seed 1" in frontier
     record = json.loads((tmp_path / "seeds_provenance.json").read_text())
     assert record["seeds"] == [0, 1] and record["git_sha"]
+
+
+def _variable_speed(folder, dy50_ap, statics=2, consistent=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    models = ["Dy /0", "Dy /50", "Dy /100", "yolov8n (static)", "yolov8s (static)"][: 3 + statics]
+    pd.DataFrame(
+        {
+            "model": models,
+            "GFLOPs": [1.0, 1.5, 2.0, 1.0, 3.0][: 3 + statics],
+            "latency_ms_b1": [10.0, 25.0, 28.0, 10.0, 30.0][: 3 + statics],
+            "AP": [0.50, dy50_ap, 0.60, 0.50, 0.70][: 3 + statics],
+            "consistent": [True, consistent, True, True, True][: 3 + statics],
+        }
+    ).to_csv(folder / "variable_speed.csv", index=False)
+
+
+def test_seeds_frontier_gives_each_gap_an_interval_and_its_verdict(tmp_path):
+    from dynamicdet.experiments.seeds import seed_folder, seeds_frontier
+
+    # static lines: AP 0.50 at cost 1 (10 ms), 0.70 at cost 3 (30 ms) -> 0.55 at GFLOPs 1.5, 0.65 at 25 ms
+    for seed, ap in zip((0, 1, 2), (0.57, 0.58, 0.59), strict=True):
+        _variable_speed(seed_folder("standard", seed, tmp_path), ap, consistent=seed != 2)
+    df = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
+    assert set(df.index.get_level_values("cost")) == {"GFLOPs", "CPU latency, batch 1 (torch)"}  # columns present
+    flops = df.loc[("GFLOPs", "Dy /50")]
+    assert [flops[f"gap seed {s}"] for s in (0, 1, 2)] == pytest.approx([0.02, 0.03, 0.04])
+    assert flops["mean"] == pytest.approx(0.03) and flops["ci95 lo"] > 0 and flops["verdict"] == "reproduced"
+    assert flops["checks passed"]  # GFLOPs are counted, not timed
+    lat = df.loc[("CPU latency, batch 1 (torch)", "Dy /50")]
+    assert lat["mean"] == pytest.approx(-0.07) and lat["verdict"] == "not reproduced"
+    assert not lat["checks passed"]  # seed 2's latency table flagged the row
+    assert df.loc[("CPU latency, batch 1 (torch)", "Dy /0"), "checks passed"]
+    _variable_speed(seed_folder("standard", 1, tmp_path), 0.58, statics=1)  # one static model: no line
+    one = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
+    assert one.loc[("GFLOPs", "Dy /50"), "verdict"] == "not testable"

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import paths
@@ -33,7 +34,7 @@ from ..results import run_stamp
 from ..runs import STEP1
 from ..step1 import SETUP_FILE
 from ..step2 import spearman
-from .frontier import onnx_latency
+from .frontier import ONNX_COLUMN, cost_columns, frontier_by_cost, onnx_latency
 from .recipe_tuning import difficulty_of
 from .router_study import Capture
 from .static_models import static_baselines
@@ -193,11 +194,65 @@ def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None 
     return df
 
 
+def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
+    """Each Dy /k's gap to the static frontier in every cost measure, over the seeds.
+
+    Per seed, :func:`~.frontier.frontier_by_cost` on its ``variable_speed.csv`` (gap = AP - the
+    frontier's AP at the point's cost, >= 0: on or above it); then the mean, std, Student-t 95%
+    interval and the interval's verdict (:func:`~dynamicdet.claims.verdict`; "not testable" when
+    a seed has no gap, e.g. one static model or no such cost column).
+
+    Returns:
+        One row per cost and Dy row: ``cost``, ``model``, ``gap seed <k>`` per seed, ``mean``,
+        ``std``, ``ci95 lo``, ``ci95 hi``, ``verdict``, ``checks passed`` (the latency costs:
+        every seed's latency table marked that row and the static models consistent).
+    """
+    from ..claims import interval, verdict
+
+    batch = load_config(config).eval.batch
+    flags = {
+        cost: "consistent_onnx" if col == ONNX_COLUMN else "consistent" for cost, col in cost_columns(batch).items()
+    }
+    flags["GFLOPs"] = None  # counted, not timed
+    gaps: dict[tuple[str, str], dict[int, float]] = {}
+    checked: dict[tuple[str, str], bool] = {}
+    for seed in seeds:
+        vs = pd.read_csv(seed_folder(config, seed, out) / "variable_speed.csv")
+        static_ok = vs[vs["model"].str.endswith("(static)")]
+        for r in frontier_by_cost(vs, batch).itertuples(index=False):
+            key = (r.cost, r.model)
+            gaps.setdefault(key, {})[seed] = float(r.gap)
+            flag = flags.get(r.cost)
+            ok = True
+            if flag is not None:
+                ok = flag in vs and bool(vs.loc[vs["model"] == r.model, flag].all() and static_ok[flag].all())
+            checked[key] = checked.get(key, True) and ok
+    rows = []
+    for (cost, model), by_seed in gaps.items():
+        g = np.array([by_seed.get(s, math.nan) for s in seeds], dtype=float)
+        testable = bool(np.isfinite(g).all())
+        mean, sd, lo, hi = interval(g) if testable else (math.nan,) * 4
+        rows.append(
+            {
+                "cost": cost,
+                "model": model,
+                **{f"gap seed {s}": v for s, v in zip(seeds, g, strict=True)},
+                "mean": mean,
+                "std": sd,
+                "ci95 lo": lo,
+                "ci95 hi": hi,
+                "verdict": verdict(g) if testable else "not testable",
+                "checks passed": checked[(cost, model)],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def write_seed_results(
     config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None, wall_s: float | None = None
 ) -> pd.DataFrame:
-    """``<out>/seeds.{csv,md}``, ``seeds_summary.{csv,md}`` (:func:`seeds_summary`), ``seeds_provenance.json``
-    and the scorecard over the seeds (``claims.{csv,md}``).
+    """``<out>/seeds.{csv,md}``, ``seeds_summary.{csv,md}`` (:func:`seeds_summary`), ``seeds_frontier.{csv,md}``
+    (:func:`seeds_frontier`), ``seeds_provenance.json`` and the scorecard over the seeds (``claims.{csv,md}``).
 
     ``out``: ``results/<config>/`` by default.
     """
@@ -210,6 +265,9 @@ def write_seed_results(
     summary = seeds_summary(config, seeds, out)
     write_csv(summary, out / "seeds_summary.csv")
     write_text(summary.to_markdown(index=False, floatfmt=".3f") + "\n", out / "seeds_summary.md")
+    frontier = seeds_frontier(config, seeds, out)
+    write_csv(frontier, out / "seeds_frontier.csv")
+    write_text(frontier.to_markdown(index=False, floatfmt=".3f") + "\n", out / "seeds_frontier.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
     record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
     write_json(record, out / "seeds_provenance.json", indent=2)
