@@ -57,38 +57,33 @@ model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 aug = {"mosaic": cfg.train.mosaic, "mixup": cfg.train.mixup, **({"cache": "ram"} if cache else {})}
 ds = build_dataset(info.data, "train", cfg.data.img_size, augment=True, batch=cfg.train.batch, **aug)
+def step(batch):
+    # one training step; returns the batch's image count
+    batch = to_device(batch, torch.device("cpu"))
+    if cl:
+        batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
+    loss, _ = model.objective(batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return len(batch["img"])
+
+
 done, t0, n_img = 0, None, 0
 if epoch:  # 4 warm-up batches, then one whole epoch from its loader's creation on
     for i, batch in enumerate(make_loader(ds, cfg.train.batch, True, 1, 0)):
-        loss, _ = model.objective(to_device(batch, torch.device("cpu")))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+        step(batch)
         if i == 3:
             break
     t0 = time.perf_counter()
     for batch in make_loader(ds, cfg.train.batch, True, 0, workers):
-        batch = to_device(batch, torch.device("cpu"))
-        if cl:
-            batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
-        loss, _ = model.objective(batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        n_img += len(batch["img"])
+        n_img += step(batch)
     done = iters + 4
 while done < iters + 4:
     for batch in make_loader(ds, cfg.train.batch, True, done, workers):
         if done == 4:
             t0, n_img = time.perf_counter(), 0
-        batch = to_device(batch, torch.device("cpu"))
-        if cl:
-            batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
-        loss, _ = model.objective(batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        n_img += len(batch["img"])
+        n_img += step(batch)
         done += 1
         if done == iters + 4:
             break
