@@ -151,43 +151,37 @@ def _optional(folder: Path, stem: str, column: str, row: str | None = None) -> f
     return float(df[column].iloc[0])
 
 
-def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
-    """One row per seed of the quantities a run is judged by, then their mean, std and 95% interval.
+def run_summary(folder: Path) -> dict:
+    """The quantities a run is judged by, from the tables in its results ``folder``.
 
-    Columns: both detectors' AP and detector 2's lead, detector 1 against the static model of
-    its architecture, the routers' c(0.5), Spearman of the router's score with the generator's
-    difficulty and of detector 2's per-image AP gain with it.
+    Both detectors' AP and detector 2's lead, detector 1 against the static model of its
+    architecture (NaN without one), the routers' c(0.5), Spearman of the router's score with the
+    generator's difficulty and of detector 2's per-image AP gain with it (NaN when a table is missing).
     """
+    ap = pd.read_csv(folder / "joint_training.csv")["AP"]
+    vs = pd.read_csv(folder / "variable_speed.csv").set_index("model")
+    same = [
+        m for m in vs.index if m.endswith("(static)") and abs(vs.loc[m, "GFLOPs"] - vs.loc["Dy /0", "GFLOPs"]) < 0.01
+    ]
+    return {
+        "AP det1": ap.iloc[0],
+        "AP det2": ap.iloc[1],
+        "AP det2 - det1": ap.iloc[1] - ap.iloc[0],
+        "AP det1 - static": ap.iloc[0] - vs.loc[same[0], "AP"] if same else math.nan,
+        **{
+            f"c(0.5) {r}": _optional(folder, "capture_ratio", "c(0.5)", r)
+            for r in ("learned", "random", "confidence escalation")
+        },
+        "spearman phi~difficulty": _optional(folder, "difficulty_correlation", "Spearman corr. with phi", "difficulty"),
+        "spearman gain~difficulty": _optional(folder, "gain_difficulty", "Spearman(AP gain, difficulty)"),
+    }
+
+
+def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
+    """One row per seed of :func:`run_summary`, then their mean, std and 95% interval."""
     from ..claims import interval
 
-    rows = []
-    for seed in seeds:
-        folder = seed_folder(config, seed, out)
-        ap = pd.read_csv(folder / "joint_training.csv")["AP"]
-        vs = pd.read_csv(folder / "variable_speed.csv").set_index("model")
-        same = [
-            m
-            for m in vs.index
-            if m.endswith("(static)") and abs(vs.loc[m, "GFLOPs"] - vs.loc["Dy /0", "GFLOPs"]) < 0.01
-        ]
-        rows.append(
-            {
-                "seed": str(seed),
-                "AP det1": ap.iloc[0],
-                "AP det2": ap.iloc[1],
-                "AP det2 - det1": ap.iloc[1] - ap.iloc[0],
-                "AP det1 - static": ap.iloc[0] - vs.loc[same[0], "AP"] if same else math.nan,
-                **{
-                    f"c(0.5) {r}": _optional(folder, "capture_ratio", "c(0.5)", r)
-                    for r in ("learned", "random", "confidence escalation")
-                },
-                "spearman phi~difficulty": _optional(
-                    folder, "difficulty_correlation", "Spearman corr. with phi", "difficulty"
-                ),
-                "spearman gain~difficulty": _optional(folder, "gain_difficulty", "Spearman(AP gain, difficulty)"),
-            }
-        )
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([{"seed": str(s), **run_summary(seed_folder(config, s, out))} for s in seeds])
     stats = {name: interval(df[name].to_numpy(float)) for name in df.columns[1:]}
     for i, label in enumerate(("mean", "std", "ci95 lo", "ci95 hi")):
         df.loc[len(df)] = {"seed": label, **{name: v[i] for name, v in stats.items()}}
