@@ -1,9 +1,11 @@
 # Two commands matter (see README.md):
-#   make reproduce [CONFIG=quick|standard|smoke|coco]   the main job
+#   make reproduce [CONFIG=quick|standard|smoke|coco]   the main job (ARGS=... more options of
+#                                                       `python -m dynamicdet.cli reproduce`, e.g. ARGS=--no-two-stage)
 #   make test                                           the test suite (everything)
 # and one for the inner loop:
 #   make test-fast                                      the tests not marked slow (under 2 min)
 CONFIG ?= quick
+ARGS ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m dynamicdet.cli reproduce --config $(CONFIG)
+	$(PY) -m dynamicdet.cli reproduce --config $(CONFIG) $(ARGS)
 
 data: $(STAMP)
 	$(PY) -m dynamicdet.cli data --config $(CONFIG)
@@ -35,12 +37,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # The step-1 ablation (notebook 09, not part of the default main job): every recipe row on the
-# `ablation` config, each a cached, resumable run (about 1.5-2 h on 2 CPU cores).
+# `ablation` config, each a cached, resumable run, and rows a-e again at the standard size
+# (about 4 h on 2 CPU cores, docs/reproducing.md).
 ablation: $(STAMP)
 	$(PY) -m dynamicdet.cli reproduce --config ablation --no-stages --notebooks 09_step1_ablation
 
 # The two-stage from-scratch recipe study (notebook 08's tuning table; not part of the main job):
-# static ResNet-18 rows, one change each, each a cached, resumable run (about 2.5 h at standard).
+# static ResNet-18 rows, one change each, each a cached, resumable run (about 3 h at standard).
 two-stage-tuning: $(STAMP)
 	$(PY) -m dynamicdet.experiments.two_stage_tuning --config $(CONFIG)
 

@@ -44,7 +44,7 @@ def test_bench_smoke_writes_report(smoke_cfg):
     # every part's wall time, in the suite's order, and no more than the whole run's
     assert list(rec["part_s"]) == PARTS and all(t > 0 for t in rec["part_s"].values())
     assert sum(rec["part_s"].values()) <= rec["wall_s"] + 1
-    assert "(parts: routes " in md
+    assert "bench wall time" in md and "(time per part: routes " in md
 
     # a partial run re-measures its part and keeps the others, marked with the run that measured them
     again = _bench("--parts", "datagen")
@@ -60,7 +60,9 @@ def test_bench_smoke_writes_report(smoke_cfg):
     assert {p: t for p, t in again["part_s"].items() if p != "datagen"} == {
         p: t for p, t in rec["part_s"].items() if p != "datagen"
     }
-    assert "measured in an earlier run" in (paths.results_dir() / "bench.md").read_text()
+    md = (paths.results_dir() / "bench.md").read_text()
+    assert "measured in an earlier run" in md
+    assert "the last run (datagen) took" in md  # the header names the run its wall time belongs to
 
 
 @pytest.mark.slow
@@ -145,3 +147,70 @@ def test_step1_speed_smoke_times_batches_and_whole_epochs():
         assert "'2 threads, 0 workers'" in (out / f"{name}.md").read_text()  # the command, quoted as typed
     bad = subprocess.run([sys.executable, script, "--setups", "3 threads"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown ['3 threads']" in bad.stderr
+
+
+def _main_job_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("main_job", paths.REPO_ROOT / "bench" / "main_job.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_main_job_goals_mark_each_quick_run_and_leave_untimed_installs_open():
+    mj = _main_job_module()
+    good = {
+        "date": "d1",
+        "git sha": "abcdef123456",
+        "config": "quick",
+        "install min": 2.0,
+        "total min": 19.5,
+        "AP det1": 0.31,
+        "AP det2 - det1": 0.04,
+        "c(0.5) learned": 0.7,
+        "c(0.5) random": 0.5,
+        "c(0.5) confidence escalation": 0.6,
+        "spearman gain~difficulty": 0.2,
+        "latency consistent": True,
+    }
+    bad = {**good, "date": "d2", "install min": float("nan"), "AP det1": 0.25, "c(0.5) learned": 0.55}
+    other = {**good, "config": "smoke"}  # the goals are the quick config's
+    table = mj.goals_table(pd.DataFrame([good, bad, other])).set_index("goal")
+    assert list(table.columns) == ["row 1: d1, abcdef1", "row 2: d2, abcdef1"]
+    assert (table.iloc[:, 0] == "PASS").all()
+    second = table.iloc[:, 1]
+    assert second["wall time <= 20 min"] == "n/a"  # a reused install: the wall time is not the main job's
+    assert second["AP det1 >= 0.30"] == "MISS" and second["c(0.5) learned >= random + 0.15"] == "MISS"
+    assert second["c(0.5) learned >= confidence escalation"] == "MISS" and second["AP det2 - det1 >= 0.03"] == "PASS"
+
+
+def test_main_job_record_appends_each_run_to_csv_json_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    mj = _main_job_module()
+    row = {"date": "d", "git sha": "0123456789ab", "config": "quick", "args": "", "install min": 2.0}
+    row |= {"pipeline min": 18.0, "total min": 20.0, "AP det1": 0.3, "AP det2": 0.33, "AP det2 - det1": 0.03}
+    row |= {"c(0.5) learned": 0.7, "c(0.5) random": 0.5, "c(0.5) confidence escalation": 0.6}
+    row |= {"spearman gain~difficulty": 0.1, "latency consistent": True}
+    for date in ("d1", "d2"):
+        df = mj.record({"row": {**row, "date": date}, "detail": {"date": date, "stage_wall_s": {"data": 1.0}}})
+    assert list(df["date"]) == ["d1", "d2"] and list(df["git sha"]) == ["0123456789ab"] * 2  # sha kept as text
+    assert [r["date"] for r in json.loads((tmp_path / "main_job.json").read_text())] == ["d1", "d2"]
+    md = (tmp_path / "main_job.md").read_text()
+    assert "row 1: d1, 0123456" in md and "row 2: d2, 0123456" in md and "| wall time <= 20 min" in md
+
+
+@pytest.mark.slow
+def test_main_job_smoke_runs_make_reproduce_in_a_fresh_clone(tmp_path):
+    args = "--no-two-stage --notebooks 02_joint_training,05_variable_speed"
+    cmd = [sys.executable, str(paths.REPO_ROOT / "bench" / "main_job.py"), "--config", "smoke"]
+    cmd += ["--venv", sys.prefix, f"--args={args}"]
+    r = subprocess.run(cmd, env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not any(tmp_path.glob("dynamicdet-main-job-*"))  # the clone is removed
+    df = pd.read_csv(paths.results_dir() / "main_job.csv")
+    assert list(df["config"]) == ["smoke"] and (df["args"] == args).all()
+    assert df["install min"].isna().all() and (df["pipeline min"] > 0).all()
+    assert df["AP det1"].between(0, 1).all() and df["AP det2"].between(0, 1).all()
+    (run,) = json.loads((paths.results_dir() / "main_job.json").read_text())
+    assert "train (step 1 + step 2)" in run["stage_wall_s"] and "02_joint_training.ipynb" in run["notebook_wall_s"]
