@@ -140,12 +140,14 @@ def render(allrec: dict) -> str:
     ]
     for config, r in allrec.items():
         e = r["env"]
+        last = r.get("parts", PARTS)  # the parts the last run measured
+        wall = "bench wall time" if set(last) == set(PARTS) else f"the last run ({', '.join(last)}) took"
         lines += [
             f"## {config} ({r['model']}, {r['img_size']} px)",
             "",
-            f"{provenance(r)}, ultralytics {e['ultralytics']}; bench wall time {r['wall_s']} s"
+            f"{provenance(r)}, ultralytics {e['ultralytics']}; {wall} {r['wall_s']} s"
             + (
-                " (parts: " + ", ".join(f"{p} {t:.0f} s" for p, t in r["part_s"].items() if t is not None) + ")."
+                " (time per part: " + ", ".join(f"{p} {t:.0f} s" for p, t in r["part_s"].items() if t) + ")."
                 if r.get("part_s")
                 else "."
             ),
