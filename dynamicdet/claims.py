@@ -361,7 +361,7 @@ def claims_table(
             except (NotTestable, KeyError) as e:  # KeyError: a table without the row or column (c(k) all NaN)
                 note = str(e) if isinstance(e, NotTestable) else f"{c.evidence}.csv has no {e}"
                 # one seed that cannot test the claim makes the claim not testable over the seeds
-                note = f"seed {i + 1} of {len(tested)}: {note}" if len(tested) > 1 else note
+                note = f"{f.name} ({i + 1} of {len(tested)}): {note}" if len(tested) > 1 else note
                 values, margins = [], []
                 break
             values.append(value)

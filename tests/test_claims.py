@@ -174,7 +174,7 @@ def test_a_seed_that_cannot_test_a_claim_makes_it_not_testable_over_the_seeds(tm
     seeds = [results(tmp_path / f"s{i}", ap1=0.26, ap2=0.26 + d) for i, d in enumerate([0.05, -0.04, 0.03])]
     df = by_claim(claims.claims_table(seeds))
     row = df.loc["/50 keeps about three quarters of detector 2's gain"]
-    assert row["verdict"] == "not testable" and row["note"].startswith("seed 2 of 3:")
+    assert row["verdict"] == "not testable" and row["note"].startswith("s1 (2 of 3):")  # names the seed's folder
     assert math.isnan(row["margin"]) and math.isnan(row["this run"])
     assert df.loc["detector 2 beats detector 1", "verdict"] == "inconclusive"
 
