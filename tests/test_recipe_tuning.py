@@ -4,23 +4,34 @@ import pandas as pd
 import pytest
 
 from dynamicdet.config import load_config
-from dynamicdet.experiments.recipe_tuning import QUICK_ROWS, WORKER_ROWS, apply, main, seed_summary, with_seeds
+from dynamicdet.experiments.recipe_tuning import QUICK_ROWS, TABLES, WORKER_ROWS, apply, main, seed_summary, with_seeds
 
 
 def test_with_seeds_adds_the_seed_to_each_rows_overrides_without_changing_the_row():
     rows = with_seeds(WORKER_ROWS, [0, 2])
     assert list(rows) == ["workers0 seed0", "workers0 seed2", "workers2 seed0", "workers2 seed2"]
-    assert rows["workers2 seed2"][1] == {"train": {"workers": 2, "seed": 2}}
-    assert rows["workers0 seed0"][1] == {"train": {"seed": 0}}
-    assert WORKER_ROWS["workers2"][1] == {"train": {"workers": 2}}  # the table's own rows are untouched
+    assert rows["workers2 seed2"][1] == {"data": {"img_size": 160}, "train": {"epochs": 12, "workers": 2, "seed": 2}}
+    assert rows["workers0 seed0"][1] == {"data": {"img_size": 160}, "train": {"epochs": 12, "seed": 0}}
+    # the table's own rows are untouched
+    assert WORKER_ROWS["workers2"][1] == {"data": {"img_size": 160}, "train": {"epochs": 12, "workers": 2}}
     cfg = apply(load_config("quick"), rows["workers2 seed2"][1])
-    assert (cfg.train.workers, cfg.train.seed) == (2, 2)
+    assert (cfg.train.workers, cfg.train.seed, cfg.data.img_size) == (2, 2, 160)
     assert cfg.train.optimizer == load_config("quick").train.optimizer
 
 
 def test_every_quick_row_applies_to_the_quick_config():
     for _, overrides in QUICK_ROWS.values():
         apply(load_config("quick"), overrides)
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_every_row_names_its_image_size_and_epochs(table):
+    """A committed table must reproduce whatever quick.yaml holds later: no row inherits the size or budget."""
+    for name, (_, overrides) in TABLES[table][1].items():
+        cfg = apply(load_config("quick"), overrides)
+        assert "img_size" in overrides.get("data", {}), name
+        assert "epochs" in overrides.get("train", {}), name
+        assert cfg.data.img_size in (128, 160), name
     with pytest.raises(ValueError, match="train.worker is not a config field"):
         apply(load_config("quick"), {"train": {"worker": 2}})
 

@@ -503,6 +503,17 @@ def _split_sources(cfg) -> tuple[Path, dict[str, tuple[Path, Path]]]:
                     f"{js}: synthetic dataset {cfg.dataset_name!r} ({s}) not found under {out_dir}; "
                     "generate it first (dynamicdet.data.synthetic.generate_from_config or `dynamicdet data`)"
                 )
+            # the folder is named by the config's dataset name only: another config of that name (other
+            # img_size, n_train, ...) may have regenerated it; reading it would score the wrong images
+            from .synthetic import stale_fields
+
+            stale = stale_fields(cfg, _read_json(js))
+            if stale:
+                said = ", ".join(f"{k} {disk} (config: {want})" for k, (disk, want) in stale.items())
+                raise DatasetError(
+                    f"{js}: synthetic dataset {cfg.dataset_name!r} on disk was generated with {said}; "
+                    f"regenerate it for this config (`dynamicdet data --config {cfg.name}`)"
+                )
         return out_dir, src
     if cfg.data.source != "coco":
         raise DatasetError(f"{cfg.source or '<config>'}: unknown data.source {cfg.data.source!r}")

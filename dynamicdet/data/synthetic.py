@@ -610,6 +610,42 @@ def _load_if_current(out_dir: Path, params: dict[str, Any]) -> dict[str, dict[st
     return cocos
 
 
+def config_params(cfg) -> dict[str, Any]:
+    """The generator parameters a config's synthetic dataset is made with (json-ready)."""
+    data = cfg.data
+    if data.source != "synthetic":
+        raise ValueError(f"config {cfg.name!r}: data.source is {data.source!r}, not 'synthetic'")
+    return _params(
+        n_train=data.n_train,
+        n_val=data.n_val,
+        img_size=data.img_size,
+        seed=data.seed,
+        classes=data.classes,
+        min_objects=data.min_objects,
+        max_objects=data.max_objects,
+    )
+
+
+def stale_fields(cfg, coco: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Generator parameters where a written split (its json dict) differs from what ``cfg`` asks.
+
+    Returns:
+        ``{field: (on disk, in the config)}``; empty when the split was made by this config
+        (``version`` stands for :data:`GENERATOR_VERSION`) or carries no generator record
+        (a COCO-format folder put there by hand).
+    """
+    want = _generator_record(config_params(cfg))
+    have = coco.get("info", {}).get("generator") or {}
+    if have.get("name") != want["name"]:
+        return {}
+    diff = {
+        k: (have.get("params", {}).get(k), v) for k, v in want["params"].items() if have.get("params", {}).get(k) != v
+    }
+    if have.get("version") != want["version"]:
+        diff["version"] = (have.get("version"), want["version"])
+    return diff
+
+
 def generate_from_config(cfg, *, progress: bool = True, force: bool = False) -> dict[str, dict[str, Any]]:
     """Make the synthetic dataset of a :class:`~dynamicdet.config.Config`, unless it is up to date.
 
@@ -626,18 +662,7 @@ def generate_from_config(cfg, *, progress: bool = True, force: bool = False) -> 
     Returns:
         Same dict as :func:`generate`.
     """
-    data = cfg.data
-    if data.source != "synthetic":
-        raise ValueError(f"config {cfg.name!r}: data.source is {data.source!r}, not 'synthetic'")
-    params = _params(
-        n_train=data.n_train,
-        n_val=data.n_val,
-        img_size=data.img_size,
-        seed=data.seed,
-        classes=data.classes,
-        min_objects=data.min_objects,
-        max_objects=data.max_objects,
-    )
+    params = config_params(cfg)
     out_dir = paths.dataset_dir(cfg.dataset_name)
     existing = None if force else _load_if_current(out_dir, params)
     if existing is not None:
@@ -645,7 +670,7 @@ def generate_from_config(cfg, *, progress: bool = True, force: bool = False) -> 
             split: {**_split_stats(coco), "seconds": None, "images_per_s": None, "reused": True}
             for split, coco in existing.items()
         }
-    return generate(out_dir, **params, workers=data.workers, progress=progress)
+    return generate(out_dir, **params, workers=cfg.data.workers, progress=progress)
 
 
 # --------------------------------------------------------------------------------------

@@ -33,38 +33,65 @@ import pandas as pd
 
 from .. import routing
 from ..config import Config, load_config
+from ..data.synthetic import generate_from_config
 from ..results import provenance, save_table
 from ..runs import STEP1
 from ..step2 import spearman
 from .router_study import Capture
 from .trained import route_detections, trained
 
-# row -> (what changes, overrides of the quick config); every row names its whole step-1 recipe, so the
-# table reproduces whatever quick.yaml holds. Row "base" is ultralytics' SGD defaults at 8 epochs.
+# row -> (what changes, overrides of the quick config); every row names its whole step-1 recipe and
+# image size, so the table reproduces whatever quick.yaml holds. Row "base" is ultralytics' SGD
+# defaults at 8 epochs. These rows ran at 160 px (the image size before BUDGET_ROWS).
 SGD8 = {"optimizer": "SGD", "lr0": 0.01, "epochs": 8, "batch": 16, "nbs": 16, "val_every": 1}
 ADAMW = {**SGD8, "optimizer": "AdamW", "lr0": 0.004}
+IMG160 = {"img_size": 160}
 QUICK_ROWS: dict[str, tuple[str, dict]] = {
-    "base": ("SGD lr0 0.01, 8 epochs", {"train": SGD8, "router": {"target": "l1"}}),
-    "adamw_lr4": ("AdamW lr0 0.004", {"train": ADAMW, "router": {"target": "l1"}}),
-    "adamw_lr4_gain": ("AdamW lr0 0.004, router target L1 - L2", {"train": ADAMW, "router": {"target": "gain"}}),
+    "base": ("SGD lr0 0.01, 8 epochs", {"data": IMG160, "train": SGD8, "router": {"target": "l1"}}),
+    "adamw_lr4": ("AdamW lr0 0.004", {"data": IMG160, "train": ADAMW, "router": {"target": "l1"}}),
+    "adamw_lr4_gain": (
+        "AdamW lr0 0.004, router target L1 - L2",
+        {"data": IMG160, "train": ADAMW, "router": {"target": "gain"}},
+    ),
     "adamw_lr4_b8": (
         "AdamW lr0 0.004, batch 8 (twice the steps)",
-        {"train": {**ADAMW, "batch": 8, "nbs": 8}, "router": {"target": "l1"}},
+        {"data": IMG160, "train": {**ADAMW, "batch": 8, "nbs": 8}, "router": {"target": "l1"}},
     ),
-    "adamw_lr4_e12": ("AdamW lr0 0.004, 12 epochs", {"train": {**ADAMW, "epochs": 12}, "router": {"target": "l1"}}),
+    "adamw_lr4_e12": (
+        "AdamW lr0 0.004, 12 epochs",
+        {"data": IMG160, "train": {**ADAMW, "epochs": 12}, "router": {"target": "l1"}},
+    ),
     "adamw_lr4_e12_gain": (
         "AdamW lr0 0.004, 12 epochs, router target L1 - L2",
-        {"train": {**ADAMW, "epochs": 12}, "router": {"target": "gain"}},
+        {"data": IMG160, "train": {**ADAMW, "epochs": 12}, "router": {"target": "gain"}},
     ),
 }
 
 # the dataloader lever of results/quick_tuning/step1_speed.md (0 workers: 1.12x the img/s beside 2 torch
 # threads) over seeds: does reading the data in the main process change what the recipe learns?
+QUICK160 = {"data": IMG160, "train": {"epochs": 12}}  # quick before BUDGET_ROWS: 160 px, 12 epochs
 WORKER_ROWS: dict[str, tuple[str, dict]] = {
-    "workers0": ("the config as it is (0 dataloader workers at quick)", {}),
-    "workers2": ("2 dataloader workers", {"train": {"workers": 2}}),
+    "workers0": ("the config as it is (0 dataloader workers at quick)", QUICK160),
+    "workers2": ("2 dataloader workers", {**QUICK160, "train": {"epochs": 12, "workers": 2}}),
 }
-TABLES = {"recipe": ("recipe_tuning", QUICK_ROWS), "workers": ("workers_seeds", WORKER_ROWS)}
+
+# the training budget over seeds: smaller images buy more epochs for the same step-1 time
+# (step time scales with pixels: 128 px is 0.64x of 160 px), which detector 2's lead needs most
+IMG128 = {"img_size": 128, "name": "quick128"}  # its own dataset folder: the 160 px one stays as it is
+BUDGET_ROWS: dict[str, tuple[str, dict]] = {
+    "img160_e12": ("160 px, 12 epochs (quick before this table)", QUICK160),
+    "img128_e16": ("128 px, 16 epochs (about 0.85x the step-1 time)", {"data": IMG128, "train": {"epochs": 16}}),
+    "img128_e20": ("128 px, 20 epochs (about 1.07x the step-1 time)", {"data": IMG128, "train": {"epochs": 20}}),
+    "img128_e20_gain": (
+        "128 px, 20 epochs, router target L1 - L2",
+        {"data": IMG128, "train": {"epochs": 20}, "router": {"target": "gain"}},
+    ),
+}
+TABLES = {
+    "recipe": ("recipe_tuning", QUICK_ROWS),
+    "workers": ("workers_seeds", WORKER_ROWS),
+    "budget": ("budget_seeds", BUDGET_ROWS),
+}
 
 
 def with_seeds(rows: dict[str, tuple[str, dict]], seeds: list[int]) -> dict[str, tuple[str, dict]]:
@@ -145,7 +172,12 @@ def difficulty_of(t, ids: list[int]) -> np.ndarray | None:
 
 
 def recipe_row(cfg: Config, progress: bool = False) -> dict:
-    """Train (or reuse) one recipe and measure it (see the module docstring for the columns)."""
+    """Train (or reuse) one recipe and measure it (see the module docstring for the columns).
+
+    A synthetic dataset is (re)generated for the row first: rows of other sizes share a folder name.
+    """
+    if cfg.data.source == "synthetic":
+        generate_from_config(cfg, progress=False)
     t = trained(cfg, progress=progress)
     cap = Capture(t)
     dets1, _ = route_detections(t, progress=False)
@@ -202,7 +234,12 @@ def tuning_table(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="quick")
-    p.add_argument("--table", choices=sorted(TABLES), default="recipe", help="recipe: QUICK_ROWS; workers: WORKER_ROWS")
+    p.add_argument(
+        "--table",
+        choices=sorted(TABLES),
+        default="recipe",
+        help="recipe: QUICK_ROWS; workers: WORKER_ROWS; budget: BUDGET_ROWS",
+    )
     p.add_argument("--rows", nargs="*", help="row names of the table (default: all)")
     p.add_argument("--seeds", nargs="*", type=int, help="run every row once per seed (train.seed)")
     p.add_argument("--out", default="", help="results folder (default <config>_tuning)")
