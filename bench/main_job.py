@@ -55,6 +55,7 @@ GOALS: dict[str, Callable[[dict], bool | None]] = {
     "latency table consistent": lambda r: bool(r["latency consistent"]),
 }
 GOALS_CONFIG = "quick"
+CLAIM_COLUMNS = ("claim", "this run", "margin", "verdict")  # kept per run in main_job.json
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, log: Path) -> float:
@@ -119,9 +120,12 @@ def time_main_job(config: str, venv: Path | None, args: str, keep: bool, progres
             **run_summary(out),
             "latency consistent": consistent,
         }
+        claims = pd.read_csv(out / "claims.csv") if (out / "claims.csv").exists() else pd.DataFrame()
         detail = {
             **row,
             "git sha": sha,
+            # the scorecard `make reproduce` printed (results/<config>/claims.csv of the clone)
+            "claims": claims.reindex(columns=list(CLAIM_COLUMNS)).to_dict("records"),
             "installed": "linked venv (not timed)" if venv is not None else "make venv",
             "env": environment(),
             "stage_wall_s": prov.get("stage_wall_s", {}),
@@ -145,8 +149,19 @@ def goals_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def render(df: pd.DataFrame) -> str:
-    """``main_job.md``: every run, then the quick runs against the goals."""
+def claims_of_runs(runs: list[dict]) -> pd.DataFrame:
+    """The verdict of each claim in each recorded run (one column per run; ``main_job.json`` records)."""
+    table: dict[str, dict[str, str]] = {}
+    for i, run in enumerate(runs):
+        label = f"row {i + 1}: {run['date']}, {run['git sha'][:7]}"
+        for c in run.get("claims", []):
+            margin = "" if pd.isna(c["margin"]) else f" ({c['margin']})"
+            table.setdefault(c["claim"], {})[label] = f"{c['verdict']}{margin}"
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("claim").reset_index() if table else pd.DataFrame()
+
+
+def render(df: pd.DataFrame, runs: list[dict] | None = None) -> str:
+    """``main_job.md``: every run, the quick runs against the goals, then each run's claims scorecard."""
     text = (
         "# The main job on a fresh clone\n\n`python bench/main_job.py` (one row per run; install = `make venv` "
         "from pip's cache on this machine, empty when a linked venv was reused).\n\n"
@@ -157,6 +172,13 @@ def render(df: pd.DataFrame) -> str:
     if goals.shape[1] > 1:
         text += (
             f"\n## The `{GOALS_CONFIG}` runs against the main job's goals\n\n" + goals.to_markdown(index=False) + "\n"
+        )
+    claims = claims_of_runs(runs or [])
+    if not claims.empty:
+        text += (
+            "\n## The claims scorecard of each run\n\nThe verdict (and margin) of each claim in the `claims.md` "
+            "that `make reproduce` printed (one run: no interval; runs before the scorecard was recorded are blank)."
+            "\n\n" + claims.fillna("").to_markdown(index=False) + "\n"
         )
     return text
 
@@ -171,7 +193,7 @@ def record(result: dict) -> pd.DataFrame:
     runs = json.loads(js.read_text()) if js.exists() else []
     write_csv(df, csv)
     write_json(runs + [result["detail"]], js, indent=2, default=float)
-    write_text(render(df), root / f"{NAME}.md")
+    write_text(render(df, runs + [result["detail"]]), root / f"{NAME}.md")
     return df
 
 

@@ -192,12 +192,30 @@ def test_main_job_record_appends_each_run_to_csv_json_and_markdown(tmp_path, mon
     row |= {"pipeline min": 18.0, "total min": 20.0, "AP det1": 0.3, "AP det2": 0.33, "AP det2 - det1": 0.03}
     row |= {"c(0.5) learned": 0.7, "c(0.5) random": 0.5, "c(0.5) confidence escalation": 0.6}
     row |= {"spearman gain~difficulty": 0.1, "latency consistent": True}
+    claims = {
+        "d1": [],  # a run recorded before the scorecard was kept
+        "d2": [
+            {
+                "claim": "the router beats random routing at /50",
+                "this run": 0.6,
+                "margin": 0.12,
+                "verdict": "reproduced",
+            }
+        ],
+    }
     for date in ("d1", "d2"):
-        df = mj.record({"row": {**row, "date": date}, "detail": {"date": date, "stage_wall_s": {"data": 1.0}}})
+        detail = {"date": date, "git sha": "0123456789ab", "stage_wall_s": {"data": 1.0}, "claims": claims[date]}
+        df = mj.record({"row": {**row, "date": date}, "detail": detail})
     assert list(df["date"]) == ["d1", "d2"] and list(df["git sha"]) == ["0123456789ab"] * 2  # sha kept as text
     assert [r["date"] for r in json.loads((tmp_path / "main_job.json").read_text())] == ["d1", "d2"]
     md = (tmp_path / "main_job.md").read_text()
     assert "row 1: d1, 0123456" in md and "row 2: d2, 0123456" in md and "| wall time <= 20 min" in md
+    scorecard = md.split("## The claims scorecard of each run")[1]
+    line = next(x for x in scorecard.splitlines() if x.startswith("| the router beats random"))
+    assert [c.strip() for c in line.strip("|").split("|")] == [
+        "the router beats random routing at /50",
+        "reproduced (0.12)",
+    ]
 
 
 @pytest.mark.slow
@@ -214,3 +232,5 @@ def test_main_job_smoke_runs_make_reproduce_in_a_fresh_clone(tmp_path):
     assert df["AP det1"].between(0, 1).all() and df["AP det2"].between(0, 1).all()
     (run,) = json.loads((paths.results_dir() / "main_job.json").read_text())
     assert "train (step 1 + step 2)" in run["stage_wall_s"] and "02_joint_training.ipynb" in run["notebook_wall_s"]
+    assert run["claims"] and {c["claim"] for c in run["claims"]} >= {"detector 2 beats detector 1"}
+    assert "## The claims scorecard of each run" in (paths.results_dir() / "main_job.md").read_text()
