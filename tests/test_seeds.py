@@ -87,3 +87,26 @@ def test_seeds_frontier_gives_each_gap_an_interval_and_its_verdict(tmp_path):
     _variable_speed(seed_folder("standard", 1, tmp_path), 0.58, statics=1)  # one static model: no line
     one = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
     assert one.loc[("GFLOPs", "Dy /50"), "verdict"] == "not testable"
+
+
+def test_run_summary_reads_the_gain_difficulty_spearman_of_a_pipeline_run(tmp_path):
+    """A pipeline run has no gain_difficulty.csv: the Spearman comes from notebook 04's router_signals."""
+    from dynamicdet.experiments.seeds import run_summary
+
+    pd.DataFrame({"detector": ["detector 1", "detector 2"], "AP": [0.3, 0.35]}).to_csv(
+        tmp_path / "joint_training.csv", index=False
+    )
+    pd.DataFrame({"model": ["Dy /0", "yolov8n (static)"], "GFLOPs": [1.0, 1.0], "AP": [0.3, 0.32]}).to_csv(
+        tmp_path / "variable_speed.csv", index=False
+    )
+    assert pd.isna(run_summary(tmp_path)["spearman gain~difficulty"])  # neither table: NaN, not an error
+    signals = pd.DataFrame(
+        {"ranked by": ["learned router (this run)", "generator: difficulty"], "spearman with AP gain": [0.4, 0.2]}
+    )
+    signals.to_csv(tmp_path / "router_signals.csv", index=False)
+    summary = run_summary(tmp_path)
+    assert summary["spearman gain~difficulty"] == pytest.approx(0.2)
+    assert summary["AP det2 - det1"] == pytest.approx(0.05) and summary["AP det1 - static"] == pytest.approx(-0.02)
+    # a seed run's own table wins over notebook 04's
+    pd.DataFrame({"Spearman(AP gain, difficulty)": [-0.1]}).to_csv(tmp_path / "gain_difficulty.csv", index=False)
+    assert run_summary(tmp_path)["spearman gain~difficulty"] == pytest.approx(-0.1)

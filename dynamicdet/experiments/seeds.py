@@ -173,8 +173,19 @@ def run_summary(folder: Path) -> dict:
             for r in ("learned", "random", "confidence escalation")
         },
         "spearman phi~difficulty": _optional(folder, "difficulty_correlation", "Spearman corr. with phi", "difficulty"),
-        "spearman gain~difficulty": _optional(folder, "gain_difficulty", "Spearman(AP gain, difficulty)"),
+        "spearman gain~difficulty": _gain_difficulty(folder),
     }
+
+
+def _gain_difficulty(folder: Path) -> float:
+    """Spearman of detector 2's per-image AP gain with the generator's difficulty (NaN without it).
+
+    A seed run writes it as ``gain_difficulty.csv`` (:func:`seed_tables`); a pipeline run has it in
+    notebook 04's ``router_signals.csv`` (row ``generator: difficulty``: the same two vectors).
+    """
+    if (folder / "gain_difficulty.csv").exists():
+        return _optional(folder, "gain_difficulty", "Spearman(AP gain, difficulty)")
+    return _optional(folder, "router_signals", "spearman with AP gain", "generator: difficulty")
 
 
 def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
