@@ -155,7 +155,7 @@ def claims_of_runs(runs: list[dict]) -> pd.DataFrame:
     for i, run in enumerate(runs):
         label = f"row {i + 1}: {run['date']}, {run['git sha'][:7]}"
         for c in run.get("claims", []):
-            margin = "" if pd.isna(c["margin"]) else f" ({c['margin']})"
+            margin = "" if pd.isna(c["margin"]) else f" ({c['margin']:+.3f})"
             table.setdefault(c["claim"], {})[label] = f"{c['verdict']}{margin}"
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("claim").reset_index() if table else pd.DataFrame()
 

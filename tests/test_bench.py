@@ -214,7 +214,7 @@ def test_main_job_record_appends_each_run_to_csv_json_and_markdown(tmp_path, mon
     line = next(x for x in scorecard.splitlines() if x.startswith("| the router beats random"))
     assert [c.strip() for c in line.strip("|").split("|")] == [
         "the router beats random routing at /50",
-        "reproduced (0.12)",
+        "reproduced (+0.120)",
     ]
 
 

@@ -88,3 +88,53 @@ def test_tuning_table_writes_one_table_named_after_the_table_not_its_rows(monkey
     assert len(pd.read_csv(tmp_path / "t" / "workers_seeds.csv")) == len(df) == 4
     record = json.loads((tmp_path / "t" / "provenance.json").read_text())["workers_seeds"]
     assert set(record["rows"]) == set(df["row"]) and record["wall_min"] >= 0
+
+
+def test_seed_claims_set_the_quick_seeds_verdicts_beside_the_standard_scorecard():
+    from dynamicdet.experiments.recipe_tuning import seed_claims
+
+    seeds = pd.DataFrame(
+        {
+            "row": ["r seed0", "r seed1", "r seed2", "other seed0"],
+            "AP det2 - det1": [0.04, 0.05, 0.045, -1.0],
+            "c(0.5) learned": [0.6, 0.1, 0.9, 0.0],
+            "c(0.5) random": [0.5, 0.5, 0.5, 0.0],
+            "c(0.5) conf. escalation": [0.3, -0.21, 0.58, 0.0],
+        }
+    )
+    standard = pd.DataFrame(
+        {
+            "claim": [
+                "detector 2 beats detector 1",
+                "the router beats random routing at /50",
+                "the router beats confidence escalation at /50",
+                "/50 keeps about three quarters of detector 2's gain",
+                "hard images are the crowded, small, occluded, cluttered ones",
+            ],
+            "margin": [0.05, 0.2, -0.3, float("nan"), 0.4],
+            "ci95 lo": [-0.05, 0.1, -0.5, float("nan"), 0.3],
+            "ci95 hi": [0.15, 0.3, -0.1, float("nan"), 0.5],
+            "verdict": ["inconclusive", "reproduced", "not reproduced", "not testable: lead under 0.02", "reproduced"],
+        }
+    )
+    runs = [
+        {"claims": []},
+        {
+            "claims": [
+                {"claim": "hard images are the crowded, small, occluded, cluttered ones", "verdict": "not reproduced"}
+            ]
+        },
+    ]
+    t = seed_claims(seeds, "r", standard, runs).set_index("claim")
+    lead = t.loc["detector 2 beats detector 1"]
+    assert lead["quick verdict"] == "reproduced" and lead["agree"] == "no"  # seeds' interval above 0; standard's across
+    assert lead["quick seeds"].startswith("+0.045 [") and lead["standard"] == "+0.050 [-0.050, +0.150]"
+    assert t.loc["the router beats random routing at /50", "quick verdict"] == "inconclusive"  # 0.1 -0.4 0.4
+    assert t.loc["the router beats confidence escalation at /50", "quick verdict"] == "reproduced"
+    c50 = t.loc["/50 keeps about three quarters of detector 2's gain"]
+    assert c50["standard verdict"] == "not testable" and c50["agree"] == ""  # untestable on one side: no verdict
+    assert "main job 1" not in t  # no scorecard recorded: no column
+    hard = t.loc["hard images are the crowded, small, occluded, cluttered ones"]
+    assert hard["quick verdict"] == "" and hard["main job 2"] == "not reproduced" and hard["agree"] == "no"
+    with pytest.raises(ValueError, match="no rows 'missing seed"):
+        seed_claims(seeds, "missing", standard, runs)

@@ -19,6 +19,9 @@ changes) reuse it. A row reports what the main job needs from a recipe:
 writes ``results/<config>_tuning/recipe_tuning.{csv,md}`` (each row appended as it finishes).
 ``--table workers --seeds 0 1 2`` runs :data:`WORKER_ROWS` once per seed into
 ``workers_seeds.{csv,md}`` and their mean and std per row into ``workers_seeds_summary.{csv,md}``.
+``--claims img128_e20`` trains nothing: it scores the claims testable from that budget row's
+seeds and sets them beside ``results/standard/claims.csv`` and the main job's runs
+(:func:`seed_claims`, ``quick_vs_standard.{csv,md}``).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 
 import numpy as np
 import pandas as pd
 
-from .. import routing
+from .. import paths, routing
 from ..config import Config, load_config
 from ..data.synthetic import generate_from_config
 from ..results import provenance, save_table
@@ -149,6 +153,66 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+# claim of dynamicdet.claims -> its per-seed margin from a budget_seeds row (same bars as claims.py)
+SEED_CLAIMS = {
+    "detector 2 beats detector 1": lambda d: d["AP det2 - det1"],
+    "the router beats random routing at /50": lambda d: d["c(0.5) learned"] - d["c(0.5) random"],
+    "the router beats confidence escalation at /50": lambda d: d["c(0.5) learned"] - d["c(0.5) conf. escalation"],
+}
+
+
+def seed_claims(seeds: pd.DataFrame, row: str, standard: pd.DataFrame, main_job: list[dict]) -> pd.DataFrame:
+    """The claims testable at both sizes: the quick verdicts beside the standard config's.
+
+    Args:
+        seeds: ``budget_seeds.csv`` (rows ``"<row> seed<k>"``).
+        row: the row that is the quick recipe (``img128_e20``).
+        standard: ``results/standard/claims.csv`` (over its seeds).
+        main_job: ``results/main_job.json`` (each fresh-clone run's scorecard, one run each; a
+            column ``main job <row>`` per run that recorded one).
+
+    Returns:
+        One row per claim the standard scorecard tests: ``quick seeds`` (the margin's mean and
+        Student-t 95% interval over ``row``'s seeds, for :data:`SEED_CLAIMS` and c(0.5) against
+        the paper's 0.76), its verdict, the verdict of each main-job run, the standard margin
+        and verdict, and ``agree`` (the quick seeds' verdict, else the main job's, against the
+        standard one; empty where either side is not testable).
+    """
+    from ..claims import C50_TOLERANCE, PAPER_C50, interval, verdict
+
+    claims = {**SEED_CLAIMS, "/50 keeps about three quarters of detector 2's gain": None}
+    d = seeds[seeds["row"].str.fullmatch(rf"{row} seed\d+")]
+    if d.empty:
+        raise ValueError(f"seed_claims: no rows '{row} seed<k>' in the seeds table ({sorted(set(seeds['row']))})")
+    out = []
+    for _, s in standard.iterrows():
+        name, margin = s["claim"], None
+        if name in SEED_CLAIMS:
+            margin = SEED_CLAIMS[name](d).to_numpy(float)
+        elif name in claims:  # the paper's c(0.5) = 0.76 less the tolerance of claims.py
+            margin = (d["c(0.5) learned"] - (PAPER_C50 - C50_TOLERANCE)).to_numpy(float)
+        r = {"claim": name, "quick seeds": "", "quick verdict": ""}
+        if margin is not None:
+            mean, _, lo, hi = interval(margin)
+            r["quick seeds"] = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            r["quick verdict"] = verdict(margin)
+        for i, run in enumerate(main_job):
+            if not run.get("claims"):  # a run recorded before the scorecard was kept
+                continue
+            got = {c["claim"]: c for c in run.get("claims", [])}.get(name)
+            r[f"main job {i + 1}"] = "" if got is None else str(got["verdict"]).split(":")[0]
+        lo, hi = s.get("ci95 lo", math.nan), s.get("ci95 hi", math.nan)
+        band = "" if pd.isna(lo) else f" [{lo:+.3f}, {hi:+.3f}]"
+        r["standard"] = "" if pd.isna(s["margin"]) else f"{s['margin']:+.3f}{band}"
+        r["standard verdict"] = str(s["verdict"]).split(":")[0]
+        jobs = [r[k] for k in r if k.startswith("main job") and r[k]]
+        quick = r["quick verdict"] or (jobs[-1] if jobs else "")
+        testable = quick and quick != "not testable" and r["standard verdict"] != "not testable"
+        r["agree"] = ("yes" if quick == r["standard verdict"] else "no") if testable else ""
+        out.append(r)
+    return pd.DataFrame(out)
+
+
 def apply(base: Config, overrides: dict) -> Config:
     """A copy of ``base`` with ``{section: {field: value}}`` overrides (unknown field: clear error)."""
     cfg = copy.deepcopy(base)
@@ -243,7 +307,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", nargs="*", help="row names of the table (default: all)")
     p.add_argument("--seeds", nargs="*", type=int, help="run every row once per seed (train.seed)")
     p.add_argument("--out", default="", help="results folder (default <config>_tuning)")
+    p.add_argument(
+        "--claims",
+        metavar="ROW",
+        help="no training: the claims of the budget table's ROW (its seeds) beside results/standard/claims.csv "
+        "and the main job's runs -> <out>/quick_vs_standard.{csv,md}",
+    )
     a = p.parse_args(argv)
+    if a.claims:
+        out = a.out or f"{a.config}_tuning"
+        root = paths.results_dir()
+        runs = root / "main_job.json"
+        table = seed_claims(
+            pd.read_csv(root / out / "budget_seeds.csv"),
+            a.claims,
+            pd.read_csv(root / "standard" / "claims.csv"),
+            json.loads(runs.read_text()) if runs.exists() else [],
+        )
+        save_table(table, "quick_vs_standard", out)
+        print(table.to_string(index=False))
+        return
     name, table_rows = TABLES[a.table]
     unknown = set(a.rows or []) - set(table_rows)
     if unknown:
