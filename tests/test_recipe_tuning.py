@@ -138,3 +138,48 @@ def test_seed_claims_set_the_quick_seeds_verdicts_beside_the_standard_scorecard(
     assert hard["quick verdict"] == "" and hard["main job 2"] == "not reproduced" and hard["agree"] == "no"
     with pytest.raises(ValueError, match="no rows 'missing seed"):
         seed_claims(seeds, "missing", standard, runs)
+
+
+def test_merge_folds_side_by_side_parts_into_the_table_in_row_order(monkeypatch, tmp_path):
+    import json
+
+    from dynamicdet.experiments import recipe_tuning as rt
+    from dynamicdet.results import save_table
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    rows = {"a": ("first", {}), "b": ("second", {}), "c": ("third", {})}
+
+    def table(names, ap):
+        return pd.DataFrame({"row": names, "overrides": "{}", "run": "x", "AP det1": ap})
+
+    save_table(table(["a seed0", "a seed1", "c seed0", "c seed1"], [0.1, 0.2, 0.5, 0.6]), "t", "out")
+    save_table(table(["b seed1"], [0.4]), "t", "p1")
+    (tmp_path / "p1" / "provenance.json").write_text(json.dumps({"git_sha": "abc"}))
+    save_table(table(["b seed0", "a seed1"], [0.3, 0.25]), "t", "p2")  # a seed1 run again: replaced
+    df = rt.merge_parts("out", ["p1", "p2"], "t", rows)
+    assert list(df["row"]) == ["a seed0", "a seed1", "b seed0", "b seed1", "c seed0", "c seed1"]
+    assert df.set_index("row").loc["a seed1", "AP det1"] == 0.25
+    summary = pd.read_csv(tmp_path / "out" / "t_summary.csv").set_index(["row", "statistic"])
+    assert summary.loc[("b - a", "mean"), "AP det1"] == pytest.approx(((0.3 - 0.1) + (0.4 - 0.25)) / 2)
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["parts"]["t p1"] == {"git_sha": "abc"} and not (tmp_path / "p1").exists()
+    save_table(table(["z seed0"], [0.1]), "t", "p3")
+    with pytest.raises(ValueError, match="'z'"):
+        rt.merge_parts("out", ["p3"], "t", rows)
+    with pytest.raises(FileNotFoundError, match="p4"):
+        rt.merge_parts("out", ["p4"], "t", rows)
+
+
+def test_compare_writes_the_paired_difference_of_two_rows_over_their_seeds(monkeypatch, tmp_path, capsys):
+    from dynamicdet.results import save_table
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    rows = ["b seed0", "a seed0", "b seed1", "a seed1", "c seed0"]
+    save_table(pd.DataFrame({"row": rows, "AP det1": [0.5, 0.1, 0.7, 0.2, 9.0]}), "budget_seeds", "t")
+    main(["--table", "budget", "--out", "t", "--compare", "a", "b"])
+    s = pd.read_csv(tmp_path / "t" / "budget_seeds_b_vs_a.csv").set_index(["row", "statistic"])
+    assert s.loc[("b - a", "mean"), "AP det1"] == pytest.approx(0.45)  # paired by seed, row c left out
+    assert s.loc[("a", "mean"), "AP det1"] == pytest.approx(0.15)
+    with pytest.raises(SystemExit):
+        main(["--table", "budget", "--out", "t", "--compare", "a", "zz"])
+    assert "--compare" in capsys.readouterr().err

@@ -21,7 +21,10 @@ writes ``results/<config>_tuning/recipe_tuning.{csv,md}`` (each row appended as 
 ``workers_seeds.{csv,md}`` and their mean and std per row into ``workers_seeds_summary.{csv,md}``.
 ``--claims img128_e20`` trains nothing: it scores the claims testable from that budget row's
 seeds and sets them beside ``results/standard/claims.csv`` and the main job's runs
-(:func:`seed_claims`, ``quick_vs_standard.{csv,md}``).
+(:func:`seed_claims`, ``quick_vs_standard.{csv,md}``). Rows run side by side in other processes
+(``--out <part>``, one torch thread each) join the table with ``--table budget --merge <part> ...``;
+``--table budget --compare img128_e20 img128_e24`` sets one row against another over their seeds
+(``budget_seeds_img128_e24_vs_img128_e20.{csv,md}``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import pandas as pd
 from .. import paths, routing
 from ..config import Config, load_config
 from ..data.synthetic import generate_from_config
-from ..results import provenance, save_table
+from ..results import merge_provenance, provenance, save_table
 from ..runs import STEP1
 from ..step2 import spearman
 from .router_study import Capture
@@ -86,6 +89,7 @@ BUDGET_ROWS: dict[str, tuple[str, dict]] = {
     "img160_e12": ("160 px, 12 epochs (quick before this table)", QUICK160),
     "img128_e16": ("128 px, 16 epochs (about 0.85x the step-1 time)", {"data": IMG128, "train": {"epochs": 16}}),
     "img128_e20": ("128 px, 20 epochs (about 1.07x the step-1 time)", {"data": IMG128, "train": {"epochs": 20}}),
+    "img128_e24": ("128 px, 24 epochs (about 1.28x the step-1 time)", {"data": IMG128, "train": {"epochs": 24}}),
     "img128_e20_gain": (
         "128 px, 20 epochs, router target L1 - L2",
         {"data": IMG128, "train": {"epochs": 20}, "router": {"target": "gain"}},
@@ -213,6 +217,44 @@ def seed_claims(seeds: pd.DataFrame, row: str, standard: pd.DataFrame, main_job:
     return pd.DataFrame(out)
 
 
+def merge_parts(out: str, parts: list[str], name: str, rows: dict[str, tuple[str, dict]]) -> pd.DataFrame:
+    """Fold the tables of runs made side by side into ``results/<out>/<name>.csv`` and its summary.
+
+    Rows run in separate processes (one torch thread each, ``--out <part>``) write their own
+    ``results/<part>/<name>.csv``; this adds their rows to ``out``'s (a row of the same name is
+    replaced), orders them as ``rows`` (the table's rows, each over its seeds), rewrites the seed
+    summary, keeps each part's provenance under ``parts`` in ``out``'s and deletes the part folders.
+    Nothing is trained.
+    """
+    import shutil
+
+    root = paths.results_dir()
+    base = root / out / f"{name}.csv"
+    tables = [pd.read_csv(base)] if base.exists() else []
+    records = {}
+    for part in parts:
+        path = root / part / f"{name}.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no {name} table in part {part!r} (run it with --out {part})")
+        tables.append(pd.read_csv(path))
+        prov = root / part / "provenance.json"
+        records[f"{name} {part}"] = json.loads(prov.read_text()) if prov.exists() else {}
+    df = pd.concat(tables, ignore_index=True).drop_duplicates("row", keep="last")
+    order = {k: i for i, k in enumerate(rows)}
+    base_row = df["row"].str.replace(r" seed\d+$", "", regex=True)
+    unknown = sorted(set(base_row) - set(order))
+    if unknown:
+        raise ValueError(f"merge: rows {unknown} are not in the table ({sorted(order)})")
+    df = df.assign(_o=base_row.map(order)).sort_values(["_o", "row"], kind="stable").drop(columns="_o")
+    df = df.reset_index(drop=True)
+    save_table(df, name, out)
+    save_table(seed_summary(df), f"{name}_summary", out, floatfmt=".3f")
+    merge_provenance(out, {"parts": records})
+    for part in parts:
+        shutil.rmtree(root / part)
+    return df
+
+
 def apply(base: Config, overrides: dict) -> Config:
     """A copy of ``base`` with ``{section: {field: value}}`` overrides (unknown field: clear error)."""
     cfg = copy.deepcopy(base)
@@ -313,6 +355,20 @@ def main(argv: list[str] | None = None) -> None:
         help="no training: the claims of the budget table's ROW (its seeds) beside results/standard/claims.csv "
         "and the main job's runs -> <out>/quick_vs_standard.{csv,md}",
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="PART",
+        help="no training: add the --table's rows of results/<PART>/ (runs made side by side with --out PART) "
+        "to <out>'s table, rewrite its summary and delete the part folders",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("FIRST", "SECOND"),
+        help="no training: SECOND against FIRST over their seeds (paired differences, Student-t 95%% interval) "
+        "-> <out>/<table>_SECOND_vs_FIRST.{csv,md}",
+    )
     a = p.parse_args(argv)
     if a.claims:
         out = a.out or f"{a.config}_tuning"
@@ -328,6 +384,22 @@ def main(argv: list[str] | None = None) -> None:
         print(table.to_string(index=False))
         return
     name, table_rows = TABLES[a.table]
+    if a.compare:
+        out = a.out or f"{a.config}_tuning"
+        df = pd.read_csv(paths.results_dir() / out / f"{name}.csv")
+        first, second = a.compare
+        both = df[df["row"].str.fullmatch(rf"({first}|{second}) seed\d+")]
+        both = both.assign(_o=~both["row"].str.startswith(f"{first} ")).sort_values("_o", kind="stable")
+        if set(both["row"].str.replace(r" seed\d+$", "", regex=True)) != {first, second}:
+            p.error(f"--compare: rows '{first} seed<k>' and '{second} seed<k>' must both be in {out}/{name}.csv")
+        summary = seed_summary(both.drop(columns="_o"))
+        save_table(summary, f"{name}_{second}_vs_{first}", out, floatfmt=".3f")
+        print(summary.to_string(index=False, float_format="%.3f"))
+        return
+    if a.merge:
+        df = merge_parts(a.out or f"{a.config}_tuning", a.merge, name, table_rows)
+        print(df.drop(columns=["overrides", "run"]).to_string(index=False, float_format="%.3f"))
+        return
     unknown = set(a.rows or []) - set(table_rows)
     if unknown:
         p.error(f"--rows: {sorted(unknown)} not in the {a.table} table ({sorted(table_rows)})")
