@@ -33,6 +33,7 @@ import argparse
 import copy
 import json
 import math
+import shutil
 import time
 
 import numpy as np
@@ -226,8 +227,6 @@ def merge_parts(out: str, parts: list[str], name: str, rows: dict[str, tuple[str
     summary, keeps each part's provenance under ``parts`` in ``out``'s and deletes the part folders.
     Nothing is trained.
     """
-    import shutil
-
     root = paths.results_dir()
     base = root / out / f"{name}.csv"
     tables = [pd.read_csv(base)] if base.exists() else []
@@ -388,11 +387,10 @@ def main(argv: list[str] | None = None) -> None:
         out = a.out or f"{a.config}_tuning"
         df = pd.read_csv(paths.results_dir() / out / f"{name}.csv")
         first, second = a.compare
-        both = df[df["row"].str.fullmatch(rf"({first}|{second}) seed\d+")]
-        both = both.assign(_o=~both["row"].str.startswith(f"{first} ")).sort_values("_o", kind="stable")
-        if set(both["row"].str.replace(r" seed\d+$", "", regex=True)) != {first, second}:
+        parts = [df[df["row"].str.fullmatch(rf"{row} seed\d+")] for row in (first, second)]
+        if any(part.empty for part in parts):
             p.error(f"--compare: rows '{first} seed<k>' and '{second} seed<k>' must both be in {out}/{name}.csv")
-        summary = seed_summary(both.drop(columns="_o"))
+        summary = seed_summary(pd.concat(parts))  # the first row is the reference
         save_table(summary, f"{name}_{second}_vs_{first}", out, floatfmt=".3f")
         print(summary.to_string(index=False, float_format="%.3f"))
         return
