@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         "-> <out>/<table>_SECOND_vs_FIRST.{csv,md}",
     )
     a = p.parse_args(argv)
+    out = a.out or f"{a.config}_tuning"
     if a.claims:
-        out = a.out or f"{a.config}_tuning"
         root = paths.results_dir()
         runs = root / "main_job.json"
         table = seed_claims(
@@ -384,7 +384,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     name, table_rows = TABLES[a.table]
     if a.compare:
-        out = a.out or f"{a.config}_tuning"
         df = pd.read_csv(paths.results_dir() / out / f"{name}.csv")
         first, second = a.compare
         parts = [df[df["row"].str.fullmatch(rf"{row} seed\d+")] for row in (first, second)]
@@ -395,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         print(summary.to_string(index=False, float_format="%.3f"))
         return
     if a.merge:
-        df = merge_parts(a.out or f"{a.config}_tuning", a.merge, name, table_rows)
+        df = merge_parts(out, a.merge, name, table_rows)
         print(df.drop(columns=["overrides", "run"]).to_string(index=False, float_format="%.3f"))
         return
     unknown = set(a.rows or []) - set(table_rows)
@@ -404,7 +403,6 @@ def main(argv: list[str] | None = None) -> None:
     rows = {k: v for k, v in table_rows.items() if not a.rows or k in a.rows}
     if a.seeds:
         rows = with_seeds(rows, a.seeds)
-    out = a.out or f"{a.config}_tuning"
     df = tuning_table(a.config, rows, out=out, name=name)
     print(df.drop(columns=["overrides", "run"]).to_string(index=False, float_format="%.3f"))
     if a.seeds:
