@@ -45,7 +45,7 @@ ablation: $(STAMP)
 # The two-stage from-scratch recipe study (notebook 08's tuning table; not part of the main job):
 # static ResNet-18 rows, one change each, each a cached, resumable run (about 3 h at standard).
 two-stage-tuning: $(STAMP)
-	$(PY) -m dynamicdet.experiments.two_stage_tuning --config $(CONFIG)
+	$(PY) -m studies.two_stage_tuning --config $(CONFIG)
 
 bench: $(STAMP)
 	$(PY) bench/suite.py --config $(CONFIG)
@@ -57,7 +57,7 @@ notebooks: $(STAMP)
 
 # Regenerate the tables of README.md and docs/*.md from results/ (also run by `make reproduce CONFIG=standard`).
 docs: $(STAMP)
-	$(PY) -m dynamicdet.docs
+	$(PY) -m dynamicdet.evaluation.docs
 
 # JupyterLab on notebooks/ with the project's kernel (python3 = this venv, installed by `make venv`).
 lab: $(STAMP)

@@ -9,10 +9,10 @@ import tempfile
 
 import torch
 
-from dynamicdet import routing
 from dynamicdet.config import Config
-from dynamicdet.export import OnnxDynamicDetector, export_onnx
-from dynamicdet.speed import prepare_for_timing, time_streams
+from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
+from dynamicdet.evaluation.speed import prepare_for_timing, time_streams
+from dynamicdet.modeling import routing
 
 
 def bench_export(cfg: Config, model, repeats: int, batches=(1, 8)) -> list[dict]:

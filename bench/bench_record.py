@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from dynamicdet import paths
-from dynamicdet.results import git_sha
-from dynamicdet.speed import environment
+from dynamicdet.evaluation.results import git_sha
+from dynamicdet.evaluation.speed import environment
 
 
 def stamp(t0: float) -> dict:

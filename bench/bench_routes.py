@@ -13,7 +13,7 @@ import torch
 from bench_record import mark, spread
 
 from dynamicdet.config import Config
-from dynamicdet.speed import paired_ratio, prepare_for_timing, time_interleaved
+from dynamicdet.evaluation.speed import paired_ratio, prepare_for_timing, time_interleaved
 
 
 def _times(fns: dict, warmup: int, repeats: int) -> dict[str, np.ndarray]:

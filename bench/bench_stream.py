@@ -1,6 +1,6 @@
 """Bench item 8: route-aware stream scheduling (``make bench``, part ``stream``).
 
-8. the stream scheduler (``dynamicdet.stream``) vs the ideal mix at batch 8 and 32; 8a, the same
+8. the stream scheduler (``dynamicdet.deploy.stream``) vs the ideal mix at batch 8 and 32; 8a, the same
    call timed twice (the noise floor of these ratios); 8b, per-image p50/p95 latency with and
    without a max-wait deadline; 8c, the other easy-route mode.
 """
@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from bench_record import mark, spread
 
-from dynamicdet import routing
 from dynamicdet.config import Config
-from dynamicdet.speed import paired_ratio, prepare_for_timing, time_interleaved
-from dynamicdet.stream import StreamScheduler
+from dynamicdet.deploy.stream import StreamScheduler
+from dynamicdet.evaluation.speed import paired_ratio, prepare_for_timing, time_interleaved
+from dynamicdet.modeling import routing
 
 
 def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0.5, 0.875)) -> list[dict]:
@@ -24,11 +24,11 @@ def bench_stream(cfg: Config, model, repeats: int, batches=(8, 32), ks=(0.125, 0
     left the ratios +-0.1 noisy on this machine); the threshold is the logit quantile that sends a
     fraction k of them to the hard route. ``t_easy`` / ``t_hard``: the same stream with every
     image easy / hard; ideal = (1 - k) t_easy + k t_hard. Per batch size, in one counterbalanced
-    round robin (:func:`~dynamicdet.speed.time_interleaved`): the two ends, every k's stream
+    round robin (:func:`~dynamicdet.evaluation.speed.time_interleaved`): the two ends, every k's stream
     (the scheduler's default, easy images queued for full H1 batches), 8c (H1 at once on each
     batch's easy sub-batch) at k = 0.5, and the easy stream a second time (8a: the same call
     under two names, the noise floor of these ratios). Each ratio is the median over rounds of
-    that round's stream time over that round's ideal mix (:func:`~dynamicdet.speed.paired_ratio`),
+    that round's stream time over that round's ideal mix (:func:`~dynamicdet.evaluation.speed.paired_ratio`),
     so a drift of the machine's speed between rounds cancels.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

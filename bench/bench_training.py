@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from bench_record import mark
 
-from dynamicdet.build import build_model
-from dynamicdet.checkpoint import load_into
 from dynamicdet.config import Config
 from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.data.loaders import to_device
+from dynamicdet.engine.build import build_model
+from dynamicdet.engine.checkpoint import load_into
+from dynamicdet.engine.step1 import train_step1
+from dynamicdet.engine.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
 from dynamicdet.experiments import train_ultralytics
-from dynamicdet.step1 import train_step1
-from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, view_dataset, view_loader
 
 
 @contextmanager

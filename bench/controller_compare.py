@@ -12,7 +12,7 @@ so that none always runs first. The loops:
 - ``open loop``: the calibrated threshold, never moved;
 - ``integral``: the earlier controller, k <- clip(k + gain (target - measured) / (lat_hard -
   lat_easy), 0, 1) after every window, from that window's ms/img (gain 0.5);
-- ``model``: :class:`~dynamicdet.stream.LatencyController`, k from the per-image costs of the
+- ``model``: :class:`~dynamicdet.deploy.stream.LatencyController`, k from the per-image costs of the
   three kinds of batch measured on the running stream.
 
 Per (loop, phase): achieved / target per repetition, how many are within 5%, how many were out
@@ -36,9 +36,9 @@ from bench_record import provenance, save, stamp
 
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
+from dynamicdet.deploy.stream import LatencyController
 from dynamicdet.experiments import trained
 from dynamicdet.experiments.controller import disturbed_stream
-from dynamicdet.stream import LatencyController
 
 
 @dataclass

@@ -17,7 +17,7 @@ on this machine and in one run, and merges into ``results/bench.json`` / ``resul
    calibration cannot foresee the machine's speed in the next pass; goal: 6b, achieved / the latency
    model on the same few images moments apart, within 5%, and item 10's closed loop);
 7. data generation speed (images/s at 256 px, the median of 3 runs);
-8. route-aware stream scheduling (full hard batches, `dynamicdet.stream`) vs the ideal mix at batch 8 and 32
+8. route-aware stream scheduling (full hard batches, `dynamicdet.deploy.stream`) vs the ideal mix at batch 8 and 32
    (goal within 5%), the same call timed twice as the noise floor of these ratios (8a), and per-image
    p50/p95 latency with and without a max-wait deadline;
 9. ONNX export on onnxruntime vs the torch model: ms/img of the easy route, the hard route and
@@ -49,9 +49,9 @@ from bench_routes import bench_routes
 from bench_stream import bench_stream
 from bench_training import bench_step1, bench_step2
 
-from dynamicdet.build import build_model
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
+from dynamicdet.engine.build import build_model
 
 PARTS = ("routes", "step2", "step1", "controller", "stream", "datagen", "export", "disturbance")
 # the part that measures each numbered item of the report

@@ -16,18 +16,19 @@ import cv2
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .data.coco import DatasetError, prepare_dataset
-from .data.synthetic import generate_from_config, summarize
-from .export import OnnxDynamicDetector, export_onnx
-from .files import write_json
-from .inference import DynamicDetPredictor, annotate, output_names, results_to_coco
-from .pipeline import reproduce
-from .runs import STEP2
-from .speed import measure_config
-from .step1 import train_step1
-from .step2 import train_step2
+from dynamicdet.config import ConfigError, load_config
+from dynamicdet.data.coco import DatasetError, prepare_dataset
+from dynamicdet.data.synthetic import generate_from_config, summarize
+from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
+from dynamicdet.deploy.predictor import DynamicDetPredictor, annotate, output_names, results_to_coco
+from dynamicdet.engine.build import build_model, resolve_device
+from dynamicdet.engine.checkpoint import CheckpointError, load_into
+from dynamicdet.engine.runs import STEP2
+from dynamicdet.engine.step1 import train_step1
+from dynamicdet.engine.step2 import train_step2
+from dynamicdet.evaluation.speed import environment, route_latencies
+from dynamicdet.files import write_json
+from dynamicdet.pipeline import reproduce
 
 # errors in what the user gave us (config, dataset, checkpoint, source): one line, exit code 2, no traceback
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
@@ -65,6 +66,25 @@ def _cmd_train(args) -> int:
             dist.destroy_process_group()
     print(path)
     return 0
+
+
+def measure_config(cfg, batch: int | None = None) -> dict:
+    """``dynamicdet speed``: route latencies at batch 1 and ``batch`` for a config's model.
+
+    Uses the trained step-2 model when it exists (latency does not depend on the weights,
+    so an untrained model of the same shape is used otherwise).
+    """
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80)
+    ckpt = STEP2.path(cfg) / "step2.pt"
+    if ckpt.exists():
+        load_into(model, ckpt)
+    batch = batch or cfg.eval.batch
+    e = cfg.eval
+    out = {"config": cfg.name, "env": environment()}
+    for b in sorted({1, batch}):
+        out[f"batch{b}"] = route_latencies(model, cfg.data.img_size, b, device, e.latency_warmup, e.latency_repeats)
+    return out
 
 
 def _cmd_speed(args) -> int:

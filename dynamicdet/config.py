@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from dynamicdet import paths
 
 
 class ConfigError(ValueError):

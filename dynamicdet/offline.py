@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import paths
+from dynamicdet import paths
 
 _DONE = False
 

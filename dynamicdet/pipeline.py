@@ -15,13 +15,16 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
-from . import paths, runs
-from .claims import to_markdown, write_claims
-from .config import load_config
-from .data.coco import prepare_dataset
-from .data.synthetic import generate_from_config, summarize
-from .docs import update as update_docs
-from .experiments import (
+from dynamicdet import paths
+from dynamicdet.config import load_config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.data.synthetic import generate_from_config, summarize
+from dynamicdet.engine import runs
+from dynamicdet.engine.step1 import SETUP_FILE
+from dynamicdet.evaluation.claims import to_markdown, write_claims
+from dynamicdet.evaluation.docs import update as update_docs
+from dynamicdet.evaluation.results import merge_provenance, out_dir, provenance, read_provenance, run_stamp
+from dynamicdet.experiments import (
     KINDS,
     latency_table,
     onnx_latency,
@@ -31,8 +34,6 @@ from .experiments import (
     two_stage_config,
     two_stage_table,
 )
-from .results import merge_provenance, out_dir, provenance, read_provenance, run_stamp
-from .step1 import SETUP_FILE
 
 # notebooks that `make reproduce` runs only when asked (`--notebooks`): experiments about this
 # replication itself rather than tables of the paper, too long for the default main job

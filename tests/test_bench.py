@@ -14,9 +14,12 @@ PARTS = ["routes", "step2", "step1", "controller", "stream", "datagen", "export"
 
 
 def _run(script: str, results: str, *args: str, env: dict | None = None) -> dict:
-    """Run ``bench/<script>`` at the smoke config; the smoke record it merged into ``results/<results>.json``."""
+    """Run ``bench/<script>`` (or ``-m studies.<name>``) at the smoke config; the smoke record it merged into
+    ``results/<results>.json``."""
+    cmd = ["-m", script] if script.startswith("studies.") else [str(paths.REPO_ROOT / "bench" / script)]
     r = subprocess.run(
-        [sys.executable, str(paths.REPO_ROOT / "bench" / script), "--config", "smoke", *args],
+        [sys.executable, *cmd, "--config", "smoke", *args],
+        cwd=paths.REPO_ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -104,7 +107,7 @@ def test_segment_compare_smoke_runs_both_estimators_in_alternating_order(smoke_c
 
 @pytest.mark.slow
 def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg, tmp_path):
-    rec = _run("reproducibility.py", "reproducibility", "--epochs", "1", env={"TMPDIR": str(tmp_path)})
+    rec = _run("studies.reproducibility", "reproducibility", "--epochs", "1", env={"TMPDIR": str(tmp_path)})
     assert not any(tmp_path.glob("dynamicdet-repro-*"))  # the setups' run folders are removed
     rows = {r["setup"]: r for r in rec["rows"]}
     assert set(rows) == {
@@ -129,12 +132,13 @@ def test_reproducibility_smoke_compares_every_setup_with_the_reference(smoke_cfg
 
 @pytest.mark.slow
 def test_step1_speed_smoke_times_batches_and_whole_epochs():
-    script = str(paths.REPO_ROOT / "bench" / "step1_speed.py")
+    script = ["-m", "studies.step1_speed"]
     out = paths.results_dir("smoke_tuning")
     for mode in ([], ["--epoch"]):
         setups = ["2 threads, 0 workers", "1 thread, 2 workers"]
         r = subprocess.run(
-            [sys.executable, script, "--config", "smoke", "--iters", "2", "--rounds", "1", "--setups", *setups, *mode],
+            [sys.executable, *script, "--config", "smoke", "--iters", "2", "--rounds", "1", "--setups", *setups, *mode],
+            cwd=paths.REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=900,
@@ -145,17 +149,16 @@ def test_step1_speed_smoke_times_batches_and_whole_epochs():
         assert list(df["setup"]) == setups and (df["img/s (best of rounds)"] > 0).all()
         assert df["vs the first setup"].iloc[0] == 1.0
         assert "'2 threads, 0 workers'" in (out / f"{name}.md").read_text()  # the command, quoted as typed
-    bad = subprocess.run([sys.executable, script, "--setups", "3 threads"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, *script, "--setups", "3 threads"], cwd=paths.REPO_ROOT, capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "unknown ['3 threads']" in bad.stderr
 
 
 def _main_job_module():
-    import importlib.util
+    import studies.main_job
 
-    spec = importlib.util.spec_from_file_location("main_job", paths.REPO_ROOT / "bench" / "main_job.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return studies.main_job
 
 
 def test_main_job_goals_mark_each_quick_run_and_leave_untimed_installs_open():
@@ -221,9 +224,10 @@ def test_main_job_record_appends_each_run_to_csv_json_and_markdown(tmp_path, mon
 @pytest.mark.slow
 def test_main_job_smoke_runs_make_reproduce_in_a_fresh_clone(tmp_path):
     args = "--no-two-stage --notebooks 02_joint_training,05_variable_speed"
-    cmd = [sys.executable, str(paths.REPO_ROOT / "bench" / "main_job.py"), "--config", "smoke"]
+    cmd = [sys.executable, "-m", "studies.main_job", "--config", "smoke"]
     cmd += ["--venv", sys.prefix, f"--args={args}"]
-    r = subprocess.run(cmd, env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=1200)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    r = subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not any(tmp_path.glob("dynamicdet-main-job-*"))  # the clone is removed
     df = pd.read_csv(paths.results_dir() / "main_job.csv")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynamicdet import claims
+from dynamicdet.evaluation import claims
 
 
 def write(folder, stem, rows):

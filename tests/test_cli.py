@@ -11,7 +11,7 @@ import pytest
 import torch
 from ultralytics.engine.results import Results
 
-from dynamicdet.inference import annotate, output_names
+from dynamicdet.deploy.predictor import annotate, output_names
 
 
 def _run(*args, timeout=600):

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from dynamicdet import docs, paths
+from dynamicdet import paths
+from dynamicdet.evaluation import docs
 
 
 @pytest.mark.parametrize("doc", docs.documents(), ids=lambda p: p.name)

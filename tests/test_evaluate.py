@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dynamicdet.evaluate import (
+from dynamicdet.evaluation.coco_eval import (
     METRIC_KEYS,
     coco_evaluate,
     detections_to_coco,
@@ -349,8 +349,8 @@ def test_routed_evaluator_equals_full_evaluation_of_composed_detections(tmp_path
     """Splicing per-image COCOeval results equals evaluating the composed detections from scratch."""
     import json
 
-    from dynamicdet import routing
-    from dynamicdet.evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco
+    from dynamicdet.evaluation.coco_eval import RoutedEvaluator, coco_evaluate, detections_to_coco
+    from dynamicdet.modeling import routing
 
     rng = np.random.default_rng(0)
     images, anns, aid = [], [], 1

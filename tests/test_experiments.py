@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamicdet import routing
 from dynamicdet.config import ConfigError, load_config
-from dynamicdet.evaluate import coco_evaluate, detections_to_coco, per_image_ap
+from dynamicdet.evaluation.coco_eval import coco_evaluate, detections_to_coco, per_image_ap
 from dynamicdet.experiments import (
     evaluate_dets,
     latency_table,
@@ -28,6 +27,7 @@ from dynamicdet.experiments import (
     variable_speed,
     variable_speed_table,
 )
+from dynamicdet.modeling import routing
 
 # the tests that use a trained smoke model (steps 1 and 2, trained once for the module) are slow
 slow = pytest.mark.slow

@@ -14,13 +14,14 @@ import pytest
 import torch
 import ultralytics
 
-from dynamicdet import DynamicDetPredictor, routing
-from dynamicdet.checkpoint import CheckpointError
+from dynamicdet import DynamicDetPredictor
+from dynamicdet.deploy.export import META, OnnxDynamicDetector, export_onnx
+from dynamicdet.engine.checkpoint import CheckpointError
+from dynamicdet.engine.runs import STEP2
+from dynamicdet.engine.validate import val_loader
 from dynamicdet.experiments import trained
-from dynamicdet.export import META, OnnxDynamicDetector, export_onnx
-from dynamicdet.model import DynamicDetector, StaticDetector
-from dynamicdet.runs import STEP2
-from dynamicdet.validate import val_loader
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.yolo import DynamicDetector, StaticDetector
 
 ASSETS = Path(ultralytics.__file__).parent / "assets"  # bus.jpg, zidane.jpg, shipped with ultralytics
 PHOTOS = [ASSETS / "bus.jpg", ASSETS / "zidane.jpg"]

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import ultralytics
 
-from dynamicdet import DynamicDetPredictor, inference, routing
-from dynamicdet.checkpoint import CheckpointError
+from dynamicdet import DynamicDetPredictor
+from dynamicdet.deploy import predictor
+from dynamicdet.engine.checkpoint import CheckpointError
+from dynamicdet.engine.runs import STEP2
+from dynamicdet.engine.validate import val_loader
+from dynamicdet.evaluation.predict import predict
 from dynamicdet.experiments import trained
-from dynamicdet.predict import predict
-from dynamicdet.runs import STEP2
-from dynamicdet.validate import val_loader
+from dynamicdet.modeling import routing
 
 pytestmark = pytest.mark.slow  # every test here uses the trained smoke model
 ASSETS = Path(ultralytics.__file__).parent / "assets"  # bus.jpg, zidane.jpg, shipped with ultralytics
@@ -50,7 +52,7 @@ def test_predict_on_bundled_photos_returns_ultralytics_results_with_routes(det, 
 def test_the_three_ways_to_pick_the_threshold(det, monkeypatch):
     # the routes' latencies are timed on the machine; fixed here (10 and 20 ms per image) to test the rule
     fixed = {"easy": 10.0, "hard": 20.0, "score": 5.0, "router": 0.1, "noisy": False}
-    monkeypatch.setattr(inference, "route_latencies", lambda *a, **k: {k2: v for k2, v in fixed.items()})
+    monkeypatch.setattr(predictor, "route_latencies", lambda *a, **k: {k2: v for k2, v in fixed.items()})
     z = det.val_logits
     # lat_t = 15 ms -> k = (15 - 10) / (20 - 10) = 0.5
     assert det.threshold_for(target_ms=15.0) == (routing.threshold_for_fraction(z, 0.5), 15.0)
@@ -60,7 +62,7 @@ def test_the_three_ways_to_pick_the_threshold(det, monkeypatch):
     with pytest.warns(UserWarning, match="outside the reachable range"):
         tau, target = det.threshold_for(target_ms=1e9)  # out of reach: clipped to all hard
     assert target == 1e9 and tau == -np.inf
-    monkeypatch.setattr(inference, "route_latencies", lambda *a, **k: {**fixed, "hard": 9.0, "noisy": True})
+    monkeypatch.setattr(predictor, "route_latencies", lambda *a, **k: {**fixed, "hard": 9.0, "noisy": True})
     with pytest.raises(ValueError, match="too busy to calibrate"):
         det.threshold_for(target_ms=15.0)
     with pytest.raises(ValueError, match="at most one"):
@@ -92,7 +94,7 @@ def test_predict_equals_the_evaluation_path_on_val_images(det, smoke_cfg):
 def test_a_target_latency_runs_the_stream_with_the_closed_loop_controller(det, smoke_cfg, monkeypatch):
     # calibration fixed (10 and 20 ms per image) so the open-loop start is k = 0.5; the loop then moves k
     fixed = {"easy": 20.0, "hard": 40.0, "score": 5.0, "router": 0.1, "noisy": False}  # per batch of 2
-    monkeypatch.setattr(inference, "route_latencies", lambda *a, **k: dict(fixed))
+    monkeypatch.setattr(predictor, "route_latencies", lambda *a, **k: dict(fixed))
     files = sorted(val_loader(smoke_cfg, trained(smoke_cfg, progress=False).info, batch=1).dataset.im_files)
     files = files * max(1, -(-24 // len(files)))  # at least 24 pictures: one controller window of 16 or more
     res = det.predict(files, target_ms=15.0, batch=2, progress=False)

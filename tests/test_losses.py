@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynamicdet.losses import RunningMedian, router_loss
+from dynamicdet.modeling.losses import RunningMedian, router_loss
 
 
 @pytest.fixture

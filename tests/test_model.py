@@ -4,11 +4,11 @@ import pytest
 import torch
 from ultralytics.utils.nms import non_max_suppression
 
-from dynamicdet import routing
-from dynamicdet.checkpoint import CheckpointError, load_into, save_checkpoint
-from dynamicdet.cost import cost_table
-from dynamicdet.losses import DetectionLoss
-from dynamicdet.model import FAMILIES, AdaptiveRouter, DynamicDetector, build_detector, run_layers
+from dynamicdet.engine.checkpoint import CheckpointError, load_into, save_checkpoint
+from dynamicdet.evaluation.cost import cost_table
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.losses import DetectionLoss
+from dynamicdet.modeling.yolo import FAMILIES, AdaptiveRouter, DynamicDetector, build_detector, run_layers
 
 NC = 6
 

@@ -34,8 +34,8 @@ def test_import_configures_ultralytics_offline():
 
 @pytest.mark.slow
 def test_model_build_and_training_step_offline():
-    from dynamicdet.losses import DetectionLoss
-    from dynamicdet.model import DynamicDetector
+    from dynamicdet.modeling.losses import DetectionLoss
+    from dynamicdet.modeling.yolo import DynamicDetector
 
     model = DynamicDetector("yolo11", "n", nc=3).train()
     opt = torch.optim.SGD(model.detector_parameters(), lr=0.01)

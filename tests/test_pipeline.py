@@ -7,8 +7,10 @@ import subprocess
 
 import pytest
 
-from dynamicdet import paths, results, runs
+from dynamicdet import paths
 from dynamicdet.config import load_config
+from dynamicdet.engine import runs
+from dynamicdet.evaluation import results
 from dynamicdet.experiments import latency_table, static_baselines, tradeoff, trained
 from dynamicdet.pipeline import reproduce
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from dynamicdet.config import load_config
-from dynamicdet.experiments.recipe_tuning import QUICK_ROWS, TABLES, WORKER_ROWS, apply, main, seed_summary, with_seeds
+from studies.recipe_tuning import QUICK_ROWS, TABLES, WORKER_ROWS, apply, main, seed_summary, with_seeds
 
 
 def test_with_seeds_adds_the_seed_to_each_rows_overrides_without_changing_the_row():
@@ -67,7 +67,7 @@ def test_unknown_rows_are_a_clear_error(capsys):
 def test_tuning_table_writes_one_table_named_after_the_table_not_its_rows(monkeypatch, tmp_path):
     import json
 
-    from dynamicdet.experiments import recipe_tuning as rt
+    import studies.recipe_tuning as rt
 
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
     seen = []
@@ -91,7 +91,7 @@ def test_tuning_table_writes_one_table_named_after_the_table_not_its_rows(monkey
 
 
 def test_seed_claims_set_the_quick_seeds_verdicts_beside_the_standard_scorecard():
-    from dynamicdet.experiments.recipe_tuning import seed_claims
+    from studies.recipe_tuning import seed_claims
 
     seeds = pd.DataFrame(
         {
@@ -143,8 +143,8 @@ def test_seed_claims_set_the_quick_seeds_verdicts_beside_the_standard_scorecard(
 def test_merge_folds_side_by_side_parts_into_the_table_in_row_order(monkeypatch, tmp_path):
     import json
 
-    from dynamicdet.experiments import recipe_tuning as rt
-    from dynamicdet.results import save_table
+    import studies.recipe_tuning as rt
+    from dynamicdet.evaluation.results import save_table
 
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
     rows = {"a": ("first", {}), "b": ("second", {}), "c": ("third", {})}
@@ -171,7 +171,7 @@ def test_merge_folds_side_by_side_parts_into_the_table_in_row_order(monkeypatch,
 
 
 def test_compare_writes_the_paired_difference_of_two_rows_over_their_seeds(monkeypatch, tmp_path, capsys):
-    from dynamicdet.results import save_table
+    from dynamicdet.evaluation.results import save_table
 
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
     rows = ["b seed0", "a seed0", "b seed1", "a seed1", "c seed0"]

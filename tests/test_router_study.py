@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from dynamicdet.config import ConfigError, load_config
+from dynamicdet.engine.runs import STEP2, VIEW_CACHE
+from dynamicdet.engine.step2 import _fold_normalisation, _mean_over_views, fit_router, fit_router_direct, spearman
 from dynamicdet.experiments import trained
 from dynamicdet.experiments.router_study import (
     PAPER_ROUTER,
@@ -18,9 +20,7 @@ from dynamicdet.experiments.router_study import (
     variant_table,
     view_agreement,
 )
-from dynamicdet.model import AdaptiveRouter
-from dynamicdet.runs import STEP2, VIEW_CACHE
-from dynamicdet.step2 import _fold_normalisation, _mean_over_views, fit_router, fit_router_direct, spearman
+from dynamicdet.modeling.yolo import AdaptiveRouter
 
 
 def _cache(n_images=60, views=2, channels=12, seed=0):

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from dynamicdet import routing
+from dynamicdet.modeling import routing
 
 
 def test_fraction_thresholds_on_distinct_scores():

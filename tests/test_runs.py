@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dynamicdet import runs
 from dynamicdet.config import EvalConfig, load_config
+from dynamicdet.engine import runs
 
 # every YOLO-pipeline stage, by name; STATIC_ROW for the config's first static scale
 STAGES = {

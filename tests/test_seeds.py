@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dynamicdet.config import load_config
-from dynamicdet.runs import STEP1
+from dynamicdet.engine.runs import STEP1
 
 
 def test_a_seed_changes_train_seed_only():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynamicdet import speed
-from dynamicdet.model import DynamicDetector
+from dynamicdet.evaluation import speed
+from dynamicdet.modeling.yolo import DynamicDetector
 
 
 def test_time_interleaved_calls_in_alternation_and_reports_stats():

@@ -9,10 +9,10 @@ import pytest
 import torch
 from ultralytics.utils.nms import non_max_suppression
 
-from dynamicdet import routing
-from dynamicdet.model import DynamicDetector, StaticDetector
-from dynamicdet.stream import LatencyController, StreamScheduler, _Chunk, _Queue
-from dynamicdet.two_stage import DynamicTwoStage, HeadSizes
+from dynamicdet.deploy.stream import LatencyController, StreamScheduler, _Chunk, _Queue
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.two_stage import DynamicTwoStage, HeadSizes
+from dynamicdet.modeling.yolo import DynamicDetector, StaticDetector
 
 SIZE = 64
 SMALL = HeadSizes(fpn_channels=16, head_channels=32, rpn_batch=32, roi_batch=16, detections=20)

@@ -15,15 +15,15 @@ import pytest
 import torch
 import yaml
 
-from dynamicdet.build import build_model
-from dynamicdet.checkpoint import read_checkpoint
 from dynamicdet.config import load_config
 from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.engine.build import build_model
+from dynamicdet.engine.checkpoint import read_checkpoint
+from dynamicdet.engine.runs import router_dir, run_dir
+from dynamicdet.engine.step1 import SETUP_FILE, check_setup, clip_gradients, train_step1
+from dynamicdet.engine.step2 import build_router_cache, fit_router, fit_router_direct, step_caches, train_step2
 from dynamicdet.experiments.router_study import PAPER_ROUTER, router_variant
-from dynamicdet.model import DynamicDetector
-from dynamicdet.runs import router_dir, run_dir
-from dynamicdet.step1 import SETUP_FILE, check_setup, clip_gradients, train_step1
-from dynamicdet.step2 import build_router_cache, fit_router, fit_router_direct, step_caches, train_step2
+from dynamicdet.modeling.yolo import DynamicDetector
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamicdet import routing, speed
-from dynamicdet.build import build_model, load_model
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
-from dynamicdet.evaluate import coco_evaluate, segms_to_coco
+from dynamicdet.engine.build import build_model, load_model
+from dynamicdet.engine.runs import VIEW_CACHE, router_dir
+from dynamicdet.engine.step2 import load_cache, train_step2
+from dynamicdet.evaluation import speed
+from dynamicdet.evaluation.coco_eval import coco_evaluate, segms_to_coco
+from dynamicdet.evaluation.predict import predict
 from dynamicdet.experiments import static_config
-from dynamicdet.model import AdaptiveRouter
-from dynamicdet.predict import predict
-from dynamicdet.runs import VIEW_CACHE, router_dir
-from dynamicdet.step2 import load_cache, train_step2
-from dynamicdet.two_stage import DynamicTwoStage, HeadSizes, Trunk, TwoStageDetector, targets_from_batch
+from dynamicdet.experiments.generality import tuning_path
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.two_stage import DynamicTwoStage, HeadSizes, Trunk, TwoStageDetector, targets_from_batch
+from dynamicdet.modeling.yolo import AdaptiveRouter
 
 SIZE = 64
 SMALL = HeadSizes(fpn_channels=16, head_channels=32, rpn_batch=32, roi_batch=16, detections=20)
@@ -285,7 +287,7 @@ def test_group_norm_recipe_normalises_trunk_fpn_and_mask_head_without_batch_stat
 
 def test_tuning_rows_change_one_thing_each():
     """Rows b..e of the two-stage tuning each differ from the row above them in one recipe field."""
-    from dynamicdet.experiments.two_stage_tuning import ROWS, row_config
+    from studies.two_stage_tuning import ROWS, row_config
 
     def recipe(row):
         c = row_config("standard", "faster_rcnn", row)
@@ -305,7 +307,7 @@ def test_tuning_rows_change_one_thing_each():
 @pytest.mark.slow
 def test_a_tuning_row_trains_and_tabulates_on_smoke(monkeypatch):
     """A tuning row goes through the step-1 loop (validated every epoch) into results/<base>/two_stage_tuning_*."""
-    from dynamicdet.experiments import two_stage_tuning as tuning
+    import studies.two_stage_tuning as tuning
 
     monkeypatch.setitem(
         tuning.ROWS, "a", ("2 epochs, GroupNorm", {"train": {"epochs": 2, "close_mosaic": 1}, "model": {"norm": "gn"}})
@@ -313,7 +315,7 @@ def test_a_tuning_row_trains_and_tabulates_on_smoke(monkeypatch):
     generate_from_config(load_config("smoke_faster_rcnn"), progress=False)
     table = tuning.tuning_table("smoke", "faster_rcnn", rows=("a",), progress=False)
     assert len(table) == 1 and table["AP"].between(0, 1).all() and table["epochs"].item() == 2
-    assert tuning.tuning_path("smoke", "faster_rcnn").exists()
+    assert tuning_path("smoke", "faster_rcnn").exists()
     assert not table["adopted"].item()  # the smoke config trains BatchNorm
 
 
@@ -321,8 +323,8 @@ def test_a_tuning_row_trains_and_tabulates_on_smoke(monkeypatch):
 def test_val_every_zero_trains_without_validation():
     cfg = load_config("smoke_faster_rcnn", overrides={"model": {"dual": False}, "train": {"epochs": 1, "val_every": 0}})
     generate_from_config(cfg, progress=False)
-    from dynamicdet.runs import STEP1
-    from dynamicdet.step1 import train_step1
+    from dynamicdet.engine.runs import STEP1
+    from dynamicdet.engine.step1 import train_step1
 
     train_step1(cfg, progress=False)
     metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
@@ -351,8 +353,8 @@ def test_provenance_records_who_made_each_two_stage_table(tmp_path, monkeypatch)
     """A table keeps its own SHA, one made before the record existed says so, the base run's record stays."""
     import json
 
+    from dynamicdet.engine.runs import TWO_STAGE_TABLE
     from dynamicdet.experiments.generality import record_provenance, table_record_path, two_stage_config
-    from dynamicdet.runs import TWO_STAGE_TABLE
 
     monkeypatch.setenv("DYNAMICDET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path / "results"))
@@ -415,8 +417,8 @@ def test_an_error_while_training_one_two_stage_model_is_not_a_usage_error(monkey
 @pytest.mark.slow
 def test_a_two_stage_model_trained_in_its_own_process_is_the_one_the_table_reuses():
     """`generality --model resnet34` trains the run folder two_stage_table reads (one process per model)."""
+    from dynamicdet.engine.runs import STEP1
     from dynamicdet.experiments.generality import main, two_stage_config
-    from dynamicdet.runs import STEP1
 
     cfg = two_stage_config("smoke", "faster_rcnn")
     generate_from_config(cfg, progress=False)

@@ -14,15 +14,28 @@ module                     what                                                 
 =========================  ==========================================================  ==========
 
 Every stage stores its output under the run folder, keyed by the config fields it reads
-(:mod:`dynamicdet.runs`), so re-running a notebook does not retrain or re-measure.
+(:mod:`dynamicdet.engine.runs`), so re-running a notebook does not retrain or re-measure.
 """
 
-from .frontier import cost_columns, frontier_by_cost, onnx_latency
-from .generality import KINDS, record_provenance, static_config, two_stage_config, two_stage_table
-from .static_models import load_static, static_baselines, train_ultralytics
-from .tradeoffs import static_frontier, sweep_latency, tradeoff
-from .trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator, trained
-from .variable_speed import latency_table, stream_latency, target_latency, timing_stream, variable_speed_table
+from dynamicdet.experiments.frontier import cost_columns, frontier_by_cost, onnx_latency
+from dynamicdet.experiments.generality import KINDS, record_provenance, static_config, two_stage_config, two_stage_table
+from dynamicdet.experiments.static_models import load_static, static_baselines, train_ultralytics
+from dynamicdet.experiments.tradeoffs import static_frontier, sweep_latency, tradeoff
+from dynamicdet.experiments.trained import (
+    Trained,
+    evaluate_dets,
+    predict_val,
+    route_detections,
+    routed_evaluator,
+    trained,
+)
+from dynamicdet.experiments.variable_speed import (
+    latency_table,
+    stream_latency,
+    target_latency,
+    timing_stream,
+    variable_speed_table,
+)
 
 __all__ = [
     "KINDS",

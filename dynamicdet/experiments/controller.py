@@ -1,13 +1,13 @@
 """Holding a target latency while the machine slows down: closed vs open loop (notebook 05, bench item 10).
 
-A stream of val images goes through the route-aware :class:`~dynamicdet.stream.StreamScheduler`
+A stream of val images goes through the route-aware :class:`~dynamicdet.deploy.stream.StreamScheduler`
 in three phases, quiet / loaded / quiet; during the loaded phase a competing CPU-bound
 process (started and stopped here, bounded in time) takes part of the machine. The same
 stream runs twice:
 
 - **open loop**: the threshold calibrated once, before the stream (what ``route(x, tau)``
   with a fixed tau gives);
-- **closed loop**: a :class:`~dynamicdet.stream.LatencyController` starting from that same
+- **closed loop**: a :class:`~dynamicdet.deploy.stream.LatencyController` starting from that same
   threshold and correcting the hard fraction k from the measured batch times.
 
 Per phase: achieved ms/img (wall time of the phase / images) against the target, the fraction of hard images,
@@ -30,11 +30,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import routing
-from ..speed import time_streams
-from ..stream import LatencyController, StreamScheduler
-from ..validate import val_loader
-from .trained import Trained, routed_evaluator
+from dynamicdet.deploy.stream import LatencyController, StreamScheduler
+from dynamicdet.engine.validate import val_loader
+from dynamicdet.evaluation.speed import time_streams
+from dynamicdet.experiments.trained import Trained, routed_evaluator
+from dynamicdet.modeling import routing
 
 PHASES = ("quiet", "loaded", "quiet again")
 ENDS = (("easy", float("inf")), ("hard", float("-inf")))

@@ -3,7 +3,7 @@
 
 The paper reports FLOPs and GPU latency; whether Dy /k sits above the static models'
 frontier can depend on the axis. :func:`onnx_latency` times the deployment runtime: the
-dynamic routes through this project's export (:mod:`dynamicdet.export`: three graphs routed
+dynamic routes through this project's export (:mod:`dynamicdet.deploy.export`: three graphs routed
 in Python) and the static models through ultralytics' own ONNX export, on the latency
 table's stream of val images, interleaved and checked like :func:`~.variable_speed.latency_table`.
 :func:`frontier_by_cost` is one long table: one row per Dy /k and cost measure.
@@ -21,18 +21,18 @@ import pandas as pd
 import torch
 from ultralytics import YOLO
 
-from ..export import OnnxDynamicDetector, export_onnx
-from ..files import write_csv
-from ..runs import ONNX_LATENCY, STATIC_MODELS
-from .tradeoffs import static_frontier
-from .trained import Trained
-from .variable_speed import (
+from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
+from dynamicdet.engine.runs import ONNX_LATENCY, STATIC_MODELS
+from dynamicdet.experiments.tradeoffs import static_frontier
+from dynamicdet.experiments.trained import Trained
+from dynamicdet.experiments.variable_speed import (
     TIMING_SEGMENT_IMAGES,
     latency_checks,
     stream_latency,
     time_until_consistent,
     timing_stream,
 )
+from dynamicdet.files import write_csv
 
 ONNX_COLUMN = "latency_ms_onnx_b1"
 
@@ -73,7 +73,7 @@ def onnx_latency(t: Trained, res: dict, static: pd.DataFrame, tries: int = 3) ->
     rows run ultralytics' exported graph; onnxruntime gets torch's thread count. Timed on the
     latency table's stream, every :data:`~.variable_speed.TIMING_SEGMENT_IMAGES` images in
     alternation; checked by :func:`~.variable_speed.latency_checks` (timed again up to
-    ``tries`` times). Cached (:data:`~dynamicdet.runs.ONNX_LATENCY`).
+    ``tries`` times). Cached (:data:`~dynamicdet.engine.runs.ONNX_LATENCY`).
 
     Returns:
         Columns ``model``, ``latency_ms_onnx_b1``, ``consistent_onnx``; None when the config

@@ -9,9 +9,9 @@ For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml``
 
 and evaluates every row on the val set with pycocotools (boxes, and masks for Mask
 R-CNN): the Dy rows run ``route()`` for real at the threshold that sends a fraction k
-of the val images to detector 2. GFLOPs are counted (:func:`~dynamicdet.cost.gflops`) and
+of the val images to detector 2. GFLOPs are counted (:func:`~dynamicdet.evaluation.cost.gflops`) and
 latencies timed at batch 1 on the same ``eval.timing_images`` val images, in alternation
-(:func:`~dynamicdet.speed.time_streams`), for the static models and for the dynamic
+(:func:`~dynamicdet.evaluation.speed.time_streams`), for the static models and for the dynamic
 model's two routes (every image easy, every image hard); a Dy /k row costs their mix at
 its measured hard fraction, as in the YOLO tables. (Timing ``route()`` at each k on a few
 images would cost the hard fraction of those images, not k: at k = 0.9 the first 20
@@ -32,19 +32,25 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import routing
-from ..build import load_model
-from ..config import Config, load_config
-from ..cost import dynamic_gflops, gflops
-from ..files import write_csv, write_json
-from ..results import git_sha, merge_provenance
-from ..runs import STEP1, STEP2, TWO_STAGE_TABLE
-from ..speed import environment, prepare_for_timing, stream_times
-from ..step1 import train_step1
-from ..validate import evaluate_fn, val_loader
-from .trained import trained
+from dynamicdet.config import Config, load_config
+from dynamicdet.engine.build import load_model
+from dynamicdet.engine.runs import STEP1, STEP2, TWO_STAGE_TABLE
+from dynamicdet.engine.step1 import train_step1
+from dynamicdet.engine.validate import evaluate_fn, val_loader
+from dynamicdet.evaluation.cost import dynamic_gflops, gflops
+from dynamicdet.evaluation.results import git_sha, merge_provenance
+from dynamicdet.evaluation.speed import environment, prepare_for_timing, stream_times
+from dynamicdet.experiments.trained import trained
+from dynamicdet.files import write_csv, write_json
+from dynamicdet.modeling import routing
+from dynamicdet.paths import results_dir
 
 KINDS = ("faster_rcnn", "mask_rcnn")
+
+
+def tuning_path(base: str, kind: str) -> Path:
+    """The two-stage recipe table of ``studies/two_stage_tuning.py`` for ``<base>_<kind>`` (notebook 08 shows it)."""
+    return results_dir(base) / f"two_stage_tuning_{kind}.csv"
 
 
 def two_stage_config(base: str, kind: str) -> Config:
@@ -188,7 +194,7 @@ def _checked_latency(fns: dict, imgs: list, device, cfg: Config, tries: int = 3)
     Returns:
         ``({name: ms}, checks)``.
     """
-    from .variable_speed import latency_checks
+    from dynamicdet.experiments.variable_speed import latency_checks
 
     e, same = cfg.eval, f"static {cfg.model.backbone}"
     best = None

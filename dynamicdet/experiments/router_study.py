@@ -1,7 +1,7 @@
 """Why does a router rank well or badly? Diagnosis and variants of step 2 (notebook 04).
 
 The router is trained on a cache of per-image losses of the two frozen detectors
-(:mod:`dynamicdet.step2`). Its worth at inference is its **ranking** of val images: the
+(:mod:`dynamicdet.engine.step2`). Its worth at inference is its **ranking** of val images: the
 images above the threshold take detector 2, so what counts is the capture ratio
 c(k) = (AP(k) - AP_1) / (AP_2 - AP_1) at each hard fraction k. This module measures
 
@@ -16,8 +16,8 @@ c(k) = (AP(k) - AP_1) / (AP_2 - AP_1) at each hard fraction k. This module measu
   oracles; and :func:`signal_table`, the same for fixed per-image signals (the generator's
   difficulty, detector 1's loss, ...), which says what a router *could* rank by.
 
-Variants are configs (``router.*`` fields), trained by :func:`~dynamicdet.step2.fit_router`
-on their own cached views (:data:`~dynamicdet.runs.VIEW_CACHE`), so each row is one
+Variants are configs (``router.*`` fields), trained by :func:`~dynamicdet.engine.step2.fit_router`
+on their own cached views (:data:`~dynamicdet.engine.runs.VIEW_CACHE`), so each row is one
 config change and reruns cost seconds.
 """
 
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import routing
-from ..config import Config
-from ..evaluate import detections_to_coco, per_image_ap
-from ..step2 import fit_router, spearman, step_caches, train_step2
-from .trained import Trained, evaluate_dets, route_detections, routed_evaluator
+from dynamicdet.config import Config
+from dynamicdet.engine.step2 import fit_router, spearman, step_caches, train_step2
+from dynamicdet.evaluation.coco_eval import detections_to_coco, per_image_ap
+from dynamicdet.experiments.trained import Trained, evaluate_dets, route_detections, routed_evaluator
+from dynamicdet.modeling import routing
 
 # the router the paper and the authors' code train: L1 - L2 on two augmented views of the training set
 PAPER_ROUTER = {

@@ -11,7 +11,7 @@ stage, keyed by the config with that seed, so a seed run resumes where it stoppe
 (the two ``train`` parts fit 2 cores as two processes of one torch thread each).
 ``tables`` writes, per seed, the tables the claims read into ``results/<config>/seeds/seed<k>/``,
 one row per seed and model into ``results/<config>/seeds.csv``, and the scorecard over the
-seeds into ``results/<config>/claims.{csv,md}`` (:func:`dynamicdet.claims.write_claims`).
+seeds into ``results/<config>/claims.{csv,md}`` (:func:`dynamicdet.evaluation.claims.write_claims`).
 """
 
 from __future__ import annotations
@@ -26,21 +26,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import paths
-from ..config import Config, load_config
-from ..data.synthetic import image_table
-from ..files import write_csv, write_json, write_text
-from ..results import run_stamp
-from ..runs import STEP1
-from ..step1 import SETUP_FILE
-from ..step2 import spearman
-from .frontier import ONNX_COLUMN, cost_columns, frontier_by_cost, onnx_latency
-from .recipe_tuning import difficulty_of
-from .router_study import Capture
-from .static_models import static_baselines
-from .tradeoffs import tradeoff
-from .trained import trained
-from .variable_speed import latency_table, variable_speed_table
+from dynamicdet import paths
+from dynamicdet.config import Config, load_config
+from dynamicdet.data.synthetic import image_difficulty, image_table
+from dynamicdet.engine.runs import STEP1
+from dynamicdet.engine.step1 import SETUP_FILE
+from dynamicdet.engine.step2 import spearman
+from dynamicdet.evaluation.results import run_stamp
+from dynamicdet.experiments.frontier import ONNX_COLUMN, cost_columns, frontier_by_cost, onnx_latency
+from dynamicdet.experiments.router_study import Capture
+from dynamicdet.experiments.static_models import static_baselines
+from dynamicdet.experiments.tradeoffs import tradeoff
+from dynamicdet.experiments.trained import trained
+from dynamicdet.experiments.variable_speed import latency_table, variable_speed_table
+from dynamicdet.files import write_csv, write_json, write_text
 
 SEEDS = (0, 1, 2)
 
@@ -107,7 +106,7 @@ def seed_tables(
         ),
     }
     cap = Capture(tr)
-    diff = difficulty_of(tr, cap.ids)
+    diff = image_difficulty(tr.info.gt_json["val"], cap.ids)
     if diff is not None:  # detector 2's per-image AP gain against the generator's difficulty
         tables["gain_difficulty"] = pd.DataFrame({"Spearman(AP gain, difficulty)": [spearman(cap.ap_gain, diff)]})
     if cfg.data.source == "synthetic":
@@ -190,7 +189,7 @@ def _gain_difficulty(folder: Path) -> float:
 
 def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
     """One row per seed of :func:`run_summary`, then their mean, std and 95% interval."""
-    from ..claims import interval
+    from dynamicdet.evaluation.claims import interval
 
     df = pd.DataFrame([{"seed": str(s), **run_summary(seed_folder(config, s, out))} for s in seeds])
     stats = {name: interval(df[name].to_numpy(float)) for name in df.columns[1:]}
@@ -204,7 +203,7 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
 
     Per seed, :func:`~.frontier.frontier_by_cost` on its ``variable_speed.csv`` (gap = AP - the
     frontier's AP at the point's cost, >= 0: on or above it); then the mean, std, Student-t 95%
-    interval and the interval's verdict (:func:`~dynamicdet.claims.verdict`; "not testable" when
+    interval and the interval's verdict (:func:`~dynamicdet.evaluation.claims.verdict`; "not testable" when
     a seed has no gap, e.g. one static model or no such cost column).
 
     Returns:
@@ -212,7 +211,7 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
         ``std``, ``ci95 lo``, ``ci95 hi``, ``verdict``, ``checks passed`` (the latency costs:
         every seed's latency table marked that row and the static models consistent).
     """
-    from ..claims import interval, verdict
+    from dynamicdet.evaluation.claims import interval, verdict
 
     batch = load_config(config).eval.batch
     flags = {
@@ -261,7 +260,7 @@ def write_seed_results(
 
     ``out``: ``results/<config>/`` by default.
     """
-    from ..claims import claims_table, to_markdown
+    from dynamicdet.evaluation.claims import claims_table, to_markdown
 
     out = out or paths.results_dir(config)
     table = seeds_table(config, seeds, out)
@@ -303,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_tables(args.config, seed, args.out, timing=not args.no_timing)
         print(f"seed {seed}: tables written to {seed_folder(args.config, seed, args.out)}", flush=True)
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
-    from ..claims import to_markdown
+    from dynamicdet.evaluation.claims import to_markdown
 
     print(to_markdown(df))
     return 0

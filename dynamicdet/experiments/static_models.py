@@ -15,14 +15,14 @@ import pandas as pd
 import torch
 from ultralytics import YOLO
 
-from ..build import resolve_device
-from ..config import Config
-from ..cost import gflops
-from ..data.coco import prepare_dataset
-from ..files import write_json
-from ..offline import same_threads
-from ..runs import STATIC_MODELS, STATIC_ROW
-from ..validate import evaluate_fn, val_loader
+from dynamicdet.config import Config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.engine.build import resolve_device
+from dynamicdet.engine.runs import STATIC_MODELS, STATIC_ROW
+from dynamicdet.engine.validate import evaluate_fn, val_loader
+from dynamicdet.evaluation.cost import gflops
+from dynamicdet.files import write_json
+from dynamicdet.offline import same_threads
 
 
 def train_ultralytics(cfg: Config, scale: str, epochs: int, folder: Path, name: str, close_mosaic: int | None = None):
@@ -97,8 +97,8 @@ def static_epochs(cfg: Config) -> int:
 def static_baselines(cfg: Config, progress: bool = True) -> pd.DataFrame:
     """One row per scale of ``eval.static_scales``: AP, GFLOPs, epochs, training wall time (cached).
 
-    The models train in :data:`~dynamicdet.runs.STATIC_MODELS`; each row is a
-    :data:`~dynamicdet.runs.STATIC_ROW` json.
+    The models train in :data:`~dynamicdet.engine.runs.STATIC_MODELS`; each row is a
+    :data:`~dynamicdet.engine.runs.STATIC_ROW` json.
     """
     info = prepare_dataset(cfg)
     device = resolve_device(cfg.device)

@@ -2,7 +2,7 @@
 
 One row per training recipe, same data, same seed, same epochs; each row is one config
 change (``train.clip``, ``train.detach_links``, ``model.dual``) trained by the ordinary
-entry points (:func:`~dynamicdet.step1.train_step1`, or ultralytics' trainer for row a),
+entry points (:func:`~dynamicdet.engine.step1.train_step1`, or ultralytics' trainer for row a),
 so every row is a cached stage and an interrupted ablation resumes where it stopped.
 
 ====  =============================================================  =======================================
@@ -27,11 +27,11 @@ import time
 
 import pandas as pd
 
-from ..config import Config, load_config
-from ..results import provenance, save_table
-from ..runs import STEP1
-from ..step1 import train_step1
-from .static_models import static_baselines
+from dynamicdet.config import Config, load_config
+from dynamicdet.engine.runs import STEP1
+from dynamicdet.engine.step1 import train_step1
+from dynamicdet.evaluation.results import provenance, save_table
+from dynamicdet.experiments.static_models import static_baselines
 
 # row -> (recipe, overrides of the base config)
 RECIPES: dict[str, tuple[str, dict]] = {

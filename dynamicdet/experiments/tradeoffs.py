@@ -2,7 +2,7 @@
 
 :func:`tradeoff` is the /0 /10 /50 /90 /100 table (``route()`` for real) and a dense
 sweep of hard fractions for the learned router, random routing, two oracles and
-confidence escalation, all on the same two detectors (:data:`~dynamicdet.runs.TRADEOFF`);
+confidence escalation, all on the same two detectors (:data:`~dynamicdet.engine.runs.TRADEOFF`);
 :func:`sweep_latency` places the sweep on the latency axis.
 """
 
@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import routing
-from ..cost import dynamic_gflops, route_gflops
-from ..evaluate import detections_to_coco, per_image_ap
-from ..files import save_torch, write_csv
-from ..runs import TRADEOFF
-from .trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator
+from dynamicdet.engine.runs import TRADEOFF
+from dynamicdet.evaluation.coco_eval import detections_to_coco, per_image_ap
+from dynamicdet.evaluation.cost import dynamic_gflops, route_gflops
+from dynamicdet.experiments.trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator
+from dynamicdet.files import save_torch, write_csv
+from dynamicdet.modeling import routing
 
 
 def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:

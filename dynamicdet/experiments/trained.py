@@ -1,7 +1,7 @@
 """A trained config and its val detections: what every evaluation stage starts from.
 
 :func:`trained` runs (or reuses) steps 1 and 2 and loads the model; :func:`route_detections`
-caches both routes' val detections (:data:`~dynamicdet.runs.VAL_DETS`), from which
+caches both routes' val detections (:data:`~dynamicdet.engine.runs.VAL_DETS`), from which
 :func:`routed_evaluator` scores any per-image routing in one ``accumulate()``.
 """
 
@@ -14,16 +14,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..build import load_model, resolve_device
-from ..config import Config
-from ..data.coco import prepare_dataset
-from ..evaluate import RoutedEvaluator, coco_evaluate, detections_to_coco
-from ..files import save_torch
-from ..predict import predict
-from ..runs import STEP2, VAL_DETS
-from ..speed import prepare_for_timing
-from ..step2 import train_step2
-from ..validate import val_loader
+from dynamicdet.config import Config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.engine.build import load_model, resolve_device
+from dynamicdet.engine.runs import STEP2, VAL_DETS
+from dynamicdet.engine.step2 import train_step2
+from dynamicdet.engine.validate import val_loader
+from dynamicdet.evaluation.coco_eval import RoutedEvaluator, coco_evaluate, detections_to_coco
+from dynamicdet.evaluation.predict import predict
+from dynamicdet.evaluation.speed import prepare_for_timing
+from dynamicdet.files import save_torch
 
 
 @dataclass
@@ -85,7 +85,7 @@ def routed_evaluator(t: Trained, dets1: dict | None = None, dets2: dict | None =
     """COCO AP of any per-image choice between the two detectors' val detections.
 
     ``evaluator.evaluate({image_id: hard})`` costs one ``accumulate()``; equal to
-    evaluating the composed detections (see :class:`~dynamicdet.evaluate.RoutedEvaluator`).
+    evaluating the composed detections (see :class:`~dynamicdet.evaluation.coco_eval.RoutedEvaluator`).
     """
     if dets1 is None or dets2 is None:
         dets1, dets2 = route_detections(t, progress=False)

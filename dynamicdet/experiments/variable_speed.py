@@ -2,7 +2,7 @@
 
 - :func:`timing_stream` / :func:`stream_latency`: real val images, spread over the
   router's scores, timed as a stream with every compared model in alternation;
-- :func:`latency_table`: every model of the trade-off timed together (:data:`~dynamicdet.runs.LATENCY`);
+- :func:`latency_table`: every model of the trade-off timed together (:data:`~dynamicdet.engine.runs.LATENCY`);
 - :func:`target_latency`: thresholds from target latencies, then the achieved latency;
 - :func:`variable_speed_table`: the paper's Table 1 (dynamic rows and static models).
 """
@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import routing
-from ..files import write_csv
-from ..runs import LATENCY
-from ..speed import prepare_for_timing, segment_times, stream_times
-from ..validate import val_loader
-from .static_models import load_static
-from .trained import Trained
+from dynamicdet.engine.runs import LATENCY
+from dynamicdet.engine.validate import val_loader
+from dynamicdet.evaluation.speed import prepare_for_timing, segment_times, stream_times
+from dynamicdet.experiments.static_models import load_static
+from dynamicdet.experiments.trained import Trained
+from dynamicdet.files import write_csv
+from dynamicdet.modeling import routing
 
 
 def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -67,13 +67,13 @@ def stream_latency(
     ``fns`` maps a name to a logit threshold (``route(x, tau)`` of the fused model) or to
     a callable ``fn(x)`` (e.g. a fused static model). The stream (:func:`timing_stream`)
     is cut into batches of ``batch`` (a last partial batch is dropped) and timed by
-    :func:`~dynamicdet.speed.segment_times` (each entry's pass over the stream, or over each
+    :func:`~dynamicdet.evaluation.speed.segment_times` (each entry's pass over the stream, or over each
     ``segment`` batches of it, one timed call, entries in alternation, so machine noise hits
     them alike).
 
     Returns:
         ``{name: median ms per image}``; with ``per_round``, ``{name: (R,) ms per image of each
-        round}`` (entries of one round pair up, :func:`~dynamicdet.speed.paired_ratio`); with
+        round}`` (entries of one round pair up, :func:`~dynamicdet.evaluation.speed.paired_ratio`); with
         ``per_round`` and ``segment``, ``{name: (R, S) ms per image of each segment in each round}``.
     """
     n = len(images) // batch * batch
@@ -116,7 +116,7 @@ def target_latency(
     3. achieved: the stream through ``route(x, tau)`` for every target, timed right after
        the calibration, in alternation with the easy and hard streams again, ``segment``
        images at a time (every entry on images 1-6, then every entry on images 7-12, ...:
-       :func:`~dynamicdet.speed.segment_times`; ``None``: whole passes).
+       :func:`~dynamicdet.evaluation.speed.segment_times`; ``None``: whole passes).
 
     ``achieved / target`` is what a user gets from a calibration taken moments before; on
     a shared machine it also carries the machine's change of speed between the two passes
@@ -124,7 +124,7 @@ def target_latency(
     lat_easy + k_s (lat_hard - lat_easy) from the easy and hard passes over the same segment s
     of the same timing round (k_s: that segment's fraction of hard images): the accuracy of the
     latency model itself, as the median of that ratio over every segment of every timing round
-    of every round (:func:`~dynamicdet.speed.paired_ratio`). Segments a few images long pair
+    of every round (:func:`~dynamicdet.evaluation.speed.paired_ratio`). Segments a few images long pair
     calls taken moments apart: on the 2-core VM, whose speed swings within a 1.5 s pass,
     the median of 15 whole-pass ratios came out at 0.87 (``make bench`` item 6b), although at
     batch 1 route() makes the very calls of the easy and hard passes.
@@ -343,7 +343,7 @@ def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = 
     up to ``tries`` times, and the attempt with the most passed checks is kept. It is
     written with a ``consistent`` column (False on rows that take part in a failed check)
     and a warning, never silently. The checks go to ``<table>_checks.csv`` beside it.
-    Cached (:data:`~dynamicdet.runs.LATENCY`).
+    Cached (:data:`~dynamicdet.engine.runs.LATENCY`).
 
     Returns:
         Columns ``model``, ``k_timed`` (hard fraction of the timed images; NaN for static

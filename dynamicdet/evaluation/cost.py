@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .model import DynamicDetector, run_layers
+from dynamicdet.modeling.yolo import DynamicDetector, run_layers
 
 EASY = "easy route (B1+router+H1)"
 HARD = "hard route (B1+router+links+B2+H2)"

@@ -10,10 +10,10 @@
 
 Each detector is a torchvision ``FasterRCNN`` / ``MaskRCNN`` (no pretrained weights) whose
 trunk is a torchvision ResNet or Swin cut into four stages. Trunk 2 reads the image and,
-through the same :class:`~dynamicdet.model.CompositeLinks` as the YOLO model, receives
+through the same :class:`~dynamicdet.modeling.yolo.CompositeLinks` as the YOLO model, receives
 trunk 1's stage outputs right after each of its downsampling layers (ResNet: the stem and
 the first, strided block of stages 2-4; Swin: the patch embedding and each patch merging).
-The same :class:`~dynamicdet.model.AdaptiveRouter` scores difficulty from trunk 1's stage
+The same :class:`~dynamicdet.modeling.yolo.AdaptiveRouter` scores difficulty from trunk 1's stage
 outputs. Sign convention as everywhere: phi high = hard = detector 2.
 
 Images arrive letterboxed to a square side divisible by 32 (ultralytics' pipeline), so
@@ -39,8 +39,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .data.loaders import targets_from_batch
-from .model import AdaptiveRouter, CompositeLinks, RouteOutput
+from dynamicdet.data.loaders import targets_from_batch
+from dynamicdet.modeling.yolo import AdaptiveRouter, CompositeLinks, RouteOutput
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 TRUNKS = ("resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s")
@@ -301,7 +301,7 @@ class _loss_mode:
 class DynamicTwoStage(nn.Module):
     """Two torchvision two-stage detectors with composite links and an adaptive router.
 
-    Same forward modes as :class:`~dynamicdet.model.DynamicDetector`: ``model(x, targets)``
+    Same forward modes as :class:`~dynamicdet.modeling.yolo.DynamicDetector`: ``model(x, targets)``
     (train: ``{"L1_<loss>", "L2_<loss>"}``), :meth:`score`, :meth:`score_logit`,
     :meth:`first`, :meth:`second`, :meth:`route` (batched; detections in input order).
     """

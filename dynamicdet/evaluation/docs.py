@@ -7,9 +7,9 @@ generated::
     ...generated...
     <!-- /table -->
 
-The source is a CSV (rendered here: the claims scorecard by :func:`dynamicdet.claims.to_markdown`,
+The source is a CSV (rendered here: the claims scorecard by :func:`dynamicdet.evaluation.claims.to_markdown`,
 any other table with ``columns=a,b,c`` to pick columns) or a Markdown file (included as it is,
-e.g. ``results/bench.md``). ``make docs`` (``python -m dynamicdet.docs``) rewrites the blocks;
+e.g. ``results/bench.md``). ``make docs`` (``python -m dynamicdet.evaluation.docs``) rewrites the blocks;
 ``tests/test_docs.py`` fails when a committed block differs from what its source renders.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paths
-from .files import write_text
+from dynamicdet import paths
+from dynamicdet.files import write_text
 
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 FLOATFMT = ".3f"
@@ -47,7 +47,7 @@ def render_source(spec: str) -> str:
         return path.read_text()
     df = pd.read_csv(path)
     if path.stem == "claims":
-        from .claims import to_markdown
+        from dynamicdet.evaluation.claims import to_markdown
 
         return to_markdown(df)
     if "columns" in options:

@@ -2,11 +2,11 @@
 
 One pass of the frozen detectors over V augmented views of the training set stores,
 per image, the router's input (pooled B1 features) and both detectors' losses L1, L2
-(:data:`~dynamicdet.runs.VIEW_CACHE`; the val split likewise, :data:`~dynamicdet.runs.VAL_CACHE`).
+(:data:`~dynamicdet.engine.runs.VIEW_CACHE`; the val split likewise, :data:`~dynamicdet.engine.runs.VAL_CACHE`).
 The router then trains on that cache in seconds (:func:`fit_router`); the uncached path
 (:func:`fit_router_direct`, the authors' loop shape) reaches the same router.
 
-Writes into the step-2 folder (:data:`~dynamicdet.runs.STEP2`): ``step2.pt``,
+Writes into the step-2 folder (:data:`~dynamicdet.engine.runs.STEP2`): ``step2.pt``,
 ``router_metrics.csv``, ``train_losses.csv`` and ``val_scores.csv``.
 """
 
@@ -22,18 +22,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .build import build_model, is_dynamic, resolve_device
-from .checkpoint import CheckpointError, load_into, save_checkpoint
-from .config import Config
-from .data.coco import prepare_dataset
-from .data.loaders import build_dataset, make_loader, to_device
-from .files import save_torch, write_csv
-from .losses import RunningMedian, router_loss
-from .model import AdaptiveRouter
-from .predict import image_ids_of
-from .runs import STEP2, VAL_CACHE, VIEW_CACHE, write_config
-from .step1 import train_step1
-from .validate import val_loader
+from dynamicdet.config import Config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.data.loaders import build_dataset, make_loader, to_device
+from dynamicdet.engine.build import build_model, is_dynamic, resolve_device
+from dynamicdet.engine.checkpoint import CheckpointError, load_into, save_checkpoint
+from dynamicdet.engine.runs import STEP2, VAL_CACHE, VIEW_CACHE, write_config
+from dynamicdet.engine.step1 import train_step1
+from dynamicdet.engine.validate import val_loader
+from dynamicdet.evaluation.predict import image_ids_of
+from dynamicdet.files import save_torch, write_csv
+from dynamicdet.modeling.losses import RunningMedian, router_loss
+from dynamicdet.modeling.yolo import AdaptiveRouter
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:

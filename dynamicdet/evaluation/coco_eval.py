@@ -1,7 +1,7 @@
 """COCO evaluation with pycocotools (the paper's metric), plus per-image AP.
 
 Detections come in as ``{image id: (n, 6) [x1, y1, x2, y2, score, class index]}`` in
-original-image pixels (what :func:`dynamicdet.predict.predict` returns); they are turned
+original-image pixels (what :func:`dynamicdet.evaluation.predict.predict` returns); they are turned
 into COCO result dicts and scored by ``COCOeval``. Four pycocotools behaviours are
 handled here so callers do not trip on them:
 

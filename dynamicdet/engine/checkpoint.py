@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .files import save_torch
+from dynamicdet.files import save_torch
 
 FORMAT = "dynamicdet-checkpoint-v1"
 

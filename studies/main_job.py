@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/main_job.py [--config quick]          # on a quiet machine; run it twice to see the spread
-    python bench/main_job.py --config smoke --venv .venv --args=--no-notebooks   # smoke: reuse an install
+    python -m studies.main_job [--config quick]          # on a quiet machine; run it twice to see the spread
+    python -m studies.main_job --config smoke --venv .venv --args=--no-notebooks   # smoke: reuse an install
 
 Clones the repository's committed ``HEAD`` into a temporary folder and runs, there, ``make venv``
 (the install, timed; pip's cache on this machine makes it faster than on a machine that never
@@ -38,9 +38,9 @@ from pathlib import Path
 import pandas as pd
 
 from dynamicdet import paths
+from dynamicdet.evaluation.speed import environment
 from dynamicdet.experiments.seeds import run_summary
 from dynamicdet.files import write_csv, write_json, write_text
-from dynamicdet.speed import environment
 
 NAME = "main_job"
 # The main job's goals (quick): a fresh clone on a quiet machine, install included.
@@ -163,7 +163,7 @@ def claims_of_runs(runs: list[dict]) -> pd.DataFrame:
 def render(df: pd.DataFrame, runs: list[dict] | None = None) -> str:
     """``main_job.md``: every run, the quick runs against the goals, then each run's claims scorecard."""
     text = (
-        "# The main job on a fresh clone\n\n`python bench/main_job.py` (one row per run; install = `make venv` "
+        "# The main job on a fresh clone\n\n`python -m studies.main_job` (one row per run; install = `make venv` "
         "from pip's cache on this machine, empty when a linked venv was reused).\n\n"
         + df.to_markdown(index=False, floatfmt=".3f")
         + "\n"

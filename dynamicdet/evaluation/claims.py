@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paths
-from .files import write_csv, write_text
+from dynamicdet import paths
+from dynamicdet.files import write_csv, write_text
 
 # Dy-YOLOv7 (COCO test-dev): static YOLOv7 51.4 AP, Dy /50 53.3, Dy /100 53.9
 # c(0.5) = (AP(0.5) - AP_1) / (AP_2 - AP_1), with the static YOLOv7 as the easy route
@@ -127,7 +127,7 @@ def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
     ``"latency_ms_batch"`` for the latency at the table's batch size (the column ``latency_ms_b<B>``, B > 1)."""
 
     def measure(folder: Path) -> tuple[float, float]:
-        from .experiments.tradeoffs import static_frontier
+        from dynamicdet.experiments.tradeoffs import static_frontier
 
         df = _read(folder, "variable_speed")
         static = df[df["model"].str.endswith("(static)")]

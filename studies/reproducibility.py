@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/reproducibility.py --config quick [--epochs 2]
+    python -m studies.reproducibility --config quick [--epochs 2]
 
 Trains the config's step 1 for ``--epochs`` epochs (validation at the end) in separate
 processes, each with its own run folder, under these setups:
@@ -38,11 +38,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from bench_record import provenance, save, stamp
 
+from bench.bench_record import provenance, save, stamp
 from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
-from dynamicdet.runs import STEP1
+from dynamicdet.engine.runs import STEP1
 
 BUSY = "import time\nwhile True:\n    sum(range(10000))\n"  # a bare interpreter that keeps one core busy
 
@@ -147,7 +147,7 @@ def measure(config: str, epochs: int = 2) -> dict:
 
 
 def render(allrec: dict) -> str:
-    out = ["# Reproducibility of step 1 (`bench/reproducibility.py`)", ""]
+    out = ["# Reproducibility of step 1 (`python -m studies.reproducibility`)", ""]
     for config, r in allrec.items():
         out += [f"## {config}, {r['epochs']} epochs ({provenance(r)}; {r['wall_s'] / 60:.1f} min)", ""]
         out += [pd.DataFrame(r["rows"]).to_markdown(index=False, floatfmt=".4g"), ""]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
-from .losses import DetectionLoss
+from dynamicdet.modeling.losses import DetectionLoss
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 torchvision's Faster / Mask R-CNN are trained here from random init on 2 CPU cores. Each
 row below is the static R18 detector of a two-stage config with one recipe change,
-trained by the ordinary step-1 loop (:func:`~dynamicdet.step1.train_step1`: cached,
+trained by the ordinary step-1 loop (:func:`~dynamicdet.engine.step1.train_step1`: cached,
 resumable) and validated every epoch; the table it writes is the evidence for the
 recipe the ``<base>_faster_rcnn`` / ``<base>_mask_rcnn`` configs use. Every row states
 its whole recipe (epochs, mosaic, norm, learning rate), so the rows do not move when a
@@ -26,13 +26,12 @@ import time
 
 import pandas as pd
 
-from ..config import Config, config_from_dict, load_config
-from ..paths import results_dir
-from ..results import provenance, save_table
-from ..runs import STEP1
-from ..step1 import train_step1
-from .generality import static_config, two_stage_config
-from .step1_ablation import variant
+from dynamicdet.config import Config, config_from_dict, load_config
+from dynamicdet.engine.runs import STEP1
+from dynamicdet.engine.step1 import train_step1
+from dynamicdet.evaluation.results import provenance, save_table
+from dynamicdet.experiments.generality import static_config, two_stage_config
+from dynamicdet.experiments.step1_ablation import variant
 
 OLD = {"epochs": 5, "close_mosaic": 2, "lr0": 0.02}
 LONG = {"epochs": 24, "close_mosaic": 4, "lr0": 0.02}
@@ -45,10 +44,6 @@ ROWS: dict[str, tuple[str, dict]] = {
     "e": ("24 epochs, GroupNorm, lr 0.04", {"train": {**LONG, "lr0": 0.04}, "model": {"norm": "gn"}}),
     "f": ("24 epochs, GroupNorm, lr 0.08", {"train": {**LONG, "lr0": 0.08}, "model": {"norm": "gn"}}),
 }
-
-
-def tuning_path(base: str, kind: str):
-    return results_dir(base) / f"two_stage_tuning_{kind}.csv"
 
 
 def row_config(base: str, kind: str, row: str) -> Config:

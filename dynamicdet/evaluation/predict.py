@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import scale_boxes, scale_masks
 
-from .data.loaders import to_device
+from dynamicdet.data.loaders import to_device
 
 
 def image_ids_of(batch: dict, file_to_id: dict[str, int]) -> list[int]:
@@ -38,13 +38,13 @@ def predict(
     Args:
         fn: images (B, 3, H, W) in [0, 1] -> raw YOLO predictions (B, 4 + nc, A) (NMS is
             applied here), or torchvision detections (a list of per-image dicts, already
-            final), or a :class:`~dynamicdet.model.RouteOutput` holding either (its route
+            final), or a :class:`~dynamicdet.modeling.yolo.RouteOutput` holding either (its route
             per image is recorded).
         loader: val-mode dataloader (letterboxed images, ``im_file``, ``ori_shape``, ``ratio_pad``).
         file_to_id: image file name -> COCO image id.
         masks_out: if given and the detections carry ``masks``, filled with image id ->
             compressed RLEs of the binary masks at the original image size (one per
-            detection row, same order; see :func:`dynamicdet.evaluate.rles_to_coco`).
+            detection row, same order; see :func:`dynamicdet.evaluation.coco_eval.rles_to_coco`).
 
     Returns:
         ``(dets, hard)``: dets maps image id -> (n, 6) [x1, y1, x2, y2, score, class] in

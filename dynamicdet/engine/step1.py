@@ -1,4 +1,4 @@
-"""Step 1: train both detectors jointly, min L1 + L2 (any model of :mod:`dynamicdet.build`).
+"""Step 1: train both detectors jointly, min L1 + L2 (any model of :mod:`dynamicdet.engine.build`).
 
 ultralytics' data pipeline and augmentation, and ultralytics' DetectionTrainer recipe
 item by item: SGD nesterov in three parameter groups, gradients accumulated up to the
@@ -7,7 +7,7 @@ nominal batch size with weight decay scaled to it, linear warm-up, cosine decay 
 (``train.clip`` chooses over what: see :func:`clip_gradients`). Runs under ``torchrun``
 with DDP when a process group is initialised (rank 0 logs and saves).
 
-Writes into the run folder (:data:`~dynamicdet.runs.STEP1`): ``config.yaml``,
+Writes into the run folder (:data:`~dynamicdet.engine.runs.STEP1`): ``config.yaml``,
 ``step1_last.pt`` (every epoch, atomically; ``resume`` continues from it),
 ``step1_metrics.csv`` (per epoch: losses, gradient norms, val AP), ``step1_grad_norms.csv``
 (per optimizer step), ``step1_setup.json`` (threads, workers, processes: :func:`compute_setup`;
@@ -32,14 +32,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from ultralytics.utils.torch_utils import ModelEMA
 
-from .build import build_model, is_dynamic, resolve_device
-from .checkpoint import load_into, save_checkpoint
-from .config import Config
-from .data.coco import prepare_dataset
-from .data.loaders import build_dataset, make_loader, seed_everything, to_device
-from .files import append_csv_rows, write_csv, write_json
-from .runs import STEP1, write_config
-from .validate import evaluate_routes
+from dynamicdet.config import Config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.data.loaders import build_dataset, make_loader, seed_everything, to_device
+from dynamicdet.engine.build import build_model, is_dynamic, resolve_device
+from dynamicdet.engine.checkpoint import load_into, save_checkpoint
+from dynamicdet.engine.runs import STEP1, write_config
+from dynamicdet.engine.validate import evaluate_routes
+from dynamicdet.files import append_csv_rows, write_csv, write_json
 
 MAX_GRAD_NORM = 10.0  # ultralytics' clip (its loss is multiplied by the batch size: the clip is active at every step)
 

@@ -15,7 +15,7 @@ changes) reuse it. A row reports what the main job needs from a recipe:
 - ``train min``: step-1 training time (validation excluded), from ``step1_metrics.csv``
   (a timing: comparable only between rows trained in the same conditions).
 
-``python -m dynamicdet.experiments.recipe_tuning --config quick`` runs :data:`QUICK_ROWS` and
+``python -m studies.recipe_tuning --config quick`` runs :data:`QUICK_ROWS` and
 writes ``results/<config>_tuning/recipe_tuning.{csv,md}`` (each row appended as it finishes).
 ``--table workers --seeds 0 1 2`` runs :data:`WORKER_ROWS` once per seed into
 ``workers_seeds.{csv,md}`` and their mean and std per row into ``workers_seeds_summary.{csv,md}``.
@@ -36,17 +36,17 @@ import math
 import shutil
 import time
 
-import numpy as np
 import pandas as pd
 
-from .. import paths, routing
-from ..config import Config, load_config
-from ..data.synthetic import generate_from_config
-from ..results import merge_provenance, provenance, save_table
-from ..runs import STEP1
-from ..step2 import spearman
-from .router_study import Capture
-from .trained import route_detections, trained
+from dynamicdet import paths
+from dynamicdet.config import Config, load_config
+from dynamicdet.data.synthetic import generate_from_config, image_difficulty
+from dynamicdet.engine.runs import STEP1
+from dynamicdet.engine.step2 import spearman
+from dynamicdet.evaluation.results import merge_provenance, provenance, save_table
+from dynamicdet.experiments.router_study import Capture
+from dynamicdet.experiments.trained import route_detections, trained
+from dynamicdet.modeling import routing
 
 # row -> (what changes, overrides of the quick config); every row names its whole step-1 recipe and
 # image size, so the table reproduces whatever quick.yaml holds. Row "base" is ultralytics' SGD
@@ -129,12 +129,12 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
 
     Per row: the mean and std of :data:`SUMMARY_COLUMNS` over its seeds; per row after the
     first: the per-seed difference from the first row (same seed, one change), its mean and
-    Student-t 95% interval (:func:`~dynamicdet.claims.interval`).
+    Student-t 95% interval (:func:`~dynamicdet.evaluation.claims.interval`).
 
     Returns:
         Columns ``row``, ``statistic``, ``seeds`` and :data:`SUMMARY_COLUMNS`.
     """
-    from ..claims import interval
+    from dynamicdet.evaluation.claims import interval
 
     parts = df["row"].str.extract(r"^(?P<row>.*) seed(?P<seed>\d+)$")
     if parts.isna().any().any():
@@ -158,7 +158,7 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-# claim of dynamicdet.claims -> its per-seed margin from a budget_seeds row (same bars as claims.py)
+# claim of dynamicdet.evaluation.claims -> its per-seed margin from a budget_seeds row (same bars as claims.py)
 SEED_CLAIMS = {
     "detector 2 beats detector 1": lambda d: d["AP det2 - det1"],
     "the router beats random routing at /50": lambda d: d["c(0.5) learned"] - d["c(0.5) random"],
@@ -183,7 +183,7 @@ def seed_claims(seeds: pd.DataFrame, row: str, standard: pd.DataFrame, main_job:
         and verdict, and ``agree`` (the quick seeds' verdict, else the main job's, against the
         standard one; empty where either side is not testable).
     """
-    from ..claims import C50_TOLERANCE, PAPER_C50, interval, verdict
+    from dynamicdet.evaluation.claims import C50_TOLERANCE, PAPER_C50, interval, verdict
 
     claims = {**SEED_CLAIMS, "/50 keeps about three quarters of detector 2's gain": None}
     d = seeds[seeds["row"].str.fullmatch(rf"{row} seed\d+")]
@@ -268,14 +268,6 @@ def apply(base: Config, overrides: dict) -> Config:
     return cfg
 
 
-def difficulty_of(t, ids: list[int]) -> np.ndarray | None:
-    """The generator's per-image difficulty of ``ids`` (None on data without it, e.g. real COCO)."""
-    images = {im["id"]: im for im in json.loads(t.info.gt_json["val"].read_text())["images"]}
-    if not all("difficulty" in images[i] for i in ids):
-        return None
-    return np.array([images[i]["difficulty"] for i in ids], dtype=float)
-
-
 def recipe_row(cfg: Config, progress: bool = False) -> dict:
     """Train (or reuse) one recipe and measure it (see the module docstring for the columns).
 
@@ -288,7 +280,7 @@ def recipe_row(cfg: Config, progress: bool = False) -> dict:
     dets1, _ = route_detections(t, progress=False)
     learned = t.val_scores.set_index("image_id").loc[cap.ids, "logit"].to_numpy()
     conf = routing.confidence_escalation_score(dets1, cap.ids)
-    diff = difficulty_of(t, cap.ids)
+    diff = image_difficulty(t.info.gt_json["val"], cap.ids)
     metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
     return {
         "AP det1": cap.ap1,

@@ -1,7 +1,7 @@
 """ONNX export of a trained dynamic detector, and a runner that routes on onnxruntime.
 
 A data-dependent route does not trace into one static graph, so the model is exported as
-the three static pieces that :meth:`~dynamicdet.model.DynamicDetector.route` calls, each
+the three static pieces that :meth:`~dynamicdet.modeling.yolo.DynamicDetector.route` calls, each
 with a dynamic batch axis:
 
 =============  ===================================================  ==================================
@@ -16,7 +16,7 @@ hard.onnx      composite links + backbone 2 + neck + head 2 (hard)  images, p3, 
 backbone 1's features F1; ``preds`` is (B, 4 + nc, A), the raw detections NMS reads.
 :class:`OnnxDynamicDetector` splits a batch with the same threshold rule (``logit >=
 threshold`` -> hard) and the same sub-batches as ``route()``, and returns a ``RouteOutput``,
-so :class:`~dynamicdet.inference.DynamicDetPredictor` runs it unchanged
+so :class:`~dynamicdet.deploy.predictor.DynamicDetPredictor` runs it unchanged
 (``dynamicdet predict --weights <export folder>``). ``dynamicdet.json`` beside the graphs holds
 the image size, class names and the router's val logits (thresholds by hard fraction).
 ultralytics' own ``torch2onnx`` (TorchScript exporter) writes each graph.
@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from ultralytics.utils.export.engine import torch2onnx
 
-from .checkpoint import CheckpointError
-from .model import AdaptiveRouter, DynamicDetector, RouteOutput
-from .speed import time_streams
+from dynamicdet.engine.checkpoint import CheckpointError
+from dynamicdet.evaluation.speed import time_streams
+from dynamicdet.modeling.yolo import AdaptiveRouter, DynamicDetector, RouteOutput
 
 META = "dynamicdet.json"
 PIECES = ("stage1", "head1", "hard")

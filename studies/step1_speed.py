@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/step1_speed.py --config quick [--iters 24]
-    python bench/step1_speed.py --config quick --epoch --setups "2 threads, 2 workers" "2 threads, 0 workers"
+    python -m studies.step1_speed --config quick [--iters 24]
+    python -m studies.step1_speed --config quick --epoch --setups "2 threads, 2 workers" "2 threads, 0 workers"
 
 Each setup runs in its own process (torch's thread count is fixed per process): the
 config's joint model trains ``--iters`` batches after 4 warm-up batches, with the config's
@@ -14,7 +14,7 @@ epoch: the workers' start is part of the cost) to its last batch, and writes
 twice, interleaved (A B C ... A B C ...), and the best of the two rounds is kept, so a
 passing disturbance on the shared machine does not decide a row. Written to
 ``results/<config>_tuning/step1_speed.{csv,md}`` (a speed measurement: the weights a setup
-trains differ only as a seed does, see ``bench/reproducibility.py``).
+trains differ only as a seed does, see ``python -m studies.reproducibility``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ CHILD = r"""
 import json, sys, time, torch
 threads, workers, cache, cl, config, iters, epoch = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
-from dynamicdet.build import build_model
+from dynamicdet.engine.build import build_model
 from dynamicdet.config import load_config
 from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.data.loaders import build_dataset, make_loader, seed_everything, to_device
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     setups = {name: SETUPS[name] for name in SETUPS if name in args.setups}
     from dynamicdet.config import load_config
     from dynamicdet.data.synthetic import generate_from_config
-    from dynamicdet.results import run_stamp
+    from dynamicdet.evaluation.results import run_stamp
 
     cfg = load_config(args.config)
     generate_from_config(cfg, progress=False)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     df.to_csv(out / f"{name}.csv", index=False)
     stamp = run_stamp(cfg.to_dict())
     what = "one whole epoch per setup from its loader's creation" if args.epoch else f"{args.iters} timed batches"
-    command = shlex.join(["python", "bench/step1_speed.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "-m", "studies.step1_speed", *(argv if argv is not None else sys.argv[1:])])
     note = (
         f"Step-1 training throughput at `{args.config}` (joint model, mosaic on, batch {cfg.train.batch}, "
         f"{cfg.data.img_size} px), {what}, best of {args.rounds} interleaved rounds; "

@@ -23,13 +23,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checkpoint import load_into
-from .config import Config
-from .data.coco import prepare_dataset
-from .losses import attach_hyp
-from .model import DynamicDetector, StaticDetector
-from .runs import STEP1, STEP2
-from .two_stage import HeadSizes, build_two_stage
+from dynamicdet.config import Config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.engine.checkpoint import load_into
+from dynamicdet.engine.runs import STEP1, STEP2
+from dynamicdet.modeling.losses import attach_hyp
+from dynamicdet.modeling.two_stage import HeadSizes, build_two_stage
+from dynamicdet.modeling.yolo import DynamicDetector, StaticDetector
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,10 +22,6 @@ import torchvision
 import ultralytics
 from ultralytics.nn.tasks import DetectionModel
 
-from .build import build_model, resolve_device
-from .checkpoint import load_into
-from .runs import STEP2
-
 
 def environment() -> dict:
     """Device, threads and package versions to store next to any timing."""
@@ -249,22 +245,3 @@ def route_latencies(
             stacklevel=2,
         )
     return {"batch": batch, "img_size": img_size, **res, "noisy": noisy}
-
-
-def measure_config(cfg, batch: int | None = None) -> dict:
-    """``dynamicdet speed``: route latencies at batch 1 and ``batch`` for a config's model.
-
-    Uses the trained step-2 model when it exists (latency does not depend on the weights,
-    so an untrained model of the same shape is used otherwise).
-    """
-    device = resolve_device(cfg.device)
-    model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80)
-    ckpt = STEP2.path(cfg) / "step2.pt"
-    if ckpt.exists():
-        load_into(model, ckpt)
-    batch = batch or cfg.eval.batch
-    e = cfg.eval
-    out = {"config": cfg.name, "env": environment()}
-    for b in sorted({1, batch}):
-        out[f"batch{b}"] = route_latencies(model, cfg.data.img_size, b, device, e.latency_warmup, e.latency_repeats)
-    return out

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .build import has_masks, is_dynamic
-from .config import Config
-from .data.loaders import build_dataset, make_loader
-from .evaluate import coco_evaluate, detections_to_coco, segms_to_coco
-from .predict import predict
+from dynamicdet.config import Config
+from dynamicdet.data.loaders import build_dataset, make_loader
+from dynamicdet.engine.build import has_masks, is_dynamic
+from dynamicdet.evaluation.coco_eval import coco_evaluate, detections_to_coco, segms_to_coco
+from dynamicdet.evaluation.predict import predict
 
 
 def val_loader(cfg: Config, info, batch: int | None = None):

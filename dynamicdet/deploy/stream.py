@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import routing
-from .model import AdaptiveRouter, DynamicDetector
-from .two_stage import DynamicTwoStage
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.two_stage import DynamicTwoStage
+from dynamicdet.modeling.yolo import AdaptiveRouter, DynamicDetector
 
 
 @dataclass

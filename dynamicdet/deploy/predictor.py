@@ -34,15 +34,15 @@ from ultralytics.engine.results import Results
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import scale_boxes
 
-from . import routing
-from .build import build_model, is_dynamic, resolve_device
-from .checkpoint import CheckpointError, load_into, read_checkpoint
-from .config import ConfigError, config_from_dict, load_config
-from .data.coco import DatasetError, prepare_dataset
-from .export import OnnxDynamicDetector, is_export
-from .runs import STEP2
-from .speed import route_latencies
-from .stream import LatencyController, StreamScheduler
+from dynamicdet.config import ConfigError, config_from_dict, load_config
+from dynamicdet.data.coco import DatasetError, prepare_dataset
+from dynamicdet.deploy.export import OnnxDynamicDetector, is_export
+from dynamicdet.deploy.stream import LatencyController, StreamScheduler
+from dynamicdet.engine.build import build_model, is_dynamic, resolve_device
+from dynamicdet.engine.checkpoint import CheckpointError, load_into, read_checkpoint
+from dynamicdet.engine.runs import STEP2
+from dynamicdet.evaluation.speed import route_latencies
+from dynamicdet.modeling import routing
 
 
 @dataclass
@@ -67,8 +67,8 @@ class DynamicDetPredictor:
     """A trained dynamic detector ready for pictures (see the module docstring).
 
     Args:
-        model: a trained dynamic model (:func:`~dynamicdet.build.build_model` + step 2 weights),
-            or its ONNX export on onnxruntime (:class:`~dynamicdet.export.OnnxDynamicDetector`).
+        model: a trained dynamic model (:func:`~dynamicdet.engine.build.build_model` + step 2 weights),
+            or its ONNX export on onnxruntime (:class:`~dynamicdet.deploy.export.OnnxDynamicDetector`).
         names: class names, by class index.
         img_size: network input side (letterboxed).
         val_logits: the router's logits on the val split (from step 2), for thresholds by
@@ -197,9 +197,9 @@ class DynamicDetPredictor:
         Results come pictures first (in the given order), then each video's frames.
 
         With ``batch`` > 1 or a ``target_ms`` (torch models), the pictures flow through the
-        route-aware :class:`~dynamicdet.stream.StreamScheduler` (full B1 + router batches, then
+        route-aware :class:`~dynamicdet.deploy.stream.StreamScheduler` (full B1 + router batches, then
         each image queued until a full batch of its route or ``max_wait_s``); with ``target_ms`` its
-        threshold comes from a :class:`~dynamicdet.stream.LatencyController` that starts at the
+        threshold comes from a :class:`~dynamicdet.deploy.stream.LatencyController` that starts at the
         open-loop threshold and corrects the hard fraction from the measured times (its history
         is in ``self.summary.controller``). Otherwise each batch goes through ``route()``.
 

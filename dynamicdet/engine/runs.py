@@ -33,9 +33,9 @@ from pathlib import Path
 
 import yaml
 
-from . import paths
-from .config import Config
-from .files import write_text
+from dynamicdet import paths
+from dynamicdet.config import Config
+from dynamicdet.files import write_text
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from . import paths
-from .config import Config, load_config
-from .files import write_csv, write_text
-from .speed import environment
+from dynamicdet import paths
+from dynamicdet.config import Config, load_config
+from dynamicdet.evaluation.speed import environment
+from dynamicdet.files import write_csv, write_text
 
 STYLE = {"context": "notebook", "style": "whitegrid", "palette": "deep"}
 
