@@ -10,17 +10,20 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import cv2
 import torch
 import torch.distributed as dist
 
+from dynamicdet import paths
 from dynamicdet.config import ConfigError, load_config
 from dynamicdet.data.coco import DatasetError, prepare_dataset
 from dynamicdet.data.synthetic import generate_from_config, summarize
 from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
-from dynamicdet.deploy.predictor import DynamicDetPredictor, annotate, output_names, results_to_coco
+from dynamicdet.deploy.outputs import annotate, output_names, results_to_coco
+from dynamicdet.deploy.predictor import DynamicDetPredictor
 from dynamicdet.engine.build import build_model, resolve_device
 from dynamicdet.engine.checkpoint import CheckpointError, load_into
 from dynamicdet.engine.runs import STEP2
@@ -156,13 +159,28 @@ def _cmd_export(args) -> int:
     ort_model = OnnxDynamicDetector(out)
     with torch.no_grad():
         diff = max(
-            float((model.route(x, t).preds - ort_model.route(x, t).preds).abs().max())
-            for t in (float("inf"), float("-inf"))
+            _max_diff(model.route(x, t).preds, ort_model.route(x, t).preds) for t in (float("inf"), float("-inf"))
         )
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     print(f"onnxruntime vs torch on a random batch of 4, both routes: max |diff| {diff:.2e}")
     print(f"use it: dynamicdet predict SOURCE --weights {out}")
     return 0
+
+
+def _max_diff(a, b) -> float:
+    """Largest absolute difference of two routes' predictions: YOLO's raw (B, 4 + nc, A) tensors, or two-stage
+    per-image detection dicts (boxes and scores, rows sorted by score; inf when an image's counts differ)."""
+    if isinstance(a, torch.Tensor):
+        return float((a - b).abs().max())
+    worst = 0.0
+    for da, db in zip(a, b, strict=True):
+        if len(da["scores"]) != len(db["scores"]):
+            return float("inf")
+        ia, ib = da["scores"].argsort(descending=True), db["scores"].argsort(descending=True)
+        for key in ("boxes", "scores"):
+            if len(ia):
+                worst = max(worst, float((da[key][ia] - db[key][ib]).abs().max()))
+    return worst
 
 
 def _step2_folder(config: str) -> Path:
@@ -181,8 +199,18 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version (package metadata), else the package's ``__version__``."""
+    try:
+        return version("dynamicdet")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        # the package's own __version__: no import (the package runs before any of its modules)
+        return sys.modules["dynamicdet"].__version__
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dynamicdet", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data", help="generate (synthetic) / convert (coco) the dataset and print statistics")
     d.add_argument("--config", default="quick")
@@ -233,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(fn=_cmd_reproduce)
     args = p.parse_args(argv)
     try:
+        if args.cmd == "reproduce" and not args.no_notebooks:
+            paths.require_notebooks()  # the notebooks live in the repository, not in an installed package
         return args.fn(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

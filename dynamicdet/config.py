@@ -1,4 +1,4 @@
-"""Typed configuration: ``configs/<name>.yaml`` -> :class:`Config`.
+"""Typed configuration: a shipped config (``dynamicdet/configs/<name>.yaml``) or a YAML path -> :class:`Config`.
 
 One small dataclass per stage, a comment per field (nanoGPT style). Unknown keys and
 wrong types are rejected with a message naming the file and the key, so a typo never
@@ -13,19 +13,22 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dynamicdet import paths
+from dynamicdet.data.synthetic import DEFAULT_CLASSES
+from dynamicdet.modeling.losses import ROUTER_LOSSES
+from dynamicdet.modeling.trunks import NORMS, TRUNKS
+from dynamicdet.modeling.two_stage import KINDS as TWO_STAGE_KINDS
+from dynamicdet.modeling.yolo import FAMILIES, SCALES
 
 
 class ConfigError(ValueError):
     """A configuration file is missing, malformed, or has unknown/mistyped keys."""
-
-
-DEFAULT_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 
 
 @dataclass
@@ -50,9 +53,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: str = "yolo"  # yolo (two ultralytics detectors) | faster_rcnn | mask_rcnn (two torchvision detectors)
-    family: str = "yolov8"  # yolo: ultralytics family, yolov8 | yolo11
-    scale: str = "n"  # yolo: n | s | m
-    backbone: str = "resnet18"  # two-stage: resnet18 | resnet34 | resnet50 | resnet101 | swin_t | swin_s
+    family: str = "yolov8"  # yolo: ultralytics family, a key of modeling.yolo.FAMILIES (yolov8 | yolo11)
+    scale: str = "n"  # yolo: ultralytics scale, one of modeling.yolo.SCALES (n | s | m | l | x)
+    backbone: str = "resnet18"  # two-stage: one of modeling.trunks.TRUNKS (resnet18 ... resnet101, swin_t, swin_s)
     dual: bool = True  # False = one plain detector: a static baseline trained by our own step-1 loop
     fpn_channels: int = 64  # two-stage: FPN width (torchvision: 256)
     head_channels: int = 256  # two-stage: box-head MLP and mask-head conv width (torchvision: 1024 / 256)
@@ -166,63 +169,30 @@ class Config:
         Args:
             keys: section names (``"data"``) or single fields (``"eval.batch"``).
 
-        The ``model`` section counts only the fields its ``kind`` uses (a YOLO run does not
-        change folder when a two-stage field is added or edited, and vice versa). Fields added
-        after results were cached (:data:`ADDED_FIELDS`) count only when they differ from their
-        default, which reproduces the behaviour from before they existed.
+        A section counts with all its fields as they are: adding a field to a section changes
+        the key of every stage that reads the whole section, so those stages are recomputed.
         """
         d = self.to_dict()
-        m = d["model"]
-        d["model"] = {k: m[k] for k in (YOLO_MODEL_FIELDS if m["kind"] == "yolo" else TWO_STAGE_MODEL_FIELDS)}
         picked = {}
         for key in keys:
             section, _, name = key.partition(".")
-            if name:
-                picked[key] = d[section][name]
-            else:  # a whole section: without the added fields that sit at their default
-                picked[key] = {
-                    k: v
-                    for k, v in d[section].items()
-                    if (section, k) not in ADDED_FIELDS or v != ADDED_FIELDS[section, k]
-                }
+            picked[key] = d[section][name] if name else d[section]
         blob = json.dumps(picked, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-YOLO_MODEL_FIELDS = ("kind", "family", "scale", "dual")
-# fields added later, with the default that keeps the old behaviour: left out of the stage keys at that default
-ADDED_FIELDS = {
-    ("router", "target"): "gain",
-    ("router", "target_views"): "each",
-    ("router", "normalize"): False,
-    ("router", "holdout"): 0.0,
-    ("model", "norm"): "bn",
-    ("eval", "disturbance_passes"): 3,
-    ("eval", "target_rounds"): 3,
-    ("eval", "onnx_latency"): True,
-}
-TWO_STAGE_MODEL_FIELDS = (
-    "kind",
-    "backbone",
-    "dual",
-    "fpn_channels",
-    "head_channels",
-    "anchor_base",
-    "rpn_batch",
-    "roi_batch",
-    "norm",
-)
-
+# Allowed values. The model's lists are read from where the model is defined; the others are
+# defined here (the code that reads them, in engine/ and data/, switches on these values).
 _CHOICES = {
     ("data", "source"): {"synthetic", "coco"},
-    ("model", "kind"): {"yolo", "faster_rcnn", "mask_rcnn"},
-    ("model", "norm"): {"bn", "gn"},
-    ("model", "backbone"): {"resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s"},
-    ("model", "family"): {"yolov8", "yolo11"},
-    ("model", "scale"): {"n", "s", "m", "l", "x"},
+    ("model", "kind"): {"yolo", *TWO_STAGE_KINDS},
+    ("model", "norm"): set(NORMS),
+    ("model", "backbone"): set(TRUNKS),
+    ("model", "family"): set(FAMILIES),
+    ("model", "scale"): set(SCALES),
     ("train", "optimizer"): {"SGD", "AdamW"},
     ("train", "clip"): {"joint", "per_detector", "none"},
-    ("router", "loss"): {"naive", "naive_lambda", "adaptive_offset", "soft_target", "rank"},
+    ("router", "loss"): set(ROUTER_LOSSES),
     ("router", "target"): {"gain", "l1"},
     ("router", "target_views"): {"each", "mean"},
     ("router", "delta"): {"median", "running"},
@@ -291,19 +261,33 @@ def _build(cls: type, raw: dict[str, Any], where: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def config_path(name_or_path: str | Path) -> Path:
-    """Resolve a config name (``quick``) or a path (``configs/quick.yaml``) to a file."""
+def shipped_config_names() -> list[str]:
+    """Names of the configs shipped with the package (``dynamicdet/configs/*.yaml``)."""
+    return sorted(f.name[: -len(".yaml")] for f in paths.shipped_configs().iterdir() if f.name.endswith(".yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path | Traversable:
+    """Resolve a config name (``quick``: a shipped config, package data) or a YAML path to a file.
+
+    A ``.yaml``/``.yml`` suffix or a folder in the string makes it a path (relative to the
+    current folder); anything else is the name of a shipped config.
+    """
+    if _is_path(name_or_path):
+        return Path(name_or_path)
+    return paths.shipped_configs() / f"{name_or_path}.yaml"
+
+
+def _is_path(name_or_path: str | Path) -> bool:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        return p
-    return paths.CONFIGS_DIR / f"{name_or_path}.yaml"
+    return p.suffix in (".yaml", ".yml") or len(p.parts) > 1
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate a config.
 
     Args:
-        name_or_path: a name under ``configs/`` (``"smoke"``) or a YAML path.
+        name_or_path: a shipped config's name (``"smoke"``, see :func:`shipped_config_names`) or the
+            path of a YAML file (a config of your own).
         overrides: nested dict merged over the file, e.g. ``{"train": {"epochs": 1}}``.
 
     Raises:
@@ -311,15 +295,23 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     """
     path = config_path(name_or_path)
     if not path.is_file():
-        avail = sorted(p.stem for p in paths.CONFIGS_DIR.glob("*.yaml"))
-        raise ConfigError(f"config file not found: {path} (available configs: {avail})")
+        shipped = shipped_config_names()
+        if _is_path(name_or_path):
+            raise ConfigError(f"config file not found: {path} (or give a shipped config's name: {shipped})")
+        raise ConfigError(
+            f"config file not found: {name_or_path!r} is not a shipped config (shipped configs: {shipped}); "
+            "give the path of a YAML file for a config of your own"
+        )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    raw.setdefault("name", path.stem)
+    name = path.name.rsplit(".", 1)[0]
+    raw.setdefault("name", name)
     for section, values in (overrides or {}).items():
         if isinstance(values, dict):
             raw.setdefault(section, {})

@@ -39,7 +39,7 @@ def configure() -> Path:
     cfg_dir.mkdir(parents=True, exist_ok=True)
     # ultralytics' Annotator and dataset checks look for Arial.ttf in its config dir and
     # download it when absent: put matplotlib's DejaVu Sans there under both names.
-    import matplotlib
+    import matplotlib  # heavy: only the first configure() needs it (its font file)
 
     dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
@@ -47,6 +47,7 @@ def configure() -> Path:
         if not target.exists():
             shutil.copyfile(dejavu, target)
 
+    # deferred: ultralytics reads YOLO_CONFIG_DIR / YOLO_OFFLINE at import time, so set them (above) first
     from ultralytics.utils import SETTINGS
 
     if SETTINGS.get("sync", True):
@@ -64,6 +65,7 @@ class same_threads:
     """
 
     def __enter__(self):
+        # deferred: this module is imported before ultralytics (it sets ultralytics' environment)
         import torch
         from ultralytics.utils import torch_utils
 
@@ -73,6 +75,7 @@ class same_threads:
         return self
 
     def __exit__(self, *exc):
+        # deferred: as in __enter__
         import torch
         from ultralytics.utils import torch_utils
 

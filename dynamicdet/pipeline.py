@@ -25,7 +25,6 @@ from dynamicdet.evaluation.claims import to_markdown, write_claims
 from dynamicdet.evaluation.docs import update as update_docs
 from dynamicdet.evaluation.results import merge_provenance, out_dir, provenance, read_provenance, run_stamp
 from dynamicdet.experiments import (
-    KINDS,
     latency_table,
     onnx_latency,
     static_baselines,
@@ -34,6 +33,7 @@ from dynamicdet.experiments import (
     two_stage_config,
     two_stage_table,
 )
+from dynamicdet.modeling.two_stage import KINDS
 
 # notebooks that `make reproduce` runs only when asked (`--notebooks`): experiments about this
 # replication itself rather than tables of the paper, too long for the default main job
@@ -43,8 +43,12 @@ DOCS_CONFIG = "standard"  # the config whose results README.md and docs/ show (`
 
 
 def notebook_paths() -> list[Path]:
-    """Every notebook, in paper order (the paper's tables and figures, then our own ablations)."""
-    return sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """Every notebook, in paper order (the paper's tables and figures, then our own ablations).
+
+    Raises:
+        FileNotFoundError: outside a checkout (the notebooks are not part of the installed package).
+    """
+    return sorted(p for p in paths.require_notebooks().glob("[0-9][0-9]_*.ipynb"))
 
 
 def run_notebook(nb: Path, config: str, progress: bool = True, parameters: dict | None = None) -> tuple[Path, float]:

@@ -42,10 +42,11 @@ from dynamicdet import paths
 from dynamicdet.config import Config, load_config
 from dynamicdet.data.synthetic import generate_from_config, image_difficulty
 from dynamicdet.engine.runs import STEP1
-from dynamicdet.engine.step2 import spearman
+from dynamicdet.evaluation.claims import C50_TOLERANCE, PAPER_C50
 from dynamicdet.evaluation.results import merge_provenance, provenance, save_table
 from dynamicdet.experiments.router_study import Capture
 from dynamicdet.experiments.trained import route_detections, trained
+from dynamicdet.metrics import interval, spearman, verdict
 from dynamicdet.modeling import routing
 
 # row -> (what changes, overrides of the quick config); every row names its whole step-1 recipe and
@@ -129,13 +130,11 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
 
     Per row: the mean and std of :data:`SUMMARY_COLUMNS` over its seeds; per row after the
     first: the per-seed difference from the first row (same seed, one change), its mean and
-    Student-t 95% interval (:func:`~dynamicdet.evaluation.claims.interval`).
+    Student-t 95% interval (:func:`~dynamicdet.metrics.interval`).
 
     Returns:
         Columns ``row``, ``statistic``, ``seeds`` and :data:`SUMMARY_COLUMNS`.
     """
-    from dynamicdet.evaluation.claims import interval
-
     parts = df["row"].str.extract(r"^(?P<row>.*) seed(?P<seed>\d+)$")
     if parts.isna().any().any():
         raise ValueError(f"seed_summary: rows must be named '<row> seed<k>', got {list(df['row'])}")
@@ -183,8 +182,6 @@ def seed_claims(seeds: pd.DataFrame, row: str, standard: pd.DataFrame, main_job:
         and verdict, and ``agree`` (the quick seeds' verdict, else the main job's, against the
         standard one; empty where either side is not testable).
     """
-    from dynamicdet.evaluation.claims import C50_TOLERANCE, PAPER_C50, interval, verdict
-
     claims = {**SEED_CLAIMS, "/50 keeps about three quarters of detector 2's gain": None}
     d = seeds[seeds["row"].str.fullmatch(rf"{row} seed\d+")]
     if d.empty:

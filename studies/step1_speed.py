@@ -28,6 +28,11 @@ import time
 
 import pandas as pd
 
+from dynamicdet import paths
+from dynamicdet.config import load_config
+from dynamicdet.data.synthetic import generate_from_config
+from dynamicdet.evaluation.results import run_stamp
+
 # setup -> (torch threads, dataloader workers, image cache, channels_last)
 SETUPS = {
     "2 threads, 2 workers": (2, 2, False, False),
@@ -113,10 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"--setups: unknown {sorted(unknown)}; known: {list(SETUPS)}")
     setups = {name: SETUPS[name] for name in SETUPS if name in args.setups}
-    from dynamicdet.config import load_config
-    from dynamicdet.data.synthetic import generate_from_config
-    from dynamicdet.evaluation.results import run_stamp
-
     cfg = load_config(args.config)
     generate_from_config(cfg, progress=False)
     t0 = time.time()
@@ -142,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     df = pd.DataFrame(rows)
-    from dynamicdet import paths
-
     out = paths.results_dir(f"{args.config}_tuning")
     out.mkdir(parents=True, exist_ok=True)
     name = "step1_speed_epoch" if args.epoch else "step1_speed"

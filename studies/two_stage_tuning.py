@@ -22,6 +22,7 @@ f     24 epochs, GroupNorm, lr 0.08           from e: ``train.lr0`` 0.04 -> 0.08
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import pandas as pd
@@ -102,8 +103,6 @@ def tuning_table(base: str, kind: str = "faster_rcnn", rows=tuple(ROWS), progres
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="standard", help="base config (the two-stage configs are <base>_<kind>)")
     p.add_argument("--kind", default="faster_rcnn", choices=("faster_rcnn", "mask_rcnn"))

@@ -79,3 +79,15 @@ def smoke_cfg():
     generate_from_config(cfg)
     prepare_dataset(cfg)
     return cfg
+
+
+def other_value(value):
+    """A different value of the same type as a config field's ``value`` (for tests of hashes and cache keys;
+    nothing validates it)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_other"
+    return [*value, value[0]] if value else [1]

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dynamicdet import metrics
 from dynamicdet.evaluation import claims
 
 
@@ -134,11 +135,11 @@ def test_seeds_give_intervals_and_interval_verdicts(tmp_path):
 
 
 def test_interval_is_students_t():
-    mean, sd, lo, hi = claims.interval(np.array([1.0, 2.0, 3.0]))
+    mean, sd, lo, hi = metrics.interval(np.array([1.0, 2.0, 3.0]))
     assert (mean, sd) == (2.0, 1.0)
     assert hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t_{0.975, 2}
-    assert math.isnan(claims.interval(np.array([1.0]))[2])
-    assert claims.verdict(np.array([-0.1, -0.2, -0.15])) == "not reproduced"
+    assert math.isnan(metrics.interval(np.array([1.0]))[2])
+    assert metrics.verdict(np.array([-0.1, -0.2, -0.15])) == "not reproduced"
 
 
 def test_the_frontier_claims_read_their_own_cost_column(tmp_path):

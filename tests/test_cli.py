@@ -11,7 +11,7 @@ import pytest
 import torch
 from ultralytics.engine.results import Results
 
-from dynamicdet.deploy.predictor import annotate, output_names
+from dynamicdet.deploy.outputs import annotate, output_names
 
 
 def _run(*args, timeout=600):
@@ -86,3 +86,40 @@ def test_annotate_enlarges_small_pictures_with_their_boxes_and_writes_the_route(
     r = Results(big, path="y.jpg", names={0: "circle"}, boxes=torch.zeros((0, 6)))
     r.route, r.phi = "easy", 0.1
     assert annotate(r).shape == big.shape  # large pictures keep their size
+
+
+def test_version_prints_the_installed_version_or_the_packages(capsys, monkeypatch):
+    from importlib.metadata import PackageNotFoundError, version
+
+    import dynamicdet
+    from dynamicdet import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"dynamicdet {version('dynamicdet')}\n"
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(cli, "version", not_installed)
+    assert cli._version() == dynamicdet.__version__
+
+
+def test_reproduce_outside_a_checkout_says_where_the_notebooks_are(capsys, monkeypatch, tmp_path):
+    from dynamicdet import cli, paths
+
+    monkeypatch.setattr(paths, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    assert cli.main(["reproduce", "--config", "smoke"]) == 2  # before anything runs
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "notebooks are part of the repository" in err and "--no-notebooks" in err
+
+
+def test_export_check_compares_both_kinds_of_predictions():
+    """The export's printed check: YOLO's raw tensors, or two-stage per-image dicts (rows matched by score)."""
+    from dynamicdet.cli import _max_diff
+
+    assert _max_diff(torch.zeros(2, 5, 3), torch.full((2, 5, 3), 0.25)) == 0.25
+    a = [{"boxes": torch.tensor([[0.0, 0, 2, 2], [1, 1, 3, 3]]), "scores": torch.tensor([0.9, 0.5])}]
+    b = [{"boxes": torch.tensor([[1.0, 1, 3, 3], [0, 0, 2, 2.5]]), "scores": torch.tensor([0.5, 0.9])}]
+    assert _max_diff(a, b) == 0.5  # rows swapped: matched by score, the box differs by 0.5
+    assert _max_diff(a, [{"boxes": b[0]["boxes"][:1], "scores": b[0]["scores"][:1]}]) == float("inf")

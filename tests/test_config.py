@@ -1,8 +1,17 @@
+import dataclasses
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import other_value
 
-from dynamicdet.config import Config, ConfigError, config_from_dict, load_config
+from dynamicdet.config import Config, ConfigError, ModelConfig, config_from_dict, load_config
+from dynamicdet.data.synthetic import DEFAULT_CLASSES
+from dynamicdet.modeling.losses import ROUTER_LOSSES
+from dynamicdet.modeling.trunks import NORMS, TRUNKS
+from dynamicdet.modeling.two_stage import KINDS
+from dynamicdet.modeling.yolo import FAMILIES, SCALES
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "standard", "coco", "ablation"])
@@ -94,3 +103,57 @@ def test_hash_of_single_fields():
     a, b = load_config("smoke"), load_config("smoke", overrides={"eval": {"sweep": 7}})
     assert a.section_hash("eval.batch") == b.section_hash("eval.batch")
     assert a.section_hash("eval.sweep") != b.section_hash("eval.sweep")
+
+
+# each model/router choice, and the list that defines it where the model is defined
+DEFINED_LISTS = [
+    ("model", "kind", ["yolo", *KINDS]),
+    ("model", "family", list(FAMILIES)),
+    ("model", "scale", list(SCALES)),
+    ("model", "backbone", list(TRUNKS)),
+    ("model", "norm", list(NORMS)),
+    ("router", "loss", list(ROUTER_LOSSES)),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "values"), DEFINED_LISTS, ids=[f"{s}.{k}" for s, k, _ in DEFINED_LISTS])
+def test_choices_are_the_lists_of_the_model(section, key, values):
+    for value in values:  # every value the model defines is accepted...
+        assert getattr(getattr(load_config("smoke", {section: {key: value}}), section), key) == value
+    # ... and the error lists exactly those values
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.{key} = 'nope' is not one of {sorted(values)}")):
+        load_config("smoke", {section: {key: "nope"}})
+
+
+def test_default_classes_are_the_generators():
+    assert Config().data.classes == DEFAULT_CLASSES and Config().data.classes is not DEFAULT_CLASSES
+
+
+SECTIONS = ("data", "model", "train", "router", "eval")
+FIELDS = [(s, f.name) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))]
+
+
+@pytest.mark.parametrize(("section", "name"), FIELDS, ids=[f"{s}.{n}" for s, n in FIELDS])
+def test_a_section_hash_counts_every_field_of_the_section_and_nothing_else(section, name):
+    # every field counts, whatever the model kind and whatever its value: a YOLO config's key moves with the
+    # two-stage fields too, and a field counts at its default as well as elsewhere
+    cfg = Config()
+    sub = getattr(cfg, section)
+    changed = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{name: other_value(getattr(sub, name))})})
+    assert cfg.section_hash(section) != changed.section_hash(section)
+    assert cfg.section_hash(f"{section}.{name}") != changed.section_hash(f"{section}.{name}")
+    others = [s for s in SECTIONS if s != section]
+    assert cfg.section_hash(*others) == changed.section_hash(*others)
+
+
+def test_a_new_field_changes_the_keys_of_the_sections_that_hold_it():
+    # a field added to the code changes the hash of its section even at its default (the stages that read the
+    # section retrain), and leaves the other sections' hashes and the single fields' hashes alone
+    @dataclass
+    class ModelWithNewField(ModelConfig):
+        new_field: int = 0
+
+    cfg = Config()
+    grown = dataclasses.replace(cfg, model=ModelWithNewField(**dataclasses.asdict(cfg.model)))
+    assert cfg.section_hash("model") != grown.section_hash("model")
+    assert cfg.section_hash("data", "train", "model.kind") == grown.section_hash("data", "train", "model.kind")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -63,13 +64,13 @@ def test_routed_eval_reproduces_both_detectors_at_k0_and_k1(trained_smoke):
 def test_tradeoff_table_rows_and_fractions(trained_smoke, smoke_cfg):
 
     res = tradeoff(trained_smoke, progress=False)
-    table, sweep = res["table"], res["sweep"]
+    table, sweep = res.table, res.sweep
     assert list(table["k"]) == smoke_cfg.eval.fractions
     n = len(trained_smoke.val_scores)
     assert (abs(table["k_measured"] - table["k"]) <= 1 / n + 1e-9).all()
     assert set(sweep["router"]) == {"learned", "random", "oracle (L1-L2)", "oracle (AP gain)", "confidence escalation"}
-    g = res["gflops"]
-    assert table["GFLOPs"].iloc[0] == pytest.approx(g["easy"]) and table["GFLOPs"].iloc[-1] == pytest.approx(g["hard"])
+    assert table["GFLOPs"].iloc[0] == pytest.approx(res.gflops_easy)
+    assert table["GFLOPs"].iloc[-1] == pytest.approx(res.gflops_hard)
 
 
 @slow
@@ -77,7 +78,7 @@ def test_spliced_sweep_points_match_route(trained_smoke, smoke_cfg):
     """The sweep's spliced points use the decisions and the matches route() would produce."""
 
     t = trained_smoke
-    sweep = tradeoff(t, progress=False)["sweep"]
+    sweep = tradeoff(t, progress=False).sweep
     learned = sweep[sweep["router"] == "learned"]
     assert set(learned.loc[learned["measured_by"] == "route()", "k"]) == set(smoke_cfg.eval.fractions)
     assert (learned["measured_by"] == "spliced").sum() == len(learned) - len(smoke_cfg.eval.fractions) > 0
@@ -203,7 +204,7 @@ def test_latency_table_times_every_row_and_feeds_the_sweep_and_table(trained_smo
     no_static = pd.DataFrame(columns=["model", "AP"])
     lat = latency_table(t, res, no_static, progress=False)
     b = smoke_cfg.eval.batch
-    assert list(lat["model"]) == [*res["table"]["model"], "B1 + router"]
+    assert list(lat["model"]) == [*res.table["model"], "B1 + router"]
     assert (lat[["latency_ms_b1", f"latency_ms_b{b}"]] > 0).all().all()
     assert latency_table(t, res, no_static, progress=False).equals(lat)  # cached
 
@@ -220,23 +221,40 @@ def test_latency_table_times_every_row_and_feeds_the_sweep_and_table(trained_smo
     table = variable_speed_table(res, no_static, lat, b)
     assert np.allclose(table["latency_ms_b1"], ms[table["model"]].to_numpy())
     assert np.allclose(table["FPS_b1"], 1000 / table["latency_ms_b1"])
-    no_ends = {**res, "table": res["table"][res["table"]["k"] != 1.0]}
+    no_ends = dataclasses.replace(res, table=res.table[res.table["k"] != 1.0])
     with pytest.raises(ValueError, match="must include 0 and 1"):
         sweep_latency(no_ends, lat)
 
 
+def test_a_tradeoff_cache_of_earlier_runs_loads_into_named_fields(tmp_path):
+    """The cache keeps the dict earlier runs wrote (table, sweep, ap1, ap2, gflops): their caches stay valid."""
+    from dynamicdet.experiments import Tradeoff
+
+    table = pd.DataFrame({"model": ["Dy /0", "Dy /100"], "k": [0.0, 1.0], "AP": [0.5, 0.6]})
+    sweep = pd.DataFrame({"router": ["learned"], "k": [0.5], "AP": [0.55]})
+    old = {"table": table, "sweep": sweep, "ap1": {"AP": 0.5}, "ap2": {"AP": 0.6}, "gflops": {"easy": 1.0, "hard": 2.0}}
+    torch.save(old, tmp_path / "tradeoff.pt")
+    res = Tradeoff.load(tmp_path / "tradeoff.pt")
+    assert res.table.equals(table) and res.sweep.equals(sweep)
+    assert (res.detector1["AP"], res.detector2["AP"], res.gflops_easy, res.gflops_hard) == (0.5, 0.6, 1.0, 2.0)
+    res.save(tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=False)
+    assert set(again) == set(old) and again["gflops"] == old["gflops"] and again["ap2"] == old["ap2"]
+
+
 def test_static_frontier_is_the_line_through_the_static_models():
+    cost = "latency_ms_b1"
     static = pd.DataFrame({"model": ["s", "n"], "latency_ms_b1": [20.0, 10.0], "AP": [0.7, 0.6]})
     points = pd.DataFrame({"model": ["/0", "/50", "/100"], "latency_ms_b1": [8.0, 15.0, 25.0], "AP": [0.6, 0.62, 0.8]})
-    f = static_frontier(points, static)
+    f = static_frontier(points, static, cost=cost)
     # AP_frontier = 0.6 + (lat - 10) * 0.01: extended below n and beyond s, interpolated between
     assert np.allclose(f["AP_frontier"], [0.58, 0.65, 0.75])
     assert np.allclose(f["gap"], [0.02, -0.03, 0.05])
     three = pd.concat([static, pd.DataFrame({"model": ["m"], "latency_ms_b1": [30.0], "AP": [0.9]})])
-    assert np.allclose(static_frontier(points, three)["AP_frontier"], [0.58, 0.65, 0.8])  # piecewise
-    assert static_frontier(points, static.iloc[:1])["AP_frontier"].isna().all()  # one model: no line
+    assert np.allclose(static_frontier(points, three, cost=cost)["AP_frontier"], [0.58, 0.65, 0.8])  # piecewise
+    assert static_frontier(points, static.iloc[:1], cost=cost)["AP_frontier"].isna().all()  # one model: no line
     with pytest.raises(ValueError, match=r"static lacks columns \['AP'\]"):
-        static_frontier(points, static.drop(columns="AP"))
+        static_frontier(points, static.drop(columns="AP"), cost=cost)
 
 
 def _gt(tmp_path, n_images=10):
@@ -262,7 +280,7 @@ def test_oracle_is_never_below_random_on_a_known_case(tmp_path):
     gain = np.array([pa2[i] - pa1[i] for i in ids])
 
     def ap(mask):
-        routed = routing.compose(dets1, dets2, dict(zip(ids, mask, strict=True)))
+        routed = {i: (dets2[i] if hard else dets1[i]) for i, hard in zip(ids, mask, strict=True)}
         return coco_evaluate(str(gt), detections_to_coco(routed, [1]))["AP"]
 
     for k in (0.1, 0.3, 0.5, 0.7, 1.0):

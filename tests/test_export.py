@@ -75,7 +75,7 @@ def test_onnx_routes_match_torch_on_the_bundled_photos(untrained):
 
 
 def test_export_refuses_a_static_model(tmp_path):
-    with pytest.raises(ValueError, match="dynamic YOLO"):
+    with pytest.raises(ValueError, match="dynamic detectors"):
         export_onnx(StaticDetector("yolov8", "n", nc=2), tmp_path, 64, ["a", "b"])
 
 

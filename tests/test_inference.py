@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import ultralytics
+import yaml
 
 from dynamicdet import DynamicDetPredictor
 from dynamicdet.deploy import predictor
@@ -154,3 +155,11 @@ def test_cli_predict_writes_annotations_json_and_summary(det, smoke_cfg, tmp_pat
         [*cmd, "--weights", str(tmp_path / "none.pt")], env={**os.environ}, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 2 and "none.pt: checkpoint file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_load_reads_a_config_given_by_path_not_as_weights(smoke_cfg, tmp_path):
+    """A config file of your own is a config (its run folder), never mistaken for a checkpoint."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({**smoke_cfg.to_dict(), "name": "mine"}))
+    with pytest.raises(CheckpointError, match="config 'mine' has no trained model yet"):
+        DynamicDetPredictor.load(mine)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynamicdet.experiments.variable_speed import latency_checks
+from dynamicdet.metrics import latency_checks
 
 K = {"Dy /0": 0.0, "Dy /10": 0.1, "Dy /50": 0.5, "Dy /90": 0.9, "Dy /100": 1.0}
 
@@ -86,7 +86,7 @@ def test_latency_table_is_retimed_then_written_with_a_consistent_column(monkeypa
     cfg.eval.static_scales = ["n"]
     taus = {"Dy /0": np.inf, "Dy /10": 0.9, "Dy /50": 0.5, "Dy /90": 0.1, "Dy /100": -np.inf}
     z = np.linspace(0.005, 0.995, 100)  # logits: a fraction 1 - tau of them at or above tau
-    res = {"table": pd.DataFrame({"model": list(taus), "tau": list(taus.values())})}
+    res = SimpleNamespace(table=pd.DataFrame({"model": list(taus), "tau": list(taus.values())}))  # a Tradeoff's table
     static = pd.DataFrame({"model": ["yolov8n (static)"]})
     t = SimpleNamespace(cfg=cfg, device="cpu", timing_model=SimpleNamespace(score=None))
     monkeypatch.setattr(vs, "timing_stream", lambda t: ([None] * 100, z))
@@ -133,7 +133,7 @@ def test_split_batches_cost_more_than_the_mix_without_making_the_table_inconsist
 
 
 def test_time_until_consistent_keeps_the_best_attempt_and_marks_the_compared_rows():
-    from dynamicdet.experiments.variable_speed import time_until_consistent
+    from dynamicdet.evaluation.speed import time_until_consistent
 
     def check(t: pd.DataFrame) -> pd.DataFrame:
         return latency_checks(t, K, "yolov8n (static)")

@@ -8,7 +8,8 @@ from dynamicdet.engine.checkpoint import CheckpointError, load_into, save_checkp
 from dynamicdet.evaluation.cost import cost_table
 from dynamicdet.modeling import routing
 from dynamicdet.modeling.losses import DetectionLoss
-from dynamicdet.modeling.yolo import FAMILIES, AdaptiveRouter, DynamicDetector, build_detector, run_layers
+from dynamicdet.modeling.router import AdaptiveRouter
+from dynamicdet.modeling.yolo import FAMILIES, DynamicDetector, build_detector, run_layers
 
 NC = 6
 

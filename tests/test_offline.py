@@ -38,7 +38,7 @@ def test_model_build_and_training_step_offline():
     from dynamicdet.modeling.yolo import DynamicDetector
 
     model = DynamicDetector("yolo11", "n", nc=3).train()
-    opt = torch.optim.SGD(model.detector_parameters(), lr=0.01)
+    opt = torch.optim.SGD([p for group in model.detector_groups().values() for p in group], lr=0.01)
     batch = {
         "batch_idx": torch.tensor([0.0]),
         "cls": torch.tensor([[1.0]]),

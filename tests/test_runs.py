@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import types
+from pathlib import Path
 
-from dynamicdet.config import EvalConfig, load_config
+import pytest
+from conftest import other_value
+
+from dynamicdet.config import Config, EvalConfig, TrainConfig, load_config
 from dynamicdet.engine import runs
+from dynamicdet.experiments import static_models
 
 # every YOLO-pipeline stage, by name; STATIC_ROW for the config's first static scale
 STAGES = {
@@ -96,3 +102,61 @@ def test_a_stage_is_done_when_its_file_or_marker_exists(tmp_path, monkeypatch):
     runs.TRADEOFF.path(cfg).write_bytes(b"")
     assert runs.TRADEOFF.done(cfg) and runs.TRADEOFF.path(cfg).parent == runs.router_dir(cfg)
     assert runs.router_dir(cfg).parent == runs.run_dir(cfg)
+
+
+def _changed(cfg: Config, section: str, name: str) -> Config:
+    sub = getattr(cfg, section)
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{name: other_value(getattr(sub, name))})})
+
+
+ALL_STAGES = {name: s for name, s in vars(runs).items() if isinstance(s, runs.Stage)}
+SECTIONS = ("data", "model", "train", "router", "eval")
+FIELDS = [(s, f.name) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))]
+
+
+def _reads_field(stage: runs.Stage, section: str, name: str) -> bool:
+    """Whether the stage or one of the stages holding it reads the field (alone or with its section)."""
+    while stage is not None:
+        if section in stage.reads or f"{section}.{name}" in stage.reads:
+            return True
+        stage = stage.parent
+    return False
+
+
+@pytest.mark.parametrize("kind", ["yolo", "faster_rcnn"])
+@pytest.mark.parametrize(("section", "name"), FIELDS, ids=[f"{s}.{n}" for s, n in FIELDS])
+def test_a_stage_moves_exactly_when_a_field_it_reads_changes(section, name, kind):
+    # whatever the model kind and whatever the field's value (its default included): the stages that read the
+    # field move, with the stages inside them, and no other stage does
+    base = dataclasses.replace(Config(), model=dataclasses.replace(Config().model, kind=kind))
+    changed = _changed(base, section, name)
+    moved = {n for n, s in ALL_STAGES.items() if s.path(base, model="m") != s.path(changed, model="m")}
+    assert moved == {n for n, s in ALL_STAGES.items() if _reads_field(s, section, name)}
+
+
+def _trainer_call(cfg: Config, monkeypatch) -> dict:
+    """The keyword arguments ultralytics' trainer receives for a static model of ``cfg`` (nothing is trained)."""
+    calls = []
+
+    class RecordingYOLO:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def train(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr(static_models, "YOLO", RecordingYOLO)
+    monkeypatch.setattr(static_models, "prepare_dataset", lambda cfg: types.SimpleNamespace(yaml_path="data.yaml"))
+    # a fixed folder: the real one carries the key, which would make every keyed field reach the trainer
+    static_models.train_ultralytics(cfg, "n", static_models.static_epochs(cfg), Path("static"), "n")
+    (kwargs,) = calls
+    return kwargs
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(TrainConfig)])
+def test_the_static_models_key_reads_exactly_the_train_fields_their_trainer_receives(name, monkeypatch):
+    # eval.static_epochs 0: the static models train for train.epochs (otherwise train.epochs is keyed but unused)
+    base = load_config("smoke", {"eval": {"static_epochs": 0}})
+    changed = _changed(base, "train", name)
+    trainer_moved = _trainer_call(base, monkeypatch) != _trainer_call(changed, monkeypatch)
+    assert trainer_moved == (runs.STATIC_MODELS.key(base) != runs.STATIC_MODELS.key(changed))

@@ -106,3 +106,96 @@ def test_real_route_latencies_run_on_a_small_model():
         warnings.simplefilter("ignore")  # an inverted (noisy) range is possible under load, and allowed
         r = speed.route_latencies(DynamicDetector("yolov8", "n", nc=2), 64, batch=1, warmup=1, repeats=5, retries=0)
     assert {"easy", "hard", "score", "router"} <= set(r) and all(r[k] > 0 for k in ("easy", "hard", "score", "router"))
+
+
+# time_latency_table on fabricated timings: every pass is a fake that returns fixed ms per image
+K = {"Dy /0": 0.0, "Dy /50": 0.5, "Dy /100": 1.0}
+ROWS = [*K, "B1 + router", "yolov8n (static)"]
+
+
+def _passes(timings: dict[str, list[dict[str, float]]], calls: list[str]) -> dict:
+    """cost column -> a pass that pops that column's next timing (one per attempt) and logs the call."""
+
+    def timed(col: str) -> dict[str, float]:
+        calls.append(col)
+        return timings[col].pop(0)
+
+    return {col: (lambda col=col: timed(col)) for col in timings}
+
+
+def _ms(t0: float = 20.4, t1: float = 30.0, static: float = 20.0, scale: float = 1.0) -> dict[str, float]:
+    """A consistent timing: Dy /k on the linear mix (1 - k) t0 + k t1, the static model of Dy /0's network."""
+    ms = {n: scale * ((1 - k) * t0 + k * t1) for n, k in K.items()}
+    return {**ms, "B1 + router": 18.0 * scale, "yolov8n (static)": static * scale}
+
+
+def test_time_latency_table_times_every_measure_and_keeps_a_consistent_timing():
+    calls = []
+    timings = {"latency_ms_b1": [_ms()], "latency_ms_b8": [_ms(scale=0.5)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a consistent table: no warning
+        timed = speed.time_latency_table(
+            passes=_passes(timings, calls), rows=ROWS, k_timed=K, same_static="yolov8n (static)", tries=3
+        )
+    assert calls == ["latency_ms_b1", "latency_ms_b8"]  # one attempt: every measure once, in order
+    assert list(timed.table.columns) == ["model", "latency_ms_b1", "latency_ms_b8", "consistent"]
+    assert list(timed.table["model"]) == ROWS and timed.table["consistent"].all() and not timed.inconsistent
+    assert timed.table.set_index("model").loc["Dy /50", "latency_ms_b8"] == pytest.approx(12.6)
+    # per batch: 1 same-network + 2 non-decreasing + 1 linear-mix check, all passed
+    assert len(timed.checks) == 2 * 4 and timed.checks["passed"].all()
+
+
+def test_time_latency_table_retimes_until_consistent():
+    calls = []
+    timings = {"latency_ms_b1": [_ms(t0=14.6), _ms()]}  # try 1: Dy /0 at 0.73x its own network
+    timed = speed.time_latency_table(
+        passes=_passes(timings, calls), rows=ROWS, k_timed=K, same_static="yolov8n (static)", tries=3
+    )
+    assert calls == ["latency_ms_b1"] * 2 and not timings["latency_ms_b1"]
+    assert timed.table["consistent"].all() and timed.checks["passed"].all()
+
+
+def test_time_latency_table_warns_and_marks_the_compared_rows_when_it_stays_inconsistent():
+    bad = _ms()
+    bad["Dy /50"] *= 1.10  # 10% above the linear mix
+    timings = {"latency_ms_b1": [dict(bad), dict(bad)]}
+    with pytest.warns(UserWarning, match=r"my table: latency checks failed after 2 timing\(s\)"):
+        timed = speed.time_latency_table(
+            passes=_passes(timings, []),
+            rows=ROWS,
+            k_timed=K,
+            same_static="yolov8n (static)",
+            tries=2,
+            label="my table",
+        )
+    consistent = timed.table.set_index("model")["consistent"]
+    # the failed row and those it was compared with: /0, /100 and the same-network static model
+    assert timed.inconsistent == {"Dy /0", "Dy /50", "Dy /100", "yolov8n (static)"}
+    assert not consistent[list(timed.inconsistent)].any() and consistent["B1 + router"]
+    failed = timed.checks[~timed.checks["passed"]]
+    assert list(failed["check"]) == ["linear mix"] and list(failed["model"]) == ["Dy /50"]
+
+
+def test_time_latency_table_records_a_same_network_check_that_does_not_decide():
+    calls = []
+    timings = {"latency_ms_b1": [_ms(t0=14.6), _ms()]}
+    timed = speed.time_latency_table(
+        passes=_passes(timings, calls),
+        rows=ROWS,
+        k_timed=K,
+        same_static="yolov8n (static)",
+        same_network_decides=False,  # e.g. two exported graphs against one: recorded, not decided
+    )
+    same = timed.checks[timed.checks["check"] == "same network"]
+    assert calls == ["latency_ms_b1"]  # no retry: the failed check does not decide
+    assert not same["passed"].item() and not same["decides"].item() and timed.table["consistent"].all()
+
+
+def test_time_latency_table_times_at_least_once():
+    calls = []
+    timings = {"latency_ms_b1": [_ms(t0=14.6)]}
+    with pytest.warns(UserWarning, match="after 0 timing"):
+        timed = speed.time_latency_table(
+            passes=_passes(timings, calls), rows=ROWS, k_timed=K, same_static="yolov8n (static)", tries=0
+        )
+    assert calls == ["latency_ms_b1"] and not timed.table["consistent"].all()

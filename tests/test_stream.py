@@ -11,7 +11,8 @@ from ultralytics.utils.nms import non_max_suppression
 
 from dynamicdet.deploy.stream import LatencyController, StreamScheduler, _Chunk, _Queue
 from dynamicdet.modeling import routing
-from dynamicdet.modeling.two_stage import DynamicTwoStage, HeadSizes
+from dynamicdet.modeling.trunks import HeadSizes
+from dynamicdet.modeling.two_stage import DynamicTwoStage
 from dynamicdet.modeling.yolo import DynamicDetector, StaticDetector
 
 SIZE = 64
@@ -71,17 +72,18 @@ def test_queued_images_wait_for_a_full_batch_unless_the_deadline_passes(monkeypa
         sched = StreamScheduler(model, tau, batch=4, max_wait_s=max_wait_s, batch_easy=batch_easy)
         sizes = {"easy": [], "hard": []}
 
-        def counted(route, run):  # a route's run, recording how many images each call predicted
-            def wrapped(x, feats):
-                preds = run(x, feats)
+        def counted(route, stage):  # a route's stage, recording how many images each call predicted
+            def wrapped(x, taps):
+                preds = stage(x, taps)
                 sizes[route].append(len(preds))
                 return preds
 
             return wrapped
 
-        # YOLO's H1 is given no images (x None), only B1's state: the batch size is the predictions'
-        monkeypatch.setattr(sched, "_easy", counted("easy", sched._easy))
-        monkeypatch.setattr(sched, "_hard", counted("hard", sched._hard))
+        # YOLO's H1 is given no images (x None), only B1's taps: the batch size is the predictions'.
+        # The class's own stages are wrapped (not the previous call's wrappers, which count into their own sizes)
+        monkeypatch.setattr(model, "easy_stage", counted("easy", type(model).easy_stage.__get__(model)))
+        monkeypatch.setattr(model, "hard_stage", counted("hard", type(model).hard_stage.__get__(model)))
         results = list(sched.run(enumerate(xs)))
         assert [r.id for r in results] == list(range(12)) and sum(r.hard for r in results) == n_hard
         return sizes
@@ -171,7 +173,7 @@ def test_controller_sets_the_hard_fraction_from_the_costs_it_measures():
     ):
         with pytest.raises(ValueError, match=match):
             LatencyController(**{"target_ms": 15.0, "val_logits": z, "lat_easy": 10.0, "lat_hard": 20.0, **bad})
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="charge must be one of"):
         c.observe("h2", 8, 1.0)
 
 

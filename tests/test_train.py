@@ -112,7 +112,7 @@ def test_naive_loss_collapses_and_offset_balances(step2):
 
 # ---------------------------------------------------------------------- resume after a real kill
 def _cfg_file(tmp_path: Path, epochs: int) -> Path:
-    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "smoke.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "dynamicdet" / "configs" / "smoke.yaml").read_text())
     cfg["train"]["epochs"] = epochs
     cfg["data"]["name"] = "smoke"  # share the session's generated smoke dataset
     p = tmp_path / "resume.yaml"
@@ -267,7 +267,7 @@ def test_joint_clipping_shares_one_step_length_and_none_leaves_gradients():
 )
 def test_step1_variants_train_through_the_cli(smoke_cfg, tmp_path, variant):
     """Each step-1 ablation variant trains at smoke size through `dynamicdet train` and logs gradient norms."""
-    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "smoke.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).parents[1] / "dynamicdet" / "configs" / "smoke.yaml").read_text())
     raw["data"]["name"] = "smoke"
     raw["train"]["epochs"] = 1
     for section, values in variant.items():

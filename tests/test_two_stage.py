@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dynamicdet.config import load_config
+from dynamicdet.data.loaders import targets_from_batch
 from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.engine.build import build_model, load_model
 from dynamicdet.engine.runs import VIEW_CACHE, router_dir
@@ -18,8 +19,9 @@ from dynamicdet.evaluation.predict import predict
 from dynamicdet.experiments import static_config
 from dynamicdet.experiments.generality import tuning_path
 from dynamicdet.modeling import routing
-from dynamicdet.modeling.two_stage import DynamicTwoStage, HeadSizes, Trunk, TwoStageDetector, targets_from_batch
-from dynamicdet.modeling.yolo import AdaptiveRouter
+from dynamicdet.modeling.router import AdaptiveRouter
+from dynamicdet.modeling.trunks import HeadSizes, Trunk
+from dynamicdet.modeling.two_stage import DynamicTwoStage, TwoStageDetector
 
 SIZE = 64
 SMALL = HeadSizes(fpn_channels=16, head_channels=32, rpn_batch=32, roi_batch=16, detections=20)

@@ -40,6 +40,7 @@ from ultralytics.data.converter import merge_multi_segment
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
 
 from dynamicdet import paths
+from dynamicdet.data.synthetic import stale_fields
 from dynamicdet.files import write_json, write_text
 
 LOGGER = logging.getLogger(__name__)
@@ -505,8 +506,6 @@ def _split_sources(cfg) -> tuple[Path, dict[str, tuple[Path, Path]]]:
                 )
             # the folder is named by the config's dataset name only: another config of that name (other
             # img_size, n_train, ...) may have regenerated it; reading it would score the wrong images
-            from dynamicdet.data.synthetic import stale_fields
-
             stale = stale_fields(cfg, _read_json(js))
             if stale:
                 said = ", ".join(f"{k} {disk} (config: {want})" for k, (disk, want) in stale.items())

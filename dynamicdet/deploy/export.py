@@ -1,29 +1,45 @@
 """ONNX export of a trained dynamic detector, and a runner that routes on onnxruntime.
 
-A data-dependent route does not trace into one static graph, so the model is exported as
-the three static pieces that :meth:`~dynamicdet.modeling.yolo.DynamicDetector.route` calls, each
-with a dynamic batch axis:
+A data-dependent route does not trace into one static graph, so the model is exported as the
+three stages that :func:`~dynamicdet.modeling.routing.route` runs (the stages of
+:class:`~dynamicdet.modeling.routing.RoutedDetector`), for both model kinds:
 
-=============  ===================================================  ==================================
-file           computes                                             inputs -> outputs
-=============  ===================================================  ==================================
-stage1.onnx    backbone 1 + router (every image)                    images -> logit, p3, p4, p5
-head1.onnx     neck + head of detector 1 (easy images)              p3, p4, p5 -> preds
-hard.onnx      composite links + backbone 2 + neck + head 2 (hard)  images, p3, p4, p5 -> preds
-=============  ===================================================  ==================================
+=============  ====================================================  ==================================
+file           computes                                              inputs -> outputs
+=============  ====================================================  ==================================
+stage1.onnx    backbone 1 + router (every image)                     images -> logit, f1_0 .. f1_{L-1}
+head1.onnx     head 1 (easy images)                                  f1_0 .. f1_{L-1} -> preds
+hard.onnx      composite links + backbone 2 + head 2 (hard images)   images, f1_0 .. f1_{L-1} -> preds
+=============  ====================================================  ==================================
 
-``images`` is (B, 3, S, S) in [0, 1] (letterboxed RGB, S = ``img_size``); ``p3..p5`` are
-backbone 1's features F1; ``preds`` is (B, 4 + nc, A), the raw detections NMS reads.
-:class:`OnnxDynamicDetector` splits a batch with the same threshold rule (``logit >=
-threshold`` -> hard) and the same sub-batches as ``route()``, and returns a ``RouteOutput``,
-so :class:`~dynamicdet.deploy.predictor.DynamicDetPredictor` runs it unchanged
-(``dynamicdet predict --weights <export folder>``). ``dynamicdet.json`` beside the graphs holds
-the image size, class names and the router's val logits (thresholds by hard fraction).
-ultralytics' own ``torch2onnx`` (TorchScript exporter) writes each graph.
+``images`` is (B, 3, S, S) in [0, 1] (letterboxed RGB, S = ``img_size``); ``f1_l`` are
+backbone 1's features F1, (B, C_l, H_l, W_l); ``logit`` is (B,).
+
+- **YOLO** (:class:`~dynamicdet.modeling.yolo.DynamicDetector`): F1 = P3, P4, P5; head 1 = neck +
+  head of detector 1; ``preds`` is (B, 4 + nc, A), the raw detections NMS reads. Every graph has a
+  dynamic batch axis.
+- **Two-stage** (:class:`~dynamicdet.modeling.two_stage.DynamicTwoStage`, Faster and Mask R-CNN):
+  F1 = trunk 1's four stage outputs; head 1 = FPN 1 + RPN 1 + RoI heads 1; hard = links + trunk 2 +
+  FPN 2 + RPN 2 + RoI heads 2. torchvision's heads keep a variable number of detections per image,
+  which a batch axis cannot hold, so ``head1.onnx`` and ``hard.onnx`` are exported **at batch 1**
+  and the runner calls them once per image of a sub-batch (``stage1.onnx`` keeps its dynamic batch
+  axis). Their outputs are torchvision's detection dict of the image: ``boxes`` (n, 4) xyxy pixels,
+  ``scores`` (n,), ``labels`` (n,) 1-based, and for Mask R-CNN ``masks`` (n, 1, S, S) (pasted by
+  torchvision's ONNX loop). The image size S is fixed in these graphs; head 1 reads only the taps.
+
+:class:`OnnxDynamicDetector` offers the same three stages (torch tensors in and out, numpy views
+of onnxruntime's arrays), so its ``route()`` is :func:`~dynamicdet.modeling.routing.route` itself
+(same threshold rule, ``logit >= threshold`` -> hard, same sub-batches, a ``RouteOutput``) and the
+stream scheduler runs it as it runs the torch models;
+:class:`~dynamicdet.deploy.predictor.DynamicDetPredictor` runs it unchanged (``dynamicdet predict
+--weights <export folder>``). ``dynamicdet.json`` beside the graphs holds the image size, class
+names, the graphs' input and output names and the router's val logits (thresholds by hard
+fraction). torch's TorchScript exporter writes each graph (through ultralytics' ``torch2onnx``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -36,52 +52,56 @@ from ultralytics.utils.export.engine import torch2onnx
 
 from dynamicdet.engine.checkpoint import CheckpointError
 from dynamicdet.evaluation.speed import time_streams
-from dynamicdet.modeling.yolo import AdaptiveRouter, DynamicDetector, RouteOutput
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.routing import Preds, RoutedDetector
 
 META = "dynamicdet.json"
 PIECES = ("stage1", "head1", "hard")
-TAPS = ("p3", "p4", "p5")
+YOLO_TAPS = ("p3", "p4", "p5")  # the tap names of exports written before two-stage models could be exported
+
+
+def _outputs(preds: Preds) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A stage's predictions as graph outputs: the batched tensor, or the one image's dict values (batch 1)."""
+    return preds if isinstance(preds, torch.Tensor) else tuple(preds[0].values())
 
 
 class _Stage1(nn.Module):
-    """images (B, 3, S, S) -> logit (B,), p3, p4, p5 (backbone 1's taps)."""
+    """images (B, 3, S, S) -> logit (B,), the taps F1."""
 
-    def __init__(self, model: DynamicDetector):
+    def __init__(self, model: RoutedDetector):
         super().__init__()
         self.m = model
 
     def forward(self, x):
-        f1 = self.m.taps(self.m.backbone1(x))
-        return (self.m.router.logit(AdaptiveRouter.pool(f1)), *f1)
+        z, taps = self.m.first_stage(x)
+        return (z, *taps)
 
 
 class _Head1(nn.Module):
-    """p3, p4, p5 -> preds (B, 4 + nc, A): detector 1's neck + head read only the taps."""
+    """taps F1 -> predictions of detector 1 (a blank image of ``image_shape`` gives the heads its size)."""
 
-    def __init__(self, model: DynamicDetector):
+    def __init__(self, model: RoutedDetector, image_shape: tuple[int, ...]):
         super().__init__()
-        self.m = model
+        self.m, self.image_shape = model, image_shape
 
-    def forward(self, p3, p4, p5):
-        y1: list = [None] * self.m.spec.n_backbone
-        for i, f in zip(self.m.spec.taps, (p3, p4, p5), strict=True):
-            y1[i] = f
-        return self.m._inference(self.m.head1(y1))
+    def forward(self, *taps):
+        x = taps[0].new_zeros(self.image_shape) if self.m.easy_reads_images else None
+        return _outputs(self.m.easy_stage(x, list(taps)))
 
 
 class _Hard(nn.Module):
-    """images, p3, p4, p5 -> preds (B, 4 + nc, A) of detector 2."""
+    """images, taps F1 -> predictions of detector 2."""
 
-    def __init__(self, model: DynamicDetector):
+    def __init__(self, model: RoutedDetector):
         super().__init__()
         self.m = model
 
-    def forward(self, x, p3, p4, p5):
-        return self.m._inference(self.m.head2(self.m.backbone2(x, [p3, p4, p5])))
+    def forward(self, x, *taps):
+        return _outputs(self.m.hard_stage(x, list(taps)))
 
 
 def export_onnx(
-    model: DynamicDetector,
+    model: RoutedDetector,
     folder: str | Path,
     img_size: int,
     names: list[str],
@@ -91,51 +111,64 @@ def export_onnx(
     """Write ``stage1.onnx``, ``head1.onnx``, ``hard.onnx`` and ``dynamicdet.json`` into ``folder``.
 
     Args:
-        model: a trained dynamic YOLO detector (exported from a fused eval-mode copy; the
-            model itself is not changed).
+        model: a trained dynamic detector, YOLO or two-stage (exported from a fused eval-mode
+            copy on the CPU; the model itself is not changed).
         folder: output folder (created).
         img_size: the network's input side S.
         names: class names by index.
         val_logits: (N,) the router's logits on the val split, for thresholds by hard fraction.
-        opset: ONNX opset.
+        opset: ONNX opset (torchvision's detection heads need 11 or more).
 
     Returns:
         The folder.
     """
-    if not isinstance(model, DynamicDetector):
-        raise ValueError(f"ONNX export covers dynamic YOLO detectors; got {type(model).__name__}")
+    if not isinstance(model, RoutedDetector):
+        raise ValueError(f"ONNX export covers dynamic detectors (YOLO or two-stage); got {type(model).__name__}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    m = DynamicDetector(model.family, model.scale, nc=model.nc, ch=model.ch)
-    m.load_state_dict(model.state_dict())
-    m = m.eval().fuse()
+    m = copy.deepcopy(model).cpu().eval().fuse()
     x = torch.rand(2, model.ch, img_size, img_size)
     with torch.no_grad():
-        _, *f1 = _Stage1(m)(x)
+        _, taps = m.first_stage(x)
+        sample = m.easy_stage(x[:1], [t[:1] for t in taps])
+    per_image = not isinstance(sample, torch.Tensor)  # torchvision: a dict per image, graphs at batch 1
+    outs = list(sample[0]) if per_image else ["preds"]
+    tap_names = [f"f1_{level}" for level in range(len(taps))]
     batch = {0: "batch"}
-    taps = dict.fromkeys(TAPS, batch)
+    stage1_axes = {"images": batch, "logit": batch, **dict.fromkeys(tap_names, batch)}
+    if per_image:  # batch 1, a variable number of detections
+        x, taps = x[:1], [t[:1] for t in taps]
+        head_axes = dict.fromkeys(outs, {0: "detections"})
+    else:
+        head_axes = {"images": batch, **dict.fromkeys([*tap_names, *outs], batch)}
     specs = {
-        "stage1": (_Stage1(m), (x,), ["images"], ["logit", *TAPS], {"images": batch, "logit": batch, **taps}),
-        "head1": (_Head1(m), tuple(f1), list(TAPS), ["preds"], {**taps, "preds": batch}),
-        "hard": (_Hard(m), (x, *f1), ["images", *TAPS], ["preds"], {"images": batch, **taps, "preds": batch}),
+        "stage1": (_Stage1(m), (x,), ["images"], ["logit", *tap_names], stage1_axes),
+        "head1": (_Head1(m, tuple(x.shape)), tuple(taps), tap_names, outs, head_axes),
+        "hard": (_Hard(m), (x, *taps), ["images", *tap_names], outs, head_axes),
     }
-    for name, (module, inputs, ins, outs, dynamic) in specs.items():
+    for name, (module, inputs, ins, outputs, dynamic) in specs.items():
         tmp = folder / f".{name}.onnx.tmp"
-        with warnings.catch_warnings():  # torch's notice that the TorchScript exporter (ultralytics' choice) is legacy
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch2onnx(module, inputs, tmp, opset=opset, input_names=ins, output_names=outs, dynamic=dynamic)
+        dynamic = {k: v for k, v in dynamic.items() if k in ins or k in outputs}
+        # the TorchScript exporter's notices (a legacy exporter, values traced as constants, how an op is
+        # exported) and torchvision's under tracing; the graphs are checked against torch by the tests
+        with warnings.catch_warnings():
+            for category in (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning):
+                warnings.simplefilter("ignore", category)
+            torch2onnx(module.eval(), inputs, tmp, opset=opset, input_names=ins, output_names=outputs, dynamic=dynamic)
         tmp.replace(folder / f"{name}.onnx")
     meta = {
         "format": "onnx",
         "opset": opset,
         "img_size": img_size,
-        "family": model.family,
-        "scale": model.scale,
+        **model.config(),
         "nc": model.nc,
         "ch": model.ch,
         "names": list(names),
         "val_logits": None if val_logits is None else [float(v) for v in val_logits],
         "pieces": {p: f"{p}.onnx" for p in PIECES},
+        "taps": tap_names,
+        "outputs": outs,
+        "per_image": per_image,
     }
     tmp = folder / f".{META}.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
@@ -148,8 +181,14 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / META).is_file()
 
 
+def _array(x) -> np.ndarray:
+    """A float32 C-contiguous array of ``x`` (numpy or torch; no copy when it already is one)."""
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 class OnnxDynamicDetector:
-    """The exported pieces on onnxruntime, routed in Python exactly as ``DynamicDetector.route``.
+    """The exported pieces on onnxruntime: a :class:`~dynamicdet.modeling.routing.RoutedDetector`.
 
     Args:
         folder: a folder written by :func:`export_onnx`.
@@ -157,7 +196,10 @@ class OnnxDynamicDetector:
 
     Attributes:
         img_size, names, nc, ch, val_logits: from ``dynamicdet.json``.
+        per_image: the head graphs run image by image (two-stage exports).
     """
+
+    easy_reads_images = False  # head1.onnx reads only the taps (see RoutedDetector)
 
     def __init__(self, folder: str | Path, threads: int | None = None):
         folder = Path(folder)
@@ -174,6 +216,7 @@ class OnnxDynamicDetector:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only: Mask R-CNN's mask-pasting loop warns of its own output shapes
         # three sessions take turns on one stream: threads that spin after a call would hold the cores the
         # next session needs (the routed stream timed 10% over the mix of its routes with spinning on)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -185,62 +228,58 @@ class OnnxDynamicDetector:
         self.img_size, self.nc, self.ch = meta["img_size"], meta["nc"], meta["ch"]
         self.names = meta["names"]
         self.val_logits = None if meta["val_logits"] is None else np.asarray(meta["val_logits"], dtype=np.float64)
+        self.tap_names = meta.get("taps", list(YOLO_TAPS))
+        self.outputs = meta.get("outputs", ["preds"])
+        self.per_image = meta.get("per_image", False)
 
-    # ---------------------------------------------------------------- the three pieces
-    def stage1(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(B, 3, S, S) float32 -> logit (B,), F1 = [p3, p4, p5]."""
-        z, *f1 = self.sessions["stage1"].run(None, {"images": x})
-        return z, f1
+    # ---------------------------------------------------------------- the three stages of a route
+    def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """stage1.onnx: (B, 3, S, S) -> (logit z (B,), taps F1)."""
+        z, *taps = self.sessions["stage1"].run(None, {"images": _array(x)})
+        return torch.from_numpy(z), [torch.from_numpy(t) for t in taps]
 
-    def head1(self, f1: list[np.ndarray]) -> np.ndarray:
-        """F1 -> (B, 4 + nc, A) detections of detector 1."""
-        return self.sessions["head1"].run(None, dict(zip(TAPS, f1, strict=True)))[0]
+    def easy_stage(self, x: torch.Tensor | None, taps: list[torch.Tensor]) -> Preds:
+        """head1.onnx on the taps of B images (the images are not read) -> their predictions."""
+        return self._heads("head1", {}, taps)
 
-    def hard(self, x: np.ndarray, f1: list[np.ndarray]) -> np.ndarray:
-        """images, F1 -> (B, 4 + nc, A) detections of detector 2."""
-        return self.sessions["hard"].run(None, {"images": x, **dict(zip(TAPS, f1, strict=True))})[0]
+    def hard_stage(self, x: torch.Tensor, taps: list[torch.Tensor]) -> Preds:
+        """hard.onnx on B images and their taps -> their predictions."""
+        return self._heads("hard", {"images": x}, taps)
+
+    def _heads(self, piece: str, inputs: dict, taps: list[torch.Tensor]) -> Preds:
+        """A head graph on a batch: in one call (a batch axis), or once per image (two-stage: a dict each)."""
+        feeds = {**inputs, **dict(zip(self.tap_names, taps, strict=True))}
+        session = self.sessions[piece]
+        if not self.per_image:
+            return torch.from_numpy(session.run(None, {k: _array(v) for k, v in feeds.items()})[0])
+        out = []
+        for i in range(len(taps[0])):
+            arrays = session.run(None, {k: _array(v[i : i + 1]) for k, v in feeds.items()})
+            out.append({k: torch.from_numpy(a) for k, a in zip(self.outputs, arrays, strict=True)})
+        return out
 
     # ---------------------------------------------------------------- routes
-    @staticmethod
-    def _numpy(x) -> np.ndarray:
-        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        return np.ascontiguousarray(x, dtype=np.float32)
+    def first(self, x) -> Preds:
+        """Easy route for all images: (B, 3, S, S) (numpy or torch) -> predictions."""
+        x = torch.from_numpy(_array(x))
+        return self.easy_stage(x, self.first_stage(x)[1])
 
-    def first(self, x) -> np.ndarray:
-        """Easy route for all images: (B, 3, S, S) -> (B, 4 + nc, A)."""
-        return self.head1(self.stage1(self._numpy(x))[1])
+    def second(self, x) -> Preds:
+        """Hard route for all images (as the torch models' ``second``: no head 1)."""
+        x = torch.from_numpy(_array(x))
+        return self.hard_stage(x, self.first_stage(x)[1])
 
-    def second(self, x) -> np.ndarray:
-        """Hard route for all images (as ``DynamicDetector.second``: no head 1)."""
-        x = self._numpy(x)
-        return self.hard(x, self.stage1(x)[1])
-
-    def route(self, x, threshold: float) -> RouteOutput:
-        """Batched dynamic inference, the same rule and sub-batches as ``DynamicDetector.route``.
+    def route(self, x, threshold: float) -> routing.RouteOutput:
+        """Batched dynamic inference, :func:`dynamicdet.modeling.routing.route` on the exported stages.
 
         Args:
             x: (B, 3, S, S) images in [0, 1] (numpy or torch).
             threshold: on the router logit; ``z >= threshold`` takes the hard route.
 
         Returns:
-            A ``RouteOutput`` of torch tensors (preds (B, 4 + nc, A), hard, phi, logit).
+            A ``RouteOutput`` of torch tensors (YOLO preds (B, 4 + nc, A); two-stage a dict per image).
         """
-        x = self._numpy(x)
-        z, f1 = self.stage1(x)
-        hard = z >= threshold
-        if not hard.any():
-            preds = self.head1(f1)
-        elif hard.all():
-            preds = self.hard(x, f1)
-        else:
-            h, e = np.flatnonzero(hard), np.flatnonzero(~hard)
-            p1 = self.head1([np.ascontiguousarray(f[e]) for f in f1])
-            p2 = self.hard(np.ascontiguousarray(x[h]), [np.ascontiguousarray(f[h]) for f in f1])
-            preds = np.empty((len(x), *p1.shape[1:]), dtype=p1.dtype)
-            preds[e], preds[h] = p1, p2
-        z_t = torch.from_numpy(z)
-        phi = torch.sigmoid(z_t)
-        return RouteOutput(preds=torch.from_numpy(preds), hard=torch.from_numpy(hard), phi=phi, logit=z_t)
+        return routing.route(self, torch.from_numpy(_array(x)), threshold)
 
     def route_latencies(self, batch: int = 1, warmup: int = 2, repeats: int = 10) -> dict:
         """ms per batch of the easy and the hard route on one random batch (as ``speed.route_latencies``)."""

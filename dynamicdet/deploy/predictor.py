@@ -11,7 +11,11 @@
 
 Sources, letterboxing and results are ultralytics' own (``load_inference_source``,
 ``LetterBox``, ``Results``), so a result behaves as an ultralytics user expects; each also
-carries the route it took, phi, the router logit and the time per stage.
+carries the route it took, phi, the router logit and the time per stage. The model may be a
+YOLO or a two-stage dynamic detector, or either's ONNX export on onnxruntime: all are routed by
+``route()`` or the stream scheduler through the same three stages
+(:class:`~dynamicdet.modeling.routing.RoutedDetector`). Two-stage results carry boxes (masks are
+not drawn). Annotated pictures and COCO records: :mod:`dynamicdet.deploy.outputs`.
 """
 
 from __future__ import annotations
@@ -29,14 +33,13 @@ from tqdm.auto import tqdm
 from ultralytics.data import load_inference_source
 from ultralytics.data.augment import LetterBox
 from ultralytics.data.loaders import LoadImagesAndVideos
-from ultralytics.data.utils import VID_FORMATS
 from ultralytics.engine.results import Results
-from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import scale_boxes
 
 from dynamicdet.config import ConfigError, config_from_dict, load_config
 from dynamicdet.data.coco import DatasetError, prepare_dataset
 from dynamicdet.deploy.export import OnnxDynamicDetector, is_export
+from dynamicdet.deploy.outputs import detection_rows, is_video
 from dynamicdet.deploy.stream import LatencyController, StreamScheduler
 from dynamicdet.engine.build import build_model, is_dynamic, resolve_device
 from dynamicdet.engine.checkpoint import CheckpointError, load_into, read_checkpoint
@@ -93,7 +96,8 @@ class DynamicDetPredictor:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, config_or_weights: str | Path, device: str = "auto") -> DynamicDetPredictor:
-        """From a config name (its trained step-2 model), a ``step2.pt`` path or an ONNX export folder.
+        """From a config (a shipped name or a ``.yaml`` path: its trained step-2 model), a ``step2.pt`` path or
+        an ONNX export folder.
 
         Raises:
             ConfigError / CheckpointError: unknown config, config not trained yet, unreadable
@@ -103,7 +107,7 @@ class DynamicDetPredictor:
         if is_export(p):
             ort_model = OnnxDynamicDetector(p)
             return cls(ort_model, ort_model.names, ort_model.img_size, ort_model.val_logits)
-        if p.suffix == ".pt" or p.is_file():
+        if p.suffix == ".pt" or (p.is_file() and p.suffix not in (".yaml", ".yml")):
             return cls.from_weights(p, device)
         cfg = load_config(str(config_or_weights))
         weights = STEP2.path(cfg) / "step2.pt"
@@ -196,7 +200,7 @@ class DynamicDetPredictor:
 
         Results come pictures first (in the given order), then each video's frames.
 
-        With ``batch`` > 1 or a ``target_ms`` (torch models), the pictures flow through the
+        With ``batch`` > 1 or a ``target_ms``, the pictures flow through the
         route-aware :class:`~dynamicdet.deploy.stream.StreamScheduler` (full B1 + router batches, then
         each image queued until a full batch of its route or ``max_wait_s``); with ``target_ms`` its
         threshold comes from a :class:`~dynamicdet.deploy.stream.LatencyController` that starts at the
@@ -217,9 +221,9 @@ class DynamicDetPredictor:
         if not sources:
             return []
         batches = tqdm(_batches(sources, batch), desc="predict", disable=not progress, leave=False)
-        nms = {"conf_thres": conf, "iou_thres": iou, "max_det": max_det}
+        nms = {"conf": conf, "iou": iou, "max_det": max_det}
         t_start = time.perf_counter()
-        streamed = not isinstance(self.model, OnnxDynamicDetector) and (batch > 1 or target is not None)
+        streamed = batch > 1 or target is not None
         self.summary.scheduler = "stream" if streamed else "route"
         if streamed:
             out = self._predict_stream(batches, tau, target, batch, max_wait_s, nms)
@@ -231,7 +235,7 @@ class DynamicDetPredictor:
         return out
 
     def _predict_batches(self, batches, tau: float, nms: dict) -> list[Results]:
-        """Every batch through ``route(x, tau)``, then NMS."""
+        """Every batch through ``route(x, tau)``, then NMS (YOLO) or the confidence cut (two-stage)."""
         out: list[Results] = []
         for paths, im0s, _ in batches:
             t0 = time.perf_counter()
@@ -239,7 +243,7 @@ class DynamicDetPredictor:
             t1 = time.perf_counter()
             r = self.model.route(x, tau)
             t2 = time.perf_counter()
-            dets = non_max_suppression(r.preds, **nms)
+            dets = detection_rows(r.preds, **nms)
             t3 = time.perf_counter()
             n = len(im0s)
             speed = {
@@ -272,7 +276,8 @@ class DynamicDetPredictor:
         for r in StreamScheduler(self.model, controller or tau, batch=batch, max_wait_s=max_wait_s).run(pictures()):
             path, im0, shape, pre_ms = meta[r.id]
             t0 = time.perf_counter()
-            d = non_max_suppression(r.preds[None], **nms)[0]
+            one = r.preds[None] if isinstance(r.preds, torch.Tensor) else [r.preds]  # a batch of this image
+            d = detection_rows(one, **nms)[0]
             speed = {"preprocess": pre_ms, "route": r.latency_ms, "postprocess": (time.perf_counter() - t0) * 1e3}
             out.append(self._result(path, im0, shape, d, speed, r.hard, r.logit))
         if controller is not None:
@@ -298,75 +303,18 @@ class DynamicDetPredictor:
         return x
 
 
-def route_label(result: Results) -> str:
-    """The text drawn on an annotated picture: the route and phi."""
-    return f"{result.route} route, phi {result.phi:.2f}"
-
-
-def annotate(result: Results, min_size: int = 640) -> np.ndarray:
-    """ultralytics' plot of the detections with the route and phi written in the top-left corner (BGR).
-
-    A picture smaller than ``min_size`` on its long side (e.g. a 192 px val image) is enlarged
-    to it first, boxes with it, so that ultralytics' labels (12 px at least) stay readable.
-    """
-    h, w = result.orig_shape
-    f = min_size / max(h, w)
-    if f > 1:
-        data = result.boxes.data.clone()
-        data[:, :4] *= f  # x1, y1, x2, y2 (then conf, cls)
-        big = cv2.resize(result.orig_img, (round(w * f), round(h * f)), interpolation=cv2.INTER_LINEAR)
-        enlarged = Results(big, path=result.path, names=result.names, boxes=data)
-        enlarged.route, enlarged.phi = result.route, result.phi
-        result = enlarged
-    im = result.plot()
-    text = route_label(result)
-    scale = max(im.shape[0], im.shape[1]) / 900
-    thick = max(1, round(2 * scale))
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    colour = (40, 40, 200) if result.route == "hard" else (60, 150, 40)
-    cv2.rectangle(im, (0, 0), (w + 12, h + base + 12), colour, -1)
-    cv2.putText(im, text, (6, h + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return im
-
-
-def output_names(results: list[Results]) -> list[str]:
-    """A distinct image file name per result, for saving the annotated pictures in one folder.
-
-    A picture keeps its name (``bus.jpg``); a video's frames become ``<stem>_<frame>.jpg``
-    (frame counted from 1 within each video); a name already taken (the same file name in two
-    folders) gets ``_2``, ``_3``, ... before its suffix.
-    """
-    names, taken, frames = [], set(), {}
-    for r in results:
-        p = Path(r.path)
-        if _is_video(str(p)):
-            frames[p] = frames.get(p, 0) + 1
-            p = Path(f"{p.stem}_{frames[p]:06d}.jpg")
-        name, n = p.name, 1
-        while name in taken:
-            n += 1
-            name = f"{p.stem}_{n}{p.suffix}"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
 def _batches(sources: list, batch: int):
     """ultralytics' loaders over the inputs: the pictures together (in the given order), then each video.
 
     ultralytics reads a list source as in-memory pictures, so videos in a list get a loader each.
     Yields ``(paths, images, info)`` batches of at most ``batch`` images (BGR arrays).
     """
-    video = [isinstance(s, (str, Path)) and _is_video(str(s)) for s in sources]
+    video = [isinstance(s, (str, Path)) and is_video(str(s)) for s in sources]
     pictures = [s for s, v in zip(sources, video, strict=True) if not v]
     loaders = [load_inference_source(pictures if len(pictures) > 1 else pictures[0], batch=batch)] if pictures else []
     loaders += [load_inference_source(s, batch=batch) for s, v in zip(sources, video, strict=True) if v]
     for loader in loaders:
         yield from loader
-
-
-def _is_video(path: str) -> bool:
-    return path.rpartition(".")[-1].lower() in VID_FORMATS
 
 
 def _existing(source) -> tuple[list, list[str]]:
@@ -391,7 +339,7 @@ def _existing(source) -> tuple[list, list[str]]:
             failures.append(f"{s}: {e}")
             continue
         for f in files:
-            if _is_video(f) or _readable(f):
+            if is_video(f) or _readable(f):
                 ok.append(f)
             else:
                 failures.append(f"{f}: unreadable image (not decoded)")
@@ -415,28 +363,3 @@ def _dataset_names(cfg, nc: int) -> list[str]:
         return list(prepare_dataset(cfg).names)
     except (DatasetError, OSError):  # dataset not here (a checkpoint moved to another machine): names are cosmetic
         return [f"class{i}" for i in range(nc)]
-
-
-def results_to_coco(results: list[Results]) -> list[dict]:
-    """COCO-results records of predictions on arbitrary pictures: ``image_id`` = position in the list,
-    plus ``file_name``, ``category_id`` = class index, ``bbox`` = [x, y, w, h] in original pixels, ``score``,
-    and the picture's ``route`` and ``phi``."""
-    out = []
-    for i, r in enumerate(results):
-        boxes = r.boxes
-        for (x1, y1, x2, y2), score, cls in zip(
-            boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True
-        ):
-            out.append(
-                {
-                    "image_id": i,
-                    "file_name": Path(r.path).name,
-                    "category_id": int(cls),
-                    "category": r.names[int(cls)],
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "score": round(float(score), 5),
-                    "route": r.route,
-                    "phi": round(r.phi, 5),
-                }
-            )
-    return out

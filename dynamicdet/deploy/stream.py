@@ -6,9 +6,13 @@ hard images waiting, with their backbone-1 features, until a full hard batch is 
 the oldest has waited ``max_wait_s``), so every B2 + H2 call runs on a full batch; with
 ``batch_easy`` (the default) the easy images wait the same way for a full H1 batch::
 
-    images ──► B1 + router (full batches) ──┬── easy ──► [queue (x, B1 state)] ──► H1 ──► results
-                                            └── hard ──► queue (x, F1) ──► B2 + H2 ──────► results
+    images ──► B1 + router (full batches) ──┬── easy ──► [queue (x, F1)] ──► H1 ──────────► results
+                                            └── hard ──► queue (x, F1) ──► links + B2 + H2 ──► results
                                                          (flush: full batch or deadline)
+
+The scheduler runs the three stages of :class:`~dynamicdet.modeling.routing.RoutedDetector`
+(the split of :func:`~dynamicdet.modeling.routing.route`, with queues between the stages), so it
+serves any dynamic model alike: YOLO, two-stage, or their ONNX export on onnxruntime.
 
 Results come back in input order, each with its id, route, logit and latency (arrival to
 result). :class:`LatencyController` adjusts the hard fraction online from measured batch
@@ -26,16 +30,15 @@ import numpy as np
 import torch
 
 from dynamicdet.modeling import routing
-from dynamicdet.modeling.two_stage import DynamicTwoStage
-from dynamicdet.modeling.yolo import AdaptiveRouter, DynamicDetector
+from dynamicdet.modeling.routing import RoutedDetector
 
 
 @dataclass
 class StreamResult:
-    """One image's result: its id, its detections (as :meth:`route` gives them), route, logit, latency."""
+    """One image's result: its id, its detections (as ``route()`` gives them), route, logit, latency."""
 
     id: object
-    preds: object  # YOLO: (4 + nc, A) raw detections; two-stage: a torchvision detection dict
+    preds: object  # one image's row of route()'s preds: YOLO (4 + nc, A) raw detections; two-stage a torchvision dict
     hard: bool
     logit: float
     latency_ms: float  # from entering the scheduler to its result being ready
@@ -72,7 +75,7 @@ class _Chunk:
 
     ids: list
     x: torch.Tensor | None  # (B, 3, H, W): the whole batch they arrived in (None: the route reads no images)
-    feats: list  # per level (B, C, h, w) or None; hard: the taps F1; easy: H1's input state
+    feats: list  # per level (B, C, h, w) or None: the taps F1
     rows: torch.Tensor | None  # (n,) indices of these images in x / feats; None: all B
     logits: list[float]
     t_in: list[float]  # arrival times
@@ -150,9 +153,9 @@ class StreamScheduler:
     """Batched dynamic inference over a stream, with full hard batches.
 
     Args:
-        model: a dynamic model (YOLO :class:`~.model.DynamicDetector` or
-            :class:`~.two_stage.DynamicTwoStage`), eval mode.
-        threshold: on the router logit (as :meth:`route`); or a :class:`LatencyController`
+        model: a dynamic model, any :class:`~dynamicdet.modeling.routing.RoutedDetector` (YOLO,
+            two-stage, or the ONNX runner), eval mode.
+        threshold: on the router logit (as ``route()``); or a :class:`LatencyController`
             whose current threshold is read before every batch and which is told the time of each.
         batch: images per B1 + router batch, and per B2 + H2 batch.
         max_wait_s: a queued image waits at most this long for its batch to fill (None: until
@@ -164,41 +167,14 @@ class StreamScheduler:
     """
 
     def __init__(self, model, threshold, batch: int = 8, max_wait_s: float | None = None, batch_easy: bool = True):
-        if not isinstance(model, DynamicDetector | DynamicTwoStage):
-            raise TypeError(f"a dynamic model is needed, got {type(model).__name__}")
+        if not isinstance(model, RoutedDetector):
+            raise TypeError(f"a dynamic model (a RoutedDetector) is needed, got {type(model).__name__}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.model, self.batch, self.max_wait_s = model, batch, max_wait_s
         self.batch_easy = batch_easy
         self.controller = threshold if isinstance(threshold, LatencyController) else None
         self.threshold = None if self.controller else float(threshold)
-        self.yolo = isinstance(model, DynamicDetector)
-
-    # ---------------------------------------------------------------- the model's two halves
-    def _first_half(self, x: torch.Tensor):
-        """B1 + router on a batch: (state for H1, taps F1, logits z (B,))."""
-        m = self.model
-        if self.yolo:
-            y1 = m.backbone1(x)
-            f1 = m.taps(y1)
-            return y1, f1, m.router.logit(AdaptiveRouter.pool(f1))
-        t1 = m.taps1(x)
-        return t1, t1, m.router.logit(AdaptiveRouter.pool(t1))
-
-    def _easy(self, x: torch.Tensor | None, state) -> list:
-        """H1 on a batch of easy images' B1 state (and the images ``x`` (B, 3, H, W), two-stage only;
-        None for YOLO) -> per-image predictions."""
-        m = self.model
-        if self.yolo:
-            return list(m._inference(m.head1(state)))
-        return list(m.det1.heads(x, m.det1.backbone.pyramid(state))[0])
-
-    def _hard(self, x: torch.Tensor, f1: list[torch.Tensor]) -> list:
-        """B2 (+ links) + H2 on a batch of hard images -> per-image predictions."""
-        m = self.model
-        if self.yolo:
-            return list(m._inference(m.head2(m.backbone2(x, f1))))
-        return list(m.det2.heads(x, m.pyramid2(x, f1))[0])
 
     # ---------------------------------------------------------------- the stream
     @torch.no_grad()
@@ -238,7 +214,7 @@ class StreamScheduler:
         otherwise they finish now, through H1 on the batch's easy sub-batch) and the hard ones."""
         tau = self.controller.threshold if self.controller else self.threshold
         x = torch.stack([p[1] for p in pending])
-        state, f1, z = self._first_half(x)
+        z, taps = self.model.first_stage(x)
         hard = z >= tau
         easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
         everyone = len(pending)
@@ -256,14 +232,13 @@ class StreamScheduler:
                 [pending[j][2] for j in ids],
             )
 
-        # YOLO's H1 reads only B1's state; the two-stage heads also read the images (their sizes)
         if self.controller:
             self.controller.observe("first", everyone, self._charge())
-        easy = chunk(easy_idx, state, images=not self.yolo)
+        easy = chunk(easy_idx, taps, images=self.model.easy_reads_images)  # YOLO's H1 reads no images
         if easy is not None and not self.batch_easy:
             self._run_easy([easy], done)
             easy = None
-        return easy, chunk(hard_idx, f1)
+        return easy, chunk(hard_idx, taps)
 
     def _finish(self, chunks: list[_Chunk], preds: list, hard: bool, done: dict) -> None:
         t = time.perf_counter()
@@ -274,12 +249,14 @@ class StreamScheduler:
             self.controller.observe("hard" if hard else "easy", len(meta), self._charge())
 
     def _run_easy(self, chunks: list[_Chunk], done: dict) -> None:
-        x, state = _Chunk.gather(chunks, images=not self.yolo)
-        self._finish(chunks, self._easy(x, state), False, done)
+        """H1 on queued easy images (and their images x, when the model's H1 reads them)."""
+        x, taps = _Chunk.gather(chunks, images=self.model.easy_reads_images)
+        self._finish(chunks, list(self.model.easy_stage(x, taps)), False, done)
 
     def _run_hard(self, chunks: list[_Chunk], done: dict) -> None:
-        x, f1 = _Chunk.gather(chunks)
-        self._finish(chunks, self._hard(x, f1), True, done)
+        """Links + B2 + H2 on queued hard images."""
+        x, taps = _Chunk.gather(chunks)
+        self._finish(chunks, list(self.model.hard_stage(x, taps)), True, done)
 
     def _charge(self) -> float:
         """Wall ms since the last charge: model time plus everything between (the caller's work on
@@ -289,7 +266,7 @@ class StreamScheduler:
         return ms
 
 
-KINDS = ("first", "easy", "hard")  # what a charge paid for: B1 + router, H1 of easy images, B2 + H2 of hard ones
+CHARGES = ("first", "easy", "hard")  # what a charge paid for: B1 + router, H1 of easy images, B2 + H2 of hard ones
 
 
 @dataclass
@@ -300,9 +277,9 @@ class LatencyController:
     threshold is the val-score quantile that sends a fraction k of images to the hard route.
     Closed loop, the same formula with the two latencies measured on the running stream: the
     scheduler charges the wall time of every batch (model time and the caller's work since
-    the last charge) to its kind, B1 + router (``first``), H1 of easy images or B2 + H2 of
-    hard ones, with the batch's image count; after every window of ``window`` new images the
-    per-image cost of each kind, c = sum ms / sum images with both sums decayed by ``memory``
+    the last charge) to what it paid for (:data:`CHARGES`), B1 + router (``first``), H1 of easy
+    images or B2 + H2 of hard ones, with the batch's image count; after every window of ``window``
+    new images the per-image cost of each charge, c = sum ms / sum images with both sums decayed by ``memory``
     per window (a route not taken keeps its last cost), gives
 
         k <- clip((target - c_first - c_easy) / (c_hard - c_easy), 0, 1)
@@ -336,25 +313,25 @@ class LatencyController:
         # open-loop start: k = (lat_t - lat_easy) / (lat_hard - lat_easy), clipped to [0, 1]
         self.k = float(np.clip((self.target_ms - self.lat_easy) / (self.lat_hard - self.lat_easy), 0.0, 1.0))
         self.threshold = routing.threshold_for_fraction(self.val_logits, self.k)
-        self._ms = dict.fromkeys(KINDS, 0.0)  # decayed sums per kind
-        self._n = dict.fromkeys(KINDS, 0.0)
+        self._ms = dict.fromkeys(CHARGES, 0.0)  # decayed sums per charge
+        self._n = dict.fromkeys(CHARGES, 0.0)
         self._images, self._window_ms = 0, 0.0  # new images and wall ms in the current window
 
-    def observe(self, kind: str, images: int, ms: float) -> None:
-        """Wall ``ms`` of one batch of ``images`` images of ``kind`` (one of :data:`KINDS`)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self._ms[kind] += ms
-        self._n[kind] += images
+    def observe(self, charge: str, images: int, ms: float) -> None:
+        """Wall ``ms`` of one batch of ``images`` images, paid for ``charge`` (one of :data:`CHARGES`)."""
+        if charge not in CHARGES:
+            raise ValueError(f"charge must be one of {CHARGES}, got {charge!r}")
+        self._ms[charge] += ms
+        self._n[charge] += images
         self._window_ms += ms
-        if kind == "first":
+        if charge == "first":
             self._images += images
             if self._images >= self.window:
                 self._update()
 
     def costs(self) -> dict[str, float]:
-        """Current per-image ms of each kind (NaN for a kind not yet seen)."""
-        return {c: self._ms[c] / self._n[c] if self._n[c] else float("nan") for c in KINDS}
+        """Current per-image ms of each charge (NaN for a charge not yet seen)."""
+        return {c: self._ms[c] / self._n[c] if self._n[c] else float("nan") for c in CHARGES}
 
     def _update(self) -> None:
         c = self.costs()
@@ -367,19 +344,19 @@ class LatencyController:
             {
                 "images": self._images,
                 "ms_per_image": measured,
-                **{f"c_{kind}": v for kind, v in c.items()},
+                **{f"c_{charge}": v for charge, v in c.items()},
                 "k": self.k,
                 "threshold": self.threshold,
             }
         )
-        for kind in KINDS:  # older windows count less: c follows the machine's speed
-            self._ms[kind] *= self.memory
-            self._n[kind] *= self.memory
+        for charge in CHARGES:  # older windows count less: c follows the machine's speed
+            self._ms[charge] *= self.memory
+            self._n[charge] *= self.memory
         self._images, self._window_ms = 0, 0.0
 
     def _next_k(self, measured: float, c: dict[str, float]) -> float | None:
         """The hard fraction after a window that ran at ``measured`` ms/img (None: keep k)."""
-        if not all(self._n.values()):  # a kind of batch not timed yet
+        if not all(self._n.values()):  # a charge not timed yet
             return None
         # k <- (target - c_first - c_easy) / (c_hard - c_easy), clipped to [0, 1]
         extra = max(c["hard"] - c["easy"], 1e-9)  # a hard route timed no dearer: k goes to an end

@@ -7,15 +7,15 @@ evaluation code never asks which kind it holds:
 - ``detector_groups() -> {"det1": [...], "det2": [...]}``: parameters by detector
   (gradient clipping per detector, gradient-norm logging);
 - ``first(x)`` (and for dynamic models ``second(x)``, ``route(x, tau)``): detections;
-- dynamic models only: ``router``, ``router_batch(batch) -> (pooled, L1, L2)`` for step 2.
+- dynamic models only: ``router``, ``router_batch(batch) -> (pooled, L1, L2)`` for step 2, and
+  the three stages every route runs (:class:`dynamicdet.modeling.routing.RoutedDetector`).
 
-========================  ===================================  ==========================
-``model.kind``            ``dual: true`` (dynamic)             ``dual: false`` (static)
-========================  ===================================  ==========================
-``yolo``                  :class:`~.model.DynamicDetector`     :class:`~.model.StaticDetector`
-``faster_rcnn``           :class:`~.two_stage.DynamicTwoStage`  :class:`~.two_stage.TwoStageDetector`
-``mask_rcnn``             same, with masks                     same, with masks
-========================  ===================================  ==========================
+Which class each ``model.kind`` builds (``dual: true`` dynamic / ``dual: false`` static):
+
+- ``yolo``: :class:`~dynamicdet.modeling.yolo.DynamicDetector` / :class:`~dynamicdet.modeling.yolo.StaticDetector`;
+- ``faster_rcnn``: :class:`~dynamicdet.modeling.two_stage.DynamicTwoStage` /
+  :class:`~dynamicdet.modeling.two_stage.TwoStageDetector`;
+- ``mask_rcnn``: the same classes, with masks.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.engine.checkpoint import load_into
 from dynamicdet.engine.runs import STEP1, STEP2
 from dynamicdet.modeling.losses import attach_hyp
-from dynamicdet.modeling.two_stage import HeadSizes, build_two_stage
+from dynamicdet.modeling.trunks import HeadSizes
+from dynamicdet.modeling.two_stage import build_two_stage
 from dynamicdet.modeling.yolo import DynamicDetector, StaticDetector
 
 

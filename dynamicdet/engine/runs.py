@@ -84,28 +84,28 @@ VAL_DETS = Stage("val detections", DETECTION_READS, "val_dets-{key}.pt", STEP2)
 TRADEOFF = Stage(
     "trade-off", (*DETECTION_READS, "eval.fractions", "eval.sweep", "eval.random_seeds"), "tradeoff-{key}.pt", STEP2
 )
-# the step-1 settings that ultralytics' trainer receives for the static baselines (see experiments.static_models)
-STATIC_TRAIN_READS = tuple(
-    f"train.{f}"
-    for f in (
-        "epochs",
-        "batch",
-        "nbs",
-        "optimizer",
-        "lr0",
-        "lrf",
-        "momentum",
-        "weight_decay",
-        "warmup_epochs",
-        "mosaic",
-        "mixup",
-        "close_mosaic",
-        "workers",
-        "seed",
-    )
+# The step-1 settings ultralytics' trainer receives for the static baselines, under their own names: the
+# trainer call (experiments.static_models.train_ultralytics) passes exactly these, so a field added here reaches
+# both the trainer and the key. The epochs are eval.static_epochs, or train.epochs when it is 0.
+STATIC_TRAINER_FIELDS = (
+    "batch",
+    "workers",
+    "optimizer",
+    "lr0",
+    "lrf",
+    "momentum",
+    "weight_decay",
+    "nbs",
+    "warmup_epochs",
+    "close_mosaic",
+    "mosaic",
+    "mixup",
+    "seed",
 )
 STATIC_MODELS = Stage(
-    "static models", ("data", "model.family", *STATIC_TRAIN_READS, "eval.static_epochs"), "{name}-static-{key}"
+    "static models",
+    ("data", "model.family", "train.epochs", "eval.static_epochs", *(f"train.{f}" for f in STATIC_TRAINER_FIELDS)),
+    "{name}-static-{key}",
 )
 STATIC_ROW = Stage("static model row", DETECTION_READS, "{model}-{key}.json", STATIC_MODELS)
 LATENCY = Stage(
@@ -121,7 +121,7 @@ LATENCY = Stage(
     "latency_table_segments-{key}.csv",  # interleaved every few images, checked
     STEP2,
 )
-# onnxruntime at batch 1 (experiments.frontier): the same stream and rows as the latency table
+# onnxruntime at batch 1 (experiments.tradeoffs): the same stream and rows as the latency table
 ONNX_LATENCY = Stage(
     "onnxruntime latency",
     ("eval.fractions", "eval.batch", "eval.stream_images", "eval.latency_repeats", "eval.static_scales"),

@@ -32,8 +32,9 @@ from dynamicdet.engine.step1 import train_step1
 from dynamicdet.engine.validate import val_loader
 from dynamicdet.evaluation.predict import image_ids_of
 from dynamicdet.files import save_torch, write_csv
+from dynamicdet.metrics import spearman
 from dynamicdet.modeling.losses import RunningMedian, router_loss
-from dynamicdet.modeling.yolo import AdaptiveRouter
+from dynamicdet.modeling.router import AdaptiveRouter
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,17 +47,10 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
 def view_dataset(cfg: Config, info):
     """The training set with the router's view augmentation (no mosaic or mixup, as the authors')."""
     r = cfg.router
-    aug = dict(
-        mosaic=0.0,
-        mixup=0.0,
-        hsv_h=r.hsv_h,
-        hsv_s=r.hsv_s,
-        hsv_v=r.hsv_v,
-        translate=r.translate,
-        scale=r.scale,
-        fliplr=r.fliplr,
+    aug = {name: getattr(r, name) for name in ("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr")}
+    return build_dataset(
+        info.data, "train", cfg.data.img_size, augment=True, batch=r.batch, mosaic=0.0, mixup=0.0, **aug
     )
-    return build_dataset(info.data, "train", cfg.data.img_size, augment=True, batch=r.batch, **aug)
 
 
 def view_loader(cfg: Config, dataset, view: int, batch: int | None = None):
@@ -103,10 +97,8 @@ def build_val_cache(model, cfg: Config, info, device, progress: bool = True) -> 
     parts: dict[str, list] = {"pooled": [], "l1": [], "l2": [], "image_id": []}
     for batch in tqdm(val_loader(cfg, info), desc="val cache", leave=False, disable=not progress):
         batch = to_device(batch, device)
-        pooled, l1, l2 = model.router_batch(batch)
-        parts["pooled"].append(pooled.float().cpu())
-        parts["l1"].append(l1.float().cpu())
-        parts["l2"].append(l2.float().cpu())
+        for k, t in zip(("pooled", "l1", "l2"), model.router_batch(batch), strict=True):
+            parts[k].append(t.float().cpu())
         parts["image_id"].append(torch.tensor(image_ids_of(batch, info.file_to_image_id["val"])))
     return {k: torch.cat(t) for k, t in parts.items()}
 
@@ -120,12 +112,6 @@ class RouterFit:
     history: pd.DataFrame  # per epoch: loss, mean phi, fraction phi > 0.5 (+ Spearman on held-out images)
     best_epoch: int = 0  # the epoch kept (router.holdout > 0), else the last
     holdout_ids: tuple = ()  # the training images held out (router.holdout > 0)
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two 1-d arrays (average ranks for ties)."""
-    a, b = pd.Series(np.asarray(a, dtype=float)), pd.Series(np.asarray(b, dtype=float))
-    return float(a.rank().corr(b.rank()))
 
 
 def _new_router(in_channels: int, seed: int) -> AdaptiveRouter:

@@ -24,7 +24,7 @@ def val_loader(cfg: Config, info, batch: int | None = None):
 
 @torch.no_grad()
 def evaluate_fn(fn, cfg: Config, info, device, loader, desc: str, progress: bool = True) -> tuple[dict, dict]:
-    """COCO AP of ``fn`` on val, and the route each image took (see :func:`~.predict.predict`).
+    """COCO AP of ``fn`` on val, and the route each image took (see :func:`~dynamicdet.evaluation.predict.predict`).
 
     Box metrics (AP, AP50, ...); Mask R-CNN configs add mask metrics as ``mask_AP``...
     """

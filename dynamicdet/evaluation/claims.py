@@ -32,6 +32,7 @@ import pandas as pd
 
 from dynamicdet import paths
 from dynamicdet.files import write_csv, write_text
+from dynamicdet.metrics import interval, static_frontier, verdict
 
 # Dy-YOLOv7 (COCO test-dev): static YOLOv7 51.4 AP, Dy /50 53.3, Dy /100 53.9
 # c(0.5) = (AP(0.5) - AP_1) / (AP_2 - AP_1), with the static YOLOv7 as the easy route
@@ -122,13 +123,12 @@ def _c50(folder: Path) -> tuple[float, float]:
     return float(df["learned"]), float(df["learned"]) - (PAPER_C50 - C50_TOLERANCE)
 
 
-def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
-    """Dy /50's gap to the static frontier along ``cost``: a column of ``variable_speed.csv``, or
-    ``"latency_ms_batch"`` for the latency at the table's batch size (the column ``latency_ms_b<B>``, B > 1)."""
+def _frontier_claim(by: str, paper: str, cost: str) -> Claim:
+    """The claim "Dy /50 on or above the static frontier, by ``by``": its gap to the frontier along ``cost``, a
+    column of ``variable_speed.csv``, or ``"latency_ms_batch"`` for the latency at the table's batch size (the
+    column ``latency_ms_b<B>``, B > 1)."""
 
     def measure(folder: Path) -> tuple[float, float]:
-        from dynamicdet.experiments.tradeoffs import static_frontier
-
         df = _read(folder, "variable_speed")
         static = df[df["model"].str.endswith("(static)")]
         if len(static) < 2:
@@ -144,14 +144,15 @@ def _frontier(cost: str) -> Callable[[Path], tuple[float, float]]:
         flag = "consistent_onnx" if col == "latency_ms_onnx_b1" else "consistent"
         if col.startswith("latency") and flag in df and not df[flag].fillna(True).astype(bool).all():
             raise NotTestable(f"the latency figures failed their consistency checks ({flag} False)")
-        pick = ["model", col, "AP"]
-        points = df[df["model"] == "Dy /50"][pick].rename(columns={col: "latency_ms_b1"})
+        points = df[df["model"] == "Dy /50"]
         if points.empty:
             raise NotTestable("variable_speed.csv has no Dy /50 row")
-        gap = static_frontier(points, static[pick].rename(columns={col: "latency_ms_b1"}))["gap"].iloc[0]
+        gap = static_frontier(points=points, static=static, cost=col)["gap"].iloc[0]
         return float(gap), float(gap)
 
-    return measure
+    return Claim(
+        f"Dy /50 on or above the static frontier, by {by}", "06", paper, "variable_speed", "AP - frontier >= 0", measure
+    )
 
 
 def _balance(folder: Path) -> tuple[float, float]:
@@ -225,38 +226,12 @@ CLAIMS: list[Claim] = [
         f"c(0.5) >= {PAPER_C50 - C50_TOLERANCE:.2f}",
         _c50,
     ),
-    Claim(
-        "Dy /50 on or above the static frontier, by latency (batch 1)",
-        "06",
-        "Dy /50 53.3 AP at 96 FPS vs YOLOv7-X 53.1 at 105",
-        "variable_speed",
-        "AP - frontier >= 0",
-        _frontier("latency_ms_b1"),
+    _frontier_claim("latency (batch 1)", "Dy /50 53.3 AP at 96 FPS vs YOLOv7-X 53.1 at 105", "latency_ms_b1"),
+    _frontier_claim("latency (batch 8)", "not reported (the paper times batch 1)", "latency_ms_batch"),
+    _frontier_claim(
+        "onnxruntime latency (batch 1)", "not reported (the paper times PyTorch on a GPU)", "latency_ms_onnx_b1"
     ),
-    Claim(
-        "Dy /50 on or above the static frontier, by latency (batch 8)",
-        "06",
-        "not reported (the paper times batch 1)",
-        "variable_speed",
-        "AP - frontier >= 0",
-        _frontier("latency_ms_batch"),
-    ),
-    Claim(
-        "Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)",
-        "06",
-        "not reported (the paper times PyTorch on a GPU)",
-        "variable_speed",
-        "AP - frontier >= 0",
-        _frontier("latency_ms_onnx_b1"),
-    ),
-    Claim(
-        "Dy /50 on or above the static frontier, by GFLOPs",
-        "06",
-        "Dy /50 53.3 AP at 143G vs YOLOv7-X 53.1 at 190G",
-        "variable_speed",
-        "AP - frontier >= 0",
-        _frontier("GFLOPs"),
-    ),
+    _frontier_claim("GFLOPs", "Dy /50 53.3 AP at 143G vs YOLOv7-X 53.1 at 190G", "GFLOPs"),
     Claim(
         "the adaptive offset balances the routes without a tuned hyperparameter",
         "04",
@@ -310,30 +285,6 @@ CLAIMS: list[Claim] = [
         seeded=False,
     ),
 ]
-
-
-def interval(margins: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, standard deviation and 95% interval of per-seed margins (Student's t; NaN for one seed)."""
-    from scipy import stats
-
-    m = np.asarray(margins, dtype=float)
-    mean = float(m.mean())
-    if len(m) < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = float(m.std(ddof=1))
-    # mean +- t_{0.975, n-1} sd / sqrt(n)
-    half = float(stats.t.ppf(0.975, len(m) - 1)) * sd / math.sqrt(len(m))
-    return mean, sd, mean - half, mean + half
-
-
-def verdict(margins: np.ndarray) -> str:
-    """The verdict of per-seed margins (see the module docstring)."""
-    mean, _, lo, hi = interval(margins)
-    if len(margins) < 2:
-        return "reproduced" if mean >= 0 else "not reproduced"
-    if lo > 0:
-        return "reproduced"
-    return "not reproduced" if hi < 0 else "inconclusive"
 
 
 def claims_table(

@@ -1,8 +1,9 @@
-"""Cost accounting: parameters and GFLOPs of each part, each route, and a dynamic mix.
+"""Cost accounting: parameters and GFLOPs of each part and each route.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the full-size input
 (it counts conv/matmul FLOPs = 2 x MACs, the convention of ultralytics' GFLOPs). A
-dynamic model at hard fraction k costs the linear mix, as in the authors' table:
+dynamic model at hard fraction k costs the linear mix, as in the authors' table
+(:func:`dynamicdet.metrics.mix`):
 
     GFLOPs(k) = (1 - k) * GFLOPs_easy + k * GFLOPs_hard
 """
@@ -88,12 +89,6 @@ def cost_table(model: DynamicDetector, img_size: int) -> pd.DataFrame:
     df["params_M"] = df.pop("params") / 1e6
     model.train(was_training)
     return df[["params_M", "GFLOPs"]]
-
-
-def dynamic_gflops(easy: float, hard: float, k: float) -> float:
-    """GFLOPs of a dynamic model sending a fraction k of images to the hard route."""
-    # GFLOPs(k) = (1 - k) GFLOPs_easy + k GFLOPs_hard
-    return (1.0 - k) * easy + k * hard
 
 
 def route_gflops(model: DynamicDetector, img_size: int) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from dynamicdet import paths
+from dynamicdet.evaluation.claims import to_markdown
 from dynamicdet.files import write_text
 
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -47,8 +48,6 @@ def render_source(spec: str) -> str:
         return path.read_text()
     df = pd.read_csv(path)
     if path.stem == "claims":
-        from dynamicdet.evaluation.claims import to_markdown
-
         return to_markdown(df)
     if "columns" in options:
         cols = options["columns"].split(",")

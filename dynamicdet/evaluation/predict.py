@@ -38,7 +38,7 @@ def predict(
     Args:
         fn: images (B, 3, H, W) in [0, 1] -> raw YOLO predictions (B, 4 + nc, A) (NMS is
             applied here), or torchvision detections (a list of per-image dicts, already
-            final), or a :class:`~dynamicdet.modeling.yolo.RouteOutput` holding either (its route
+            final), or a :class:`~dynamicdet.modeling.routing.RouteOutput` holding either (its route
             per image is recorded).
         loader: val-mode dataloader (letterboxed images, ``im_file``, ``ori_shape``, ``ratio_pad``).
         file_to_id: image file name -> COCO image id.

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ def save_figure(fig, name: str, config: str) -> Path:
 
 
 def git_sha() -> str:
+    """The checkout's commit (``+dirty`` when the code differs from it); ``dynamicdet <version>`` when installed
+    as a package (site-packages may sit inside some other repository, whose commit says nothing of this code)."""
+    if not paths.IN_CHECKOUT:
+        return f"dynamicdet {metadata.version('dynamicdet')}"
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=True
@@ -132,7 +137,7 @@ def setup_notebook(config: str, home: str = "") -> tuple[Config, Path]:
     """The set-up cell of every notebook: run-folder root, config, results folder, figure style.
 
     Args:
-        config: a config name (``configs/<config>.yaml``).
+        config: a config name (``dynamicdet/configs/<config>.yaml``).
         home: run-folder root (checkpoints, caches); empty keeps ``DYNAMICDET_HOME`` or the repo's ``runs/``.
 
     Returns:

@@ -4,23 +4,31 @@
 module                     what                                                        notebooks
 =========================  ==========================================================  ==========
 :mod:`.trained`            a trained config, its val detections, routed evaluation     04-08
-:mod:`.tradeoffs`          the /k table and the dense sweep against every baseline     05, 06, 07
+:mod:`.router_study`       router losses, targets and signals; the paper's router      04, 06
+:mod:`.tradeoffs`          the /k table and the dense sweep against every baseline;    05, 06, 07
+                           onnxruntime latency; the static frontier in four costs
 :mod:`.variable_speed`     timing on a stream of val images, latency table, targets    05, 06
 :mod:`.controller`         closed vs open loop through a slow-down (stream scheduler)  05
 :mod:`.static_models`      plain ultralytics models trained by ultralytics' trainer    05, 06
-:mod:`.frontier`           onnxruntime latency; the static frontier in four costs      05, 06
 :mod:`.seeds`              the reference trained for several seeds; claims' intervals  (CLI)
 :mod:`.generality`         Dy-Faster / Dy-Mask R-CNN against static models             08
+:mod:`.step1_ablation`     step-1 recipes against a plain static model (ablation)      09
 =========================  ==========================================================  ==========
 
 Every stage stores its output under the run folder, keyed by the config fields it reads
 (:mod:`dynamicdet.engine.runs`), so re-running a notebook does not retrain or re-measure.
 """
 
-from dynamicdet.experiments.frontier import cost_columns, frontier_by_cost, onnx_latency
-from dynamicdet.experiments.generality import KINDS, record_provenance, static_config, two_stage_config, two_stage_table
+from dynamicdet.experiments.generality import record_provenance, static_config, two_stage_config, two_stage_table
 from dynamicdet.experiments.static_models import load_static, static_baselines, train_ultralytics
-from dynamicdet.experiments.tradeoffs import static_frontier, sweep_latency, tradeoff
+from dynamicdet.experiments.tradeoffs import (
+    Tradeoff,
+    cost_columns,
+    frontier_by_cost,
+    onnx_latency,
+    sweep_latency,
+    tradeoff,
+)
 from dynamicdet.experiments.trained import (
     Trained,
     evaluate_dets,
@@ -36,9 +44,10 @@ from dynamicdet.experiments.variable_speed import (
     timing_stream,
     variable_speed_table,
 )
+from dynamicdet.metrics import static_frontier  # the frontier gap lives in metrics; importable here too
 
 __all__ = [
-    "KINDS",
+    "Tradeoff",
     "cost_columns",
     "frontier_by_cost",
     "onnx_latency",

@@ -34,6 +34,7 @@ from dynamicdet.deploy.stream import LatencyController, StreamScheduler
 from dynamicdet.engine.validate import val_loader
 from dynamicdet.evaluation.speed import time_streams
 from dynamicdet.experiments.trained import Trained, routed_evaluator
+from dynamicdet.metrics import mix
 from dynamicdet.modeling import routing
 
 PHASES = ("quiet", "loaded", "quiet again")
@@ -166,8 +167,8 @@ def disturbed_stream(
                 [{"lat_easy ms/img": cal["easy"], "lat_hard ms/img": cal["hard"], "noisy": True}]
             ),
         }
-    # lat_t = lat_easy + k (lat_hard - lat_easy)
-    target = cal["easy"] + target_k * (cal["hard"] - cal["easy"])
+    # lat_t = (1 - k) lat_easy + k lat_hard
+    target = mix(easy=cal["easy"], hard=cal["hard"], k=target_k)
     tau_open = routing.threshold_for_latency(z_val, target, cal["easy"], cal["hard"])
     phase_rows, history = [], []
     loops = loops or {

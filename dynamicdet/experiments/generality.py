@@ -1,7 +1,7 @@
 """Generality for two-stage detectors (the paper's Table 4, notebook 08_two_stage).
 
-For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml`` and
-``configs/X_mask_rcnn.yaml``. For each, :func:`two_stage_table` trains (or reuses):
+For a base config ``X`` the two-stage configs are ``dynamicdet/configs/X_faster_rcnn.yaml`` and
+``dynamicdet/configs/X_mask_rcnn.yaml``. For each, :func:`two_stage_table` trains (or reuses):
 
 - the dynamic model (step 1 + step 2, the same entry points as the YOLO model);
 - static single-detector models on each backbone of ``eval.static_backbones`` (the
@@ -10,9 +10,9 @@ For a base config ``X`` the two-stage configs are ``configs/X_faster_rcnn.yaml``
 and evaluates every row on the val set with pycocotools (boxes, and masks for Mask
 R-CNN): the Dy rows run ``route()`` for real at the threshold that sends a fraction k
 of the val images to detector 2. GFLOPs are counted (:func:`~dynamicdet.evaluation.cost.gflops`) and
-latencies timed at batch 1 on the same ``eval.timing_images`` val images, in alternation
-(:func:`~dynamicdet.evaluation.speed.time_streams`), for the static models and for the dynamic
-model's two routes (every image easy, every image hard); a Dy /k row costs their mix at
+latencies timed at batch 1 on the same ``eval.timing_images`` val images, in alternation and
+checked (:func:`~dynamicdet.evaluation.speed.time_latency_table`), for the static models and for the
+dynamic model's two routes (every image easy, every image hard); a Dy /k row costs their mix at
 its measured hard fraction, as in the YOLO tables. (Timing ``route()`` at each k on a few
 images would cost the hard fraction of those images, not k: at k = 0.9 the first 20
 standard val images were all hard.)
@@ -20,11 +20,11 @@ standard val images were all hard.)
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +37,15 @@ from dynamicdet.engine.build import load_model
 from dynamicdet.engine.runs import STEP1, STEP2, TWO_STAGE_TABLE
 from dynamicdet.engine.step1 import train_step1
 from dynamicdet.engine.validate import evaluate_fn, val_loader
-from dynamicdet.evaluation.cost import dynamic_gflops, gflops
+from dynamicdet.evaluation.cost import gflops
 from dynamicdet.evaluation.results import git_sha, merge_provenance
-from dynamicdet.evaluation.speed import environment, prepare_for_timing, stream_times
+from dynamicdet.evaluation.speed import environment, prepare_for_timing, stream_times, time_latency_table
 from dynamicdet.experiments.trained import trained
 from dynamicdet.files import write_csv, write_json
+from dynamicdet.metrics import mix
 from dynamicdet.modeling import routing
+from dynamicdet.modeling.two_stage import KINDS
 from dynamicdet.paths import results_dir
-
-KINDS = ("faster_rcnn", "mask_rcnn")
 
 
 def tuning_path(base: str, kind: str) -> Path:
@@ -54,7 +54,7 @@ def tuning_path(base: str, kind: str) -> Path:
 
 
 def two_stage_config(base: str, kind: str) -> Config:
-    """The two-stage config that goes with base config ``base`` (``configs/<base>_<kind>.yaml``)."""
+    """The two-stage config that goes with base config ``base`` (``dynamicdet/configs/<base>_<kind>.yaml``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown two-stage kind {kind!r}; choose from {KINDS}")
     return load_config(f"{base}_{kind}")
@@ -186,33 +186,32 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
 def _checked_latency(fns: dict, imgs: list, device, cfg: Config, tries: int = 3) -> tuple[dict, pd.DataFrame]:
     """Batch-1 latency (ms) of every entry of ``fns``, interleaved image by image, checked.
 
-    The checks of :func:`~.variable_speed.latency_checks` on the two routes: the easy route
-    against the static model of the same trunk (the same network), the hard route no faster
-    than the easy one (the Dy rows are their linear mix). Timed again up to ``tries`` times
-    when a check fails; the attempt with the most passed checks is kept, with a warning.
+    The checks of :func:`~dynamicdet.metrics.latency_checks` on the two routes, as the rows Dy /0
+    and Dy /100 (:data:`ROUTE_ROWS`): the easy route against the static model of the same trunk
+    (the same network), the hard route no faster than the easy one (the Dy rows are their linear
+    mix). Timed again up to ``tries`` times when a check fails; the attempt with the most passed
+    checks is kept, with a warning (:func:`~dynamicdet.evaluation.speed.time_latency_table`).
 
     Returns:
         ``({name: ms}, checks)``.
     """
-    from dynamicdet.experiments.variable_speed import latency_checks
-
     e, same = cfg.eval, f"static {cfg.model.backbone}"
-    best = None
-    for _ in range(max(tries, 1)):
-        per = stream_times(fns, imgs, device, e.latency_warmup, e.latency_repeats, segment=1)
-        lat = {name: float(np.median(v)) for name, v in per.items()}
-        df = pd.DataFrame({"model": list(lat), "latency_ms_b1": list(lat.values())})
-        df["model"] = df["model"].replace({EASY: "Dy /0", HARD: "Dy /100"})
-        checks = latency_checks(df, {"Dy /0": 0.0, "Dy /100": 1.0}, same if same in fns else None)
-        if best is None or checks["passed"].sum() >= best[1]["passed"].sum():
-            best = (lat, checks)
-        if checks["passed"].all():
-            break
-    lat, checks = best
-    if not checks["passed"].all():
-        bad = checks.loc[~checks["passed"], ["check", "model", "value"]].to_string(index=False)
-        warnings.warn(f"{cfg.name}: two-stage latency checks failed after {tries} timing(s):\n{bad}", stacklevel=2)
-    return lat, checks
+
+    def timed() -> dict[str, float]:
+        # every model on each image in turn (segment=1); the routes under their rows' names
+        per = stream_times(fns, imgs, device, warmup=e.latency_warmup, repeats=e.latency_repeats, segment=1)
+        return {ROUTE_ROWS.get(name, name): float(np.median(v)) for name, v in per.items()}
+
+    out = time_latency_table(
+        passes={"latency_ms_b1": timed},
+        rows=[ROUTE_ROWS.get(name, name) for name in fns],
+        k_timed={"Dy /0": 0.0, "Dy /100": 1.0},
+        same_static=same if same in fns else None,
+        tries=tries,
+        label=f"{cfg.name} two-stage table",
+    )
+    ms = out.table.set_index("model")["latency_ms_b1"]
+    return {name: float(ms[ROUTE_ROWS.get(name, name)]) for name in fns}, out.checks
 
 
 def table_record_path(table_path: Path) -> Path:
@@ -221,6 +220,7 @@ def table_record_path(table_path: Path) -> Path:
 
 
 EASY, HARD = "every image easy", "every image hard"
+ROUTE_ROWS = {EASY: "Dy /0", HARD: "Dy /100"}  # the rows the two routes are checked as (k = 0 and k = 1)
 
 
 def route_mix(flops: dict[str, float], lat: dict[str, float], k: float) -> tuple[float, float]:
@@ -231,10 +231,7 @@ def route_mix(flops: dict[str, float], lat: dict[str, float], k: float) -> tuple
     if not 0.0 <= k <= 1.0:
         raise ValueError(f"hard fraction k = {k} is outside [0, 1]")
     # cost(k) = (1 - k) cost_easy + k cost_hard
-    return (
-        dynamic_gflops(flops[EASY], flops[HARD], k),
-        (1.0 - k) * lat[EASY] + k * lat[HARD],
-    )
+    return mix(easy=flops[EASY], hard=flops[HARD], k=k), mix(easy=lat[EASY], hard=lat[HARD], k=k)
 
 
 def generality_summary(df: pd.DataFrame, col: str = "AP") -> dict:
@@ -252,8 +249,9 @@ def generality_summary(df: pd.DataFrame, col: str = "AP") -> dict:
     ap = dy[col]
     gain = ap.get(1.0, np.nan) - ap.get(0.0, np.nan)
     out = {"metric": col, "Dy /0": ap.get(0.0, np.nan), "Dy /100": ap.get(1.0, np.nan), "gain /100 - /0": gain}
-    # c(k) = (AP(k) - AP(0)) / (AP(1) - AP(0)), defined when detector 2 gains
-    out["c(0.5)"] = (ap.get(0.5, np.nan) - ap.get(0.0, np.nan)) / gain if gain > 0 else np.nan
+    # c(k) = (AP(k) - AP(0)) / (AP(1) - AP(0)), read only when detector 2 gains
+    c50 = routing.capture_ratio(ap_dyn=ap.get(0.5, np.nan), ap1=ap.get(0.0, np.nan), ap2=ap.get(1.0, np.nan))
+    out["c(0.5)"] = c50 if gain > 0 else np.nan
     lat90 = dy["latency_ms_b1"].get(0.9, np.nan)
     for _, s in df[~df["model"].str.startswith("Dy")].iterrows():
         out[f"Dy /90 - {s['backbone']}"] = ap.get(0.9, np.nan) - s[col]
@@ -317,15 +315,13 @@ def check_model(cfg: Config, base: str, kind: str, model: str) -> None:
     """Raise ValueError naming the config file unless ``model`` is ``dynamic`` or a static backbone of ``cfg``."""
     choices = ["dynamic", *cfg.eval.static_backbones]
     if model not in choices:
-        raise ValueError(f"configs/{base}_{kind}.yaml: model {model!r} is not one of {choices}")
+        raise ValueError(f"dynamicdet/configs/{base}_{kind}.yaml: model {model!r} is not one of {choices}")
 
 
 def main(argv=None) -> int:
     """``python -m dynamicdet.experiments.generality``: train one two-stage model (one process per model)."""
-    import argparse
-
     p = argparse.ArgumentParser(description="Train one model of the two-stage table (notebook 08 evaluates them).")
-    p.add_argument("--config", default="quick", help="base config: configs/<config>_<kind>.yaml")
+    p.add_argument("--config", default="quick", help="base config: dynamicdet/configs/<config>_<kind>.yaml")
     p.add_argument("--kind", required=True, choices=KINDS)
     p.add_argument("--model", required=True, help="'dynamic' or a static backbone of eval.static_backbones")
     a = p.parse_args(argv)
@@ -338,7 +334,6 @@ def main(argv=None) -> int:
 
 
 __all__ = [
-    "KINDS",
     "generality_summary",
     "record_provenance",
     "static_config",

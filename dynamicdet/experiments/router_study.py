@@ -31,9 +31,10 @@ import pandas as pd
 import torch
 
 from dynamicdet.config import Config
-from dynamicdet.engine.step2 import fit_router, spearman, step_caches, train_step2
+from dynamicdet.engine.step2 import fit_router, step_caches, train_step2
 from dynamicdet.evaluation.coco_eval import detections_to_coco, per_image_ap
 from dynamicdet.experiments.trained import Trained, evaluate_dets, route_detections, routed_evaluator
+from dynamicdet.metrics import spearman
 from dynamicdet.modeling import routing
 
 # the router the paper and the authors' code train: L1 - L2 on two augmented views of the training set

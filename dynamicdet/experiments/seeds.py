@@ -31,15 +31,15 @@ from dynamicdet.config import Config, load_config
 from dynamicdet.data.synthetic import image_difficulty, image_table
 from dynamicdet.engine.runs import STEP1
 from dynamicdet.engine.step1 import SETUP_FILE
-from dynamicdet.engine.step2 import spearman
+from dynamicdet.evaluation.claims import claims_table, to_markdown
 from dynamicdet.evaluation.results import run_stamp
-from dynamicdet.experiments.frontier import ONNX_COLUMN, cost_columns, frontier_by_cost, onnx_latency
 from dynamicdet.experiments.router_study import Capture
 from dynamicdet.experiments.static_models import static_baselines
-from dynamicdet.experiments.tradeoffs import tradeoff
+from dynamicdet.experiments.tradeoffs import ONNX_COLUMN, cost_columns, frontier_by_cost, onnx_latency, tradeoff
 from dynamicdet.experiments.trained import trained
 from dynamicdet.experiments.variable_speed import latency_table, variable_speed_table
 from dynamicdet.files import write_csv, write_json, write_text
+from dynamicdet.metrics import interval, spearman, verdict
 
 SEEDS = (0, 1, 2)
 
@@ -87,8 +87,8 @@ def seed_tables(
         lat = latency_table(tr, res, static, progress=progress)
         onnx = onnx_latency(tr, res, static)
     else:  # the table's rows without latencies
-        lat, onnx = pd.DataFrame({"model": [*res["table"]["model"], *static["model"]], "latency_ms_b1": math.nan}), None
-    sweep = res["sweep"]
+        lat, onnx = pd.DataFrame({"model": [*res.table["model"], *static["model"]], "latency_ms_b1": math.nan}), None
+    sweep = res.sweep
     capture = sweep[sweep["k"].isin(cfg.eval.fractions)].pivot_table(index="router", columns="k", values="capture")
     capture.columns = [f"c({k:g})" for k in capture.columns]
     scores = tr.val_scores.set_index("image_id")
@@ -96,7 +96,7 @@ def seed_tables(
         "joint_training": pd.DataFrame(
             {
                 "detector": ["detector 1 (B1 + H1)", "detector 2 (B1 -> B2 + H2)"],
-                "AP": [res["ap1"]["AP"], res["ap2"]["AP"]],
+                "AP": [res.detector1["AP"], res.detector2["AP"]],
             }
         ),
         "variable_speed": variable_speed_table(res, static, lat, cfg.eval.batch, onnx),
@@ -189,8 +189,6 @@ def _gain_difficulty(folder: Path) -> float:
 
 def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
     """One row per seed of :func:`run_summary`, then their mean, std and 95% interval."""
-    from dynamicdet.evaluation.claims import interval
-
     df = pd.DataFrame([{"seed": str(s), **run_summary(seed_folder(config, s, out))} for s in seeds])
     stats = {name: interval(df[name].to_numpy(float)) for name in df.columns[1:]}
     for i, label in enumerate(("mean", "std", "ci95 lo", "ci95 hi")):
@@ -201,9 +199,9 @@ def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None 
 def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
     """Each Dy /k's gap to the static frontier in every cost measure, over the seeds.
 
-    Per seed, :func:`~.frontier.frontier_by_cost` on its ``variable_speed.csv`` (gap = AP - the
+    Per seed, :func:`~.tradeoffs.frontier_by_cost` on its ``variable_speed.csv`` (gap = AP - the
     frontier's AP at the point's cost, >= 0: on or above it); then the mean, std, Student-t 95%
-    interval and the interval's verdict (:func:`~dynamicdet.evaluation.claims.verdict`; "not testable" when
+    interval and the interval's verdict (:func:`~dynamicdet.metrics.verdict`; "not testable" when
     a seed has no gap, e.g. one static model or no such cost column).
 
     Returns:
@@ -211,8 +209,6 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
         ``std``, ``ci95 lo``, ``ci95 hi``, ``verdict``, ``checks passed`` (the latency costs:
         every seed's latency table marked that row and the static models consistent).
     """
-    from dynamicdet.evaluation.claims import interval, verdict
-
     batch = load_config(config).eval.batch
     flags = {
         cost: "consistent_onnx" if col == ONNX_COLUMN else "consistent" for cost, col in cost_columns(batch).items()
@@ -260,8 +256,6 @@ def write_seed_results(
 
     ``out``: ``results/<config>/`` by default.
     """
-    from dynamicdet.evaluation.claims import claims_table, to_markdown
-
     out = out or paths.results_dir(config)
     table = seeds_table(config, seeds, out)
     write_csv(table, out / "seeds.csv")
@@ -302,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
         seed_tables(args.config, seed, args.out, timing=not args.no_timing)
         print(f"seed {seed}: tables written to {seed_folder(args.config, seed, args.out)}", flush=True)
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
-    from dynamicdet.evaluation.claims import to_markdown
-
     print(to_markdown(df))
     return 0
 

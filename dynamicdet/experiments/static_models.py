@@ -18,7 +18,7 @@ from ultralytics import YOLO
 from dynamicdet.config import Config
 from dynamicdet.data.coco import prepare_dataset
 from dynamicdet.engine.build import resolve_device
-from dynamicdet.engine.runs import STATIC_MODELS, STATIC_ROW
+from dynamicdet.engine.runs import STATIC_MODELS, STATIC_ROW, STATIC_TRAINER_FIELDS
 from dynamicdet.engine.validate import evaluate_fn, val_loader
 from dynamicdet.evaluation.cost import gflops
 from dynamicdet.files import write_json
@@ -41,26 +41,18 @@ def train_ultralytics(cfg: Config, scale: str, epochs: int, folder: Path, name: 
         with same_threads():
             YOLO(str(last), task="detect").train(resume=str(last), data=str(info.yaml_path), workers=t.workers)
         return last
+    # step 1's settings, the ones the static models' cache key reads (runs.STATIC_TRAINER_FIELDS)
+    settings = {f: getattr(t, f) for f in STATIC_TRAINER_FIELDS}
+    if close_mosaic is not None:
+        settings["close_mosaic"] = close_mosaic
     with same_threads():
         YOLO(f"{cfg.model.family}{scale}.yaml", task="detect").train(
             data=str(info.yaml_path),
             epochs=epochs,
             imgsz=cfg.data.img_size,
-            batch=t.batch,
             device=str(resolve_device(cfg.device)),
-            workers=t.workers,
-            optimizer=t.optimizer,
-            lr0=t.lr0,
-            lrf=t.lrf,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            nbs=t.nbs,
-            warmup_epochs=t.warmup_epochs,
-            close_mosaic=t.close_mosaic if close_mosaic is None else close_mosaic,
-            mosaic=t.mosaic,
-            mixup=t.mixup,
+            **settings,
             cos_lr=True,
-            seed=t.seed,
             deterministic=False,
             amp=False,
             project=str(folder),

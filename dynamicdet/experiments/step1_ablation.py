@@ -22,6 +22,7 @@ g     the best joint recipe of c-f2, and row a, at twice the epochs  ``train.epo
 
 from __future__ import annotations
 
+import argparse
 import copy
 import time
 
@@ -185,10 +186,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     """``python -m dynamicdet.experiments.step1_ablation``: some rows of the ablation, into results/."""
-    import argparse
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="ablation", help="base config of every row (configs/<config>.yaml)")
+    p.add_argument("--config", default="ablation", help="base config of every row (dynamicdet/configs/<config>.yaml)")
     p.add_argument("--rows", default="a,b,c,d,e,f,f2,g", help="comma-separated rows (a, b, c...f2, g)")
     p.add_argument("--best", default=None, help="the joint row that row g doubles (default: the best listed)")
     p.add_argument("--results", default="ablation", help="a config name: results/<results>/ (notebook 09's)")

@@ -1,34 +1,93 @@
-"""The accuracy-latency trade-off: the learned router against every baseline (notebooks 05, 06, 07).
+"""The accuracy-cost trade-off: the learned router against every baseline and the static models (notebooks 05-07).
 
 :func:`tradeoff` is the /0 /10 /50 /90 /100 table (``route()`` for real) and a dense
 sweep of hard fractions for the learned router, random routing, two oracles and
 confidence escalation, all on the same two detectors (:data:`~dynamicdet.engine.runs.TRADEOFF`);
 :func:`sweep_latency` places the sweep on the latency axis.
+
+The static frontier in every cost a user pays: GFLOPs, CPU latency at batch 1 and at
+``eval.batch`` (torch), and onnxruntime latency at batch 1 (notebook 06). The paper reports
+FLOPs and GPU latency; whether Dy /k sits above the static models' frontier can depend on the
+axis. :func:`onnx_latency` times the deployment runtime: the dynamic routes through this
+project's export (:mod:`dynamicdet.deploy.export`: three graphs routed in Python) and the
+static models through ultralytics' own ONNX export, on the latency table's stream of val
+images, interleaved and checked like :func:`~.variable_speed.latency_table`.
+:func:`frontier_by_cost` is one long table: one row per Dy /k and cost measure.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from ultralytics import YOLO
 
-from dynamicdet.engine.runs import TRADEOFF
+from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
+from dynamicdet.engine.runs import ONNX_LATENCY, STATIC_MODELS, TRADEOFF
 from dynamicdet.evaluation.coco_eval import detections_to_coco, per_image_ap
-from dynamicdet.evaluation.cost import dynamic_gflops, route_gflops
+from dynamicdet.evaluation.cost import route_gflops
+from dynamicdet.evaluation.speed import time_latency_table
 from dynamicdet.experiments.trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator
+from dynamicdet.experiments.variable_speed import TIMING_SEGMENT_IMAGES, stream_latency, timing_stream
 from dynamicdet.files import save_torch, write_csv
+from dynamicdet.metrics import mix, static_frontier
 from dynamicdet.modeling import routing
 
+ONNX_COLUMN = "latency_ms_onnx_b1"
 
-def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:
+
+@dataclass(frozen=True)
+class Tradeoff:
+    """The variable-speed table and every router's sweep, on the same two detectors (:func:`tradeoff`)."""
+
+    # /0 /10 /50 /90 /100 rows of the learned router (route() for real): model, router, k, k_measured (hard
+    # fraction of val), tau (logit threshold), measured_by, AP, AP50, AP75, APs, APm, APl, GFLOPs
+    table: pd.DataFrame
+    # dense sweep of every router (learned, random, two oracles, confidence escalation): router, k, k_measured,
+    # AP... (random: mean over seeds, + AP_std), GFLOPs, capture (c(k))
+    sweep: pd.DataFrame
+    detector1: dict[str, float]  # COCO metrics of detector 1 alone on val (every image easy): AP, AP50, ...
+    detector2: dict[str, float]  # COCO metrics of detector 2 alone on val (every image hard)
+    gflops_easy: float  # GFLOPs per image of the easy route (B1 + router + H1)
+    gflops_hard: float  # GFLOPs per image of the hard route (B1 + router + links + B2 + H2)
+
+    @classmethod
+    def load(cls, path: Path) -> Tradeoff:
+        """Read a cached trade-off (a dict with the keys of earlier runs, so their caches stay valid)."""
+        d = torch.load(path, weights_only=False)
+        return cls(
+            table=d["table"],
+            sweep=d["sweep"],
+            detector1=d["ap1"],
+            detector2=d["ap2"],
+            gflops_easy=d["gflops"]["easy"],
+            gflops_hard=d["gflops"]["hard"],
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the cache :meth:`load` reads (the keys of earlier runs)."""
+        gflops = {"easy": self.gflops_easy, "hard": self.gflops_hard}
+        d = {"table": self.table, "sweep": self.sweep, "ap1": self.detector1, "ap2": self.detector2, "gflops": gflops}
+        save_torch(d, path)
+
+
+def tradeoff(t: Trained, progress: bool = True) -> Tradeoff:
     """The variable-speed table and every baseline at the same hard fractions (accuracy, cost).
 
     Returns:
-        ``{"table": /0 /10 /50 /90 /100 rows of the learned router (route() for real),
-        "sweep": dense sweep of all routers (AP vs k, GFLOPs, capture ratio), "ap1",
-        "ap2", "gflops"}``. Also written as CSV in the step-2 folder. Latencies come from
-        :func:`~.variable_speed.latency_table` (every model timed together) and :func:`sweep_latency`.
+        The /k table of the learned router, the dense sweep of every router, both detectors' AP
+        and both routes' GFLOPs; the table and the sweep are also written as CSV in the step-2
+        folder. Latencies come from :func:`~.variable_speed.latency_table` (every model timed
+        together) and :func:`sweep_latency`.
 
     The learned router's sweep points at ``eval.fractions`` run ``route()`` and evaluate
     its detections in full; the points between them, like every baseline, pool the two
@@ -39,7 +98,7 @@ def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:
     cfg, e = t.cfg, t.cfg.eval
     path = TRADEOFF.path(cfg)
     if path.exists():
-        return torch.load(path, weights_only=False)
+        return Tradeoff.load(path)
     scores = t.val_scores.set_index("image_id")
     ids = list(scores.index)
     z = scores["logit"].to_numpy()  # thresholds live on the router's logit (see DynamicDetector.route)
@@ -78,7 +137,7 @@ def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:
             "tau": tau,
             "measured_by": "route()" if k in e.fractions else "spliced",
             **m,
-            "GFLOPs": dynamic_gflops(g_easy, g_hard, k_meas),
+            "GFLOPs": mix(easy=g_easy, hard=g_hard, k=k_meas),
         }
         rows.append(row)
         if k in e.fractions:
@@ -94,7 +153,7 @@ def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:
                     "k": k,
                     "k_measured": float(mask.mean()),
                     **ap_of(mask),
-                    "GFLOPs": dynamic_gflops(g_easy, g_hard, k),
+                    "GFLOPs": mix(easy=g_easy, hard=g_hard, k=k),
                 }
             )
         rand = [ap_of(routing.random_route(len(ids), k, seed))["AP"] for seed in range(e.random_seeds)]
@@ -105,77 +164,143 @@ def tradeoff(t: Trained, progress: bool = True) -> dict[str, pd.DataFrame]:
                 "k_measured": k,
                 "AP": float(np.mean(rand)),
                 "AP_std": float(np.std(rand)),
-                "GFLOPs": dynamic_gflops(g_easy, g_hard, k),
+                "GFLOPs": mix(easy=g_easy, hard=g_hard, k=k),
             }
         )
     sweep = pd.DataFrame(rows)
     sweep["capture"] = [routing.capture_ratio(a, ap1["AP"], ap2["AP"]) for a in sweep["AP"]]
     table = pd.DataFrame(table)
     table.insert(0, "model", [f"Dy /{round(100 * k)}" for k in table["k"]])
-    out = {
-        "table": table,
-        "sweep": sweep,
-        "ap1": ap1,
-        "ap2": ap2,
-        "gflops": {"easy": g_easy, "hard": g_hard},
-    }
-    save_torch(out, path)
+    out = Tradeoff(table=table, sweep=sweep, detector1=ap1, detector2=ap2, gflops_easy=g_easy, gflops_hard=g_hard)
+    out.save(path)
     write_csv(table, path.with_name(path.stem + "_table.csv"))
     write_csv(sweep, path.with_name(path.stem + "_sweep.csv"))
     return out
 
 
-def sweep_latency(res: dict, lat: pd.DataFrame) -> pd.DataFrame:
-    """The trade-off sweep with ``latency_ms`` (batch 1) from :func:`latency_table`.
+def sweep_latency(res: Tradeoff, lat: pd.DataFrame) -> pd.DataFrame:
+    """The trade-off sweep with ``latency_ms`` (batch 1) from :func:`~.variable_speed.latency_table`.
 
-    Every router mixes the two routes: lat = lat_easy + k (lat_hard - lat_easy), with
+    Every router mixes the two routes: lat = (1 - k) lat_easy + k lat_hard, with
     lat_easy, lat_hard the timed /0 and /100 rows and k the measured hard fraction;
     confidence escalation's hard images ran H1 before being escalated: + k (lat_easy - lat_score).
     """
-    table, ms = res["table"], lat.set_index("model")["latency_ms_b1"]
+    table, ms = res.table, lat.set_index("model")["latency_ms_b1"]
     ends = {k: table.loc[table["k"] == k, "model"] for k in (0.0, 1.0)}
     if any(v.empty for v in ends.values()):
         raise ValueError("eval.fractions must include 0 and 1: the sweep's latency mixes the /0 and /100 rows")
     easy, hard = ms[ends[0.0].item()], ms[ends[1.0].item()]
-    sweep = res["sweep"].copy()
-    # lat = lat_easy + k (lat_hard - lat_easy)
-    sweep["latency_ms"] = easy + sweep["k_measured"] * (hard - easy)
+    sweep = res.sweep.copy()
+    # lat = (1 - k) lat_easy + k lat_hard
+    sweep["latency_ms"] = mix(easy=easy, hard=hard, k=sweep["k_measured"])
     escalation = sweep["router"] == "confidence escalation"
     # + k (lat_easy - lat_score): H1 already ran on the images sent on to detector 2
     sweep.loc[escalation, "latency_ms"] += sweep.loc[escalation, "k_measured"] * max(easy - ms["B1 + router"], 0.0)
     return sweep
 
 
-def static_frontier(points: pd.DataFrame, static: pd.DataFrame) -> pd.DataFrame:
-    """Where each point stands against the static models' accuracy-latency frontier.
+def cost_columns(batch: int) -> dict[str, str]:
+    """Cost measure -> column of ``variable_speed.csv`` (lower is cheaper)."""
+    return {
+        "GFLOPs": "GFLOPs",
+        "CPU latency, batch 1 (torch)": "latency_ms_b1",
+        f"CPU latency, batch {batch} (torch)": f"latency_ms_b{batch}",
+        "CPU latency, batch 1 (onnxruntime)": ONNX_COLUMN,
+    }
 
-    The frontier is the piecewise-linear curve through the static models in (latency_ms_b1, AP),
-    sorted by latency and extended along its first and last segment beyond the ends (the
-    paper's claim: a dynamic point beats the static models of the same speed). With fewer
-    than two static models there is no line and ``AP_frontier`` is NaN.
 
-    Args:
-        points: one row per dynamic point, columns ``model``, ``latency_ms_b1``, ``AP``.
-        static: the static models, columns ``model``, ``latency_ms_b1``, ``AP``.
+def _static_session(t: Trained, scale: str, folder: Path, threads: int) -> ort.InferenceSession:
+    """ultralytics' ONNX export of the trained static ``scale`` (fp32, dynamic batch), on onnxruntime."""
+    src = STATIC_MODELS.path(t.cfg) / scale / "weights" / "last.pt"
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: static {t.cfg.model.family}{scale} not trained yet (run static_baselines)")
+    weights = folder / f"{t.cfg.model.family}{scale}.pt"
+    shutil.copy(src, weights)  # ultralytics writes the .onnx beside the weights: keep the run folder untouched
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = YOLO(str(weights), task="detect").export(
+            format="onnx", imgsz=t.cfg.data.img_size, dynamic=True, simplify=False, opset=17, verbose=False
+        )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the routes' sessions
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency(t: Trained, res: Tradeoff, static: pd.DataFrame, tries: int = 3) -> pd.DataFrame | None:
+    """onnxruntime ms per image at batch 1 of every model of the trade-off, timed together, checked.
+
+    The Dy rows route at the table's thresholds (``OnnxDynamicDetector.route``), the static
+    rows run ultralytics' exported graph; onnxruntime gets torch's thread count. Timed on the
+    latency table's stream, every :data:`~.variable_speed.TIMING_SEGMENT_IMAGES` images in
+    alternation; checked and timed again up to ``tries`` times
+    (:func:`~dynamicdet.evaluation.speed.time_latency_table`). Cached (:data:`~dynamicdet.engine.runs.ONNX_LATENCY`).
 
     Returns:
-        ``points``' ``model``, ``latency_ms_b1``, ``AP`` with ``AP_frontier`` (the frontier's AP
-        at that latency) and ``gap`` = AP - AP_frontier (>= 0: on or above the frontier).
+        Columns ``model``, ``latency_ms_onnx_b1``, ``consistent_onnx``; None when the config
+        turns it off (``eval.onnx_latency: false``).
     """
-    for name, df in (("points", points), ("static", static)):
-        missing = {"model", "latency_ms_b1", "AP"} - set(df.columns)
-        if missing:
-            raise ValueError(f"static_frontier: {name} lacks columns {sorted(missing)}")
-    s = static.sort_values("latency_ms_b1")
-    x, y = s["latency_ms_b1"].to_numpy(float), s["AP"].to_numpy(float)
-    out = points[["model", "latency_ms_b1", "AP"]].reset_index(drop=True).copy()
-    if len(s) < 2:
-        out["AP_frontier"] = np.nan
-    else:
-        lat = out["latency_ms_b1"].to_numpy(float)
-        # segment i joins static models i and i+1; points left of the first (right of the last) use the end segments
-        i = np.clip(np.searchsorted(x, lat) - 1, 0, len(x) - 2)
-        # AP_frontier = y_i + (lat - x_i) (y_{i+1} - y_i) / (x_{i+1} - x_i)
-        out["AP_frontier"] = y[i] + (lat - x[i]) * (y[i + 1] - y[i]) / (x[i + 1] - x[i])
-    out["gap"] = out["AP"] - out["AP_frontier"]
-    return out
+    if not t.cfg.eval.onnx_latency:
+        return None
+    table = res.table
+    path = ONNX_LATENCY.path(t.cfg)
+    names = [*table["model"], *static.get("model", [])]
+    if path.exists():
+        cached = pd.read_csv(path)
+        if list(cached["model"]) == names:
+            return cached
+    threads = torch.get_num_threads()
+    stream, z = timing_stream(t)
+    k_timed = {m: float((z >= tau).mean()) for m, tau in zip(table["model"], table["tau"], strict=True)}
+    with tempfile.TemporaryDirectory(prefix="dynamicdet_onnx_") as tmp:
+        graphs = export_onnx(t.model, Path(tmp) / "dynamic", t.cfg.data.img_size, list(t.cfg.data.classes))
+        dyn = OnnxDynamicDetector(graphs, threads)
+        thresholds = zip(table["model"], table["tau"], strict=True)
+        fns: dict = {m: (lambda x, tau=float(tau): dyn.route(x, tau)) for m, tau in thresholds}
+        same = None
+        for scale in t.cfg.eval.static_scales:
+            name = f"{t.cfg.model.family}{scale} (static)"
+            if name in names:
+                sess = _static_session(t, scale, Path(tmp), threads)
+                fns[name] = lambda x, s=sess: s.run(None, {"images": x.detach().cpu().numpy()})
+                same = name if scale == t.cfg.model.scale else same
+        timed = time_latency_table(
+            passes={
+                "latency_ms_b1": partial(
+                    stream_latency, t=t, fns=fns, images=stream, batch=1, segment=TIMING_SEGMENT_IMAGES
+                )
+            },
+            rows=names,
+            k_timed=k_timed,
+            same_static=same,
+            tries=tries,
+            # Dy /0 here is two sessions (stage1 + head1) against ultralytics' one graph of the same network:
+            # the ratio is the export's split, recorded; the monotone and linear-mix checks decide
+            same_network_decides=False,
+            label="onnxruntime latency table",
+        )
+    df = timed.table.rename(columns={"latency_ms_b1": ONNX_COLUMN, "consistent": "consistent_onnx"})
+    write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
+    write_csv(df, path)
+    return df
+
+
+def frontier_by_cost(table: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """Each Dy /k against the static frontier in every cost measure of ``table`` (``variable_speed.csv``).
+
+    Returns:
+        One row per cost measure and Dy row: ``cost``, ``model``, ``cost value``, ``AP``,
+        ``AP_frontier``, ``gap`` (AP - AP_frontier, >= 0: on or above the frontier; NaN with
+        fewer than two static models or without that cost column).
+    """
+    static = table[table["model"].str.endswith("(static)")]
+    dy = table[~table["model"].str.endswith("(static)")]
+    parts = []
+    for cost, col in cost_columns(batch).items():
+        if col not in table:
+            continue
+        f = static_frontier(points=dy, static=static, cost=col).rename(columns={col: "cost value"})
+        f.insert(0, "cost", cost)
+        parts.append(f)
+    return pd.concat(parts, ignore_index=True)

@@ -2,16 +2,16 @@
 
 - :func:`timing_stream` / :func:`stream_latency`: real val images, spread over the
   router's scores, timed as a stream with every compared model in alternation;
-- :func:`latency_table`: every model of the trade-off timed together (:data:`~dynamicdet.engine.runs.LATENCY`);
+- :func:`latency_table`: every model of the trade-off timed together and checked
+  (:func:`~dynamicdet.evaluation.speed.time_latency_table`, :data:`~dynamicdet.engine.runs.LATENCY`);
 - :func:`target_latency`: thresholds from target latencies, then the achieved latency;
 - :func:`variable_speed_table`: the paper's Table 1 (dynamic rows and static models).
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,14 @@ from tqdm.auto import tqdm
 
 from dynamicdet.engine.runs import LATENCY
 from dynamicdet.engine.validate import val_loader
-from dynamicdet.evaluation.speed import prepare_for_timing, segment_times, stream_times
+from dynamicdet.evaluation.speed import prepare_for_timing, segment_times, stream_times, time_latency_table
 from dynamicdet.experiments.static_models import load_static
 from dynamicdet.experiments.trained import Trained
 from dynamicdet.files import write_csv
+from dynamicdet.metrics import mix
 from dynamicdet.modeling import routing
+
+TIMING_SEGMENT_IMAGES = 6  # images per interleaved segment (bench/segment_compare.py: within 1.3% of the truth)
 
 
 def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -167,8 +170,8 @@ def target_latency(
                 stacklevel=2,
             )
             continue
-        # lat_t = lat_easy + k (lat_hard - lat_easy)
-        targets = {k: cal["easy"] + k * (cal["hard"] - cal["easy"]) for k in ks}
+        # lat_t = (1 - k) lat_easy + k lat_hard
+        targets = {k: mix(easy=cal["easy"], hard=cal["hard"], k=k) for k in ks}
         taus = {k: routing.threshold_for_latency(z, lat, cal["easy"], cal["hard"]) for k, lat in targets.items()}
         per = stream_latency(t, {**ends, **taus}, stream, per_round=True, segment=segment)
         per = {name: v.reshape(len(v), -1) for name, v in per.items()}  # (R, S) ms/img per segment
@@ -177,8 +180,8 @@ def target_latency(
         for k in ks:
             k_timed = float((z_timed >= taus[k]).mean())
             k_seg = np.array([float((zs >= taus[k]).mean()) for zs in z_segments])  # (S,)
-            # same segment s of timing round i: model_is = lat_easy,is + k_s (lat_hard,is - lat_easy,is)
-            model = per["easy"] + k_seg * (per["hard"] - per["easy"])
+            # same segment s of timing round i: model_is = (1 - k_s) lat_easy,is + k_s lat_hard,is
+            model = mix(easy=per["easy"], hard=per["hard"], k=k_seg)
             model_ratios.setdefault(k, []).extend((per[k] / model).reshape(-1))
             per_round.append(
                 {
@@ -220,116 +223,9 @@ def target_latency(
     return out
 
 
-# the latency table's consistency checks (see latency_checks): bounds that hold on a quiet machine
-SAME_NETWORK = (0.97, 1.08)  # Dy /0 / the static model of the same architecture (+ a router of about 2%)
-MONOTONE_TOL = 0.02  # t(/k') >= (1 - tol) t(/k) for k' > k
-LINEAR_TOL = 0.05  # |t(/k) / ((1 - k) t(/0) + k t(/100)) - 1| <= tol
-TIMING_SEGMENT_IMAGES = 6  # images per interleaved segment (bench/segment_compare.py: within 1.3% of the truth)
-
-
-def latency_checks(lat: pd.DataFrame, k_timed: dict[str, float], same_static: str | None) -> pd.DataFrame:
-    """The three checks a latency table must pass before its figures are believed.
-
-    For every ``latency_ms_b*`` column of ``lat``:
-
-    1. ``same network``: Dy /0 (B1 + router + H1) over the static model of the same
-       architecture (``same_static``, skipped when absent) within :data:`SAME_NETWORK`;
-    2. ``non-decreasing``: each Dy /k at least (1 - :data:`MONOTONE_TOL`) times the Dy row
-       of the next smaller k;
-    3. ``linear mix``: each Dy /k within :data:`LINEAR_TOL` of (1 - k) t(/0) + k t(/100), k the
-       hard fraction of the timed stream (``k_timed``).
-
-    At batch 1, route() makes exactly the calls of one route per image, so all three must hold
-    (``decides``). At a larger batch, a Dy /k with 0 < k < 1 splits most batches into an easy
-    and a hard sub-batch (two smaller calls instead of one full one), a real cost beyond the
-    linear mix; checks 2 and 3 are then recorded as measurements of that overhead
-    (``decides`` False), and only check 1 (Dy /0 never splits) decides.
-
-    Args:
-        lat: columns ``model`` and ``latency_ms_b<B>``; the Dy rows are the models in ``k_timed``.
-        k_timed: Dy row name -> fraction of the timed images that took the hard route (must
-            include a 0 and a 1 row).
-        same_static: name of the static row of the same architecture, or None.
-
-    Returns:
-        One row per check and batch column: ``batch``, ``check``, ``model``, ``value``,
-        ``lo``, ``hi``, ``passed``, ``decides`` (whether it counts for the table's consistency).
-    """
-    dy = sorted(k_timed, key=lambda m: k_timed[m])
-    if not dy or k_timed[dy[0]] != 0 or k_timed[dy[-1]] != 1:
-        raise ValueError(f"latency_checks: the Dy rows must include k = 0 and k = 1, got {k_timed}")
-    rows = []
-    for col in [c for c in lat.columns if c.startswith("latency_ms_b")]:
-        t = lat.set_index("model")[col]
-        b = col.removeprefix("latency_ms_")
-
-        def add(check, model, value, lo, hi, b=b):
-            decides = b == "b1" or check == "same network"
-            rows.append(
-                {
-                    "batch": b,
-                    "check": check,
-                    "model": model,
-                    "value": value,
-                    "lo": lo,
-                    "hi": hi,
-                    "passed": bool(lo <= value <= hi),
-                    "decides": decides,
-                }
-            )
-
-        t0, t1 = t[dy[0]], t[dy[-1]]
-        if same_static is not None and same_static in t.index:
-            add("same network", dy[0], t0 / t[same_static], *SAME_NETWORK)
-        for prev, m in itertools.pairwise(dy):
-            add("non-decreasing", m, t[m] / t[prev], 1 - MONOTONE_TOL, np.inf)
-        for m in dy[1:-1]:
-            k = k_timed[m]
-            # the linear mix of the two routes: (1 - k) t(/0) + k t(/100)
-            add("linear mix", m, t[m] / ((1 - k) * t0 + k * t1), 1 - LINEAR_TOL, 1 + LINEAR_TOL)
-    return pd.DataFrame(rows, columns=["batch", "check", "model", "value", "lo", "hi", "passed", "decides"])
-
-
-def time_until_consistent(
-    time_once: Callable[[int], pd.DataFrame],
-    check: Callable[[pd.DataFrame], pd.DataFrame],
-    k_timed: dict[str, float],
-    same_static: str | None,
-    tries: int,
-) -> tuple[pd.DataFrame, pd.DataFrame, set[str]]:
-    """Time a latency table up to ``tries`` times until its deciding checks pass.
-
-    Args:
-        time_once: ``attempt -> table`` (one timing of every row).
-        check: ``table -> checks`` with boolean columns ``passed`` and ``decides``
-            (:func:`latency_checks`).
-        k_timed: hard fraction of each Dy row; the /0 and /100 rows take part in every mix check.
-        same_static: the static row compared with Dy /0 (None without one).
-        tries: timings at most (at least one).
-
-    Returns:
-        The attempt with the most passed deciding checks (the last of equals), its checks,
-        and the rows to mark inconsistent: those of a failed deciding check plus the rows
-        they were compared with (/0, /100 and ``same_static``); empty when all passed.
-    """
-    best = None
-    for attempt in range(max(tries, 1)):
-        df = time_once(attempt)
-        checks = check(df)
-        ok = checks["passed"] | ~checks["decides"]
-        if best is None or ok.sum() >= best[2]:
-            best = (df, checks, ok.sum())
-        if ok.all():
-            break
-    df, checks, _ = best
-    failed = set(checks.loc[~checks["passed"] & checks["decides"], "model"])
-    if failed:
-        failed |= {m for m in k_timed if k_timed[m] in (0.0, 1.0)} | ({same_static} if same_static else set())
-    return df, checks, failed
-
-
-def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = True, tries: int = 3) -> pd.DataFrame:
-    """Latency (ms per image) of every model of the trade-off, timed together, then checked.
+def latency_table(t: Trained, res, static: pd.DataFrame, progress: bool = True, tries: int = 3) -> pd.DataFrame:
+    """Latency (ms per image) of every model of the trade-off ``res`` (a
+    :class:`~dynamicdet.experiments.tradeoffs.Tradeoff`), timed together, then checked.
 
     The dynamic rows run ``route()`` at the table's thresholds; ``B1 + router`` is the
     router's score alone (confidence escalation's hard images pay H1 = easy - score on
@@ -339,17 +235,18 @@ def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = 
     on images 7-12, ...), at batch 1 and ``eval.batch``: whole passes timed one after the
     other strayed by up to 26% on a shared machine (``bench/segment_compare.py``).
 
-    The table is then checked (:func:`latency_checks`); a table that fails is timed again,
-    up to ``tries`` times, and the attempt with the most passed checks is kept. It is
-    written with a ``consistent`` column (False on rows that take part in a failed check)
-    and a warning, never silently. The checks go to ``<table>_checks.csv`` beside it.
-    Cached (:data:`~dynamicdet.engine.runs.LATENCY`).
+    The table is then checked (:func:`~dynamicdet.metrics.latency_checks`); a table that fails
+    is timed again, up to ``tries`` times, and the attempt with the most passed checks is kept
+    (:func:`~dynamicdet.evaluation.speed.time_latency_table`). It is written with a
+    ``consistent`` column (False on rows that take part in a failed check) and a warning, never
+    silently. The checks go to ``<table>_checks.csv`` beside it. Cached
+    (:data:`~dynamicdet.engine.runs.LATENCY`).
 
     Returns:
         Columns ``model``, ``k_timed`` (hard fraction of the timed images; NaN for static
         rows), ``latency_ms_b1``, ``latency_ms_b<eval.batch>``, ``consistent``.
     """
-    table, e = res["table"], t.cfg.eval
+    table, e = res.table, t.cfg.eval
     path = LATENCY.path(t.cfg)
     names = [*table["model"], "B1 + router", *static.get("model", [])]
     if path.exists():
@@ -366,25 +263,19 @@ def latency_table(t: Trained, res: dict, static: pd.DataFrame, progress: bool = 
             same = name if scale == t.cfg.model.scale else same
     stream, z = timing_stream(t)
     k_timed = {m: float((z >= tau).mean()) for m, tau in zip(table["model"], table["tau"], strict=True)}
-
-    def time_once(attempt: int) -> pd.DataFrame:
-        out: dict = {"model": names, "k_timed": [k_timed.get(n, np.nan) for n in names]}
-        for b in tqdm(sorted({1, e.batch}), desc=f"latency table (try {attempt + 1})", disable=not progress):
-            ms = stream_latency(t, fns, stream, b, segment=max(1, TIMING_SEGMENT_IMAGES // b))
-            out[f"latency_ms_b{b}"] = [ms[n] for n in names]
-        return pd.DataFrame(out)
-
-    df, checks, failed = time_until_consistent(
-        time_once, lambda df: latency_checks(df, k_timed, same), k_timed, same, tries
-    )
-    if failed:
-        bad = checks.loc[~checks["passed"] & checks["decides"], ["batch", "check", "model", "value"]]
-        bad = bad.to_string(index=False)
-        warnings.warn(
-            f"latency table: checks failed after {tries} timing(s); written with consistent=False:\n{bad}", stacklevel=2
+    # one cost measure per batch size: every model over the stream, interleaved every few images
+    passes = {
+        f"latency_ms_b{b}": partial(
+            stream_latency, t=t, fns=fns, images=stream, batch=b, segment=max(1, TIMING_SEGMENT_IMAGES // b)
         )
-    df["consistent"] = [n not in failed for n in names]
-    write_csv(checks, path.with_name(path.stem + "_checks.csv"))
+        for b in sorted({1, e.batch})
+    }
+    timed = time_latency_table(
+        passes=passes, rows=names, k_timed=k_timed, same_static=same, tries=tries, progress=progress
+    )
+    df = timed.table
+    df.insert(1, "k_timed", [k_timed.get(n, np.nan) for n in names])
+    write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
     return df
 
@@ -396,14 +287,17 @@ def latency_table_checks(t: Trained) -> pd.DataFrame:
 
 
 def variable_speed_table(
-    res: dict, static: pd.DataFrame, lat: pd.DataFrame, batch: int, onnx: pd.DataFrame | None = None
+    res, static: pd.DataFrame, lat: pd.DataFrame, batch: int, onnx: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """The trade-off table: dynamic rows /0 /10 /50 /90 /100 (route() for real) plus static models.
 
+    ``res`` is the :class:`~dynamicdet.experiments.tradeoffs.Tradeoff` (not imported here: that module
+    imports this one for its timing stream).
+
     Columns: model, k (target hard fraction), k_measured, GFLOPs, latency at batch 1 and
     ``batch`` (ms per image, :func:`latency_table`), FPS at batch 1, AP, AP50, AP75, APs,
-    APm, APl, ``consistent`` (the latency figures passed :func:`latency_checks`); with
-    ``onnx`` (:func:`~.frontier.onnx_latency`) also ``latency_ms_onnx_b1`` and ``consistent_onnx``.
+    APm, APl, ``consistent`` (the latency figures passed :func:`~dynamicdet.metrics.latency_checks`);
+    with ``onnx`` (:func:`~.tradeoffs.onnx_latency`) also ``latency_ms_onnx_b1`` and ``consistent_onnx``.
     """
     cols = [
         "model",
@@ -421,7 +315,7 @@ def variable_speed_table(
         "APl",
         "consistent",
     ]
-    rows = pd.concat([res["table"], static], ignore_index=True)
+    rows = pd.concat([res.table, static], ignore_index=True)
     rows = rows.drop(columns=[c for c in rows if c.startswith(("latency_ms", "FPS"))]).merge(
         lat, on="model", how="left"
     )

@@ -1,7 +1,16 @@
-"""Variable-speed inference: thresholds from a target latency or hard fraction, and routers to compare.
+"""Dynamic inference: the route split, written once, and the rules that choose its threshold.
 
-The paper's rule (section 3.4): with lat_easy, lat_hard the latencies of the two
-routes and lat_t the target,
+**The route split.** Every dynamic model (YOLO :class:`~dynamicdet.modeling.yolo.DynamicDetector`,
+two-stage :class:`~dynamicdet.modeling.two_stage.DynamicTwoStage`, and the ONNX runner
+:class:`~dynamicdet.deploy.export.OnnxDynamicDetector`) is seen as the three stages of
+:class:`RoutedDetector`; :func:`route` runs them on a batch, and the stream scheduler
+(:mod:`dynamicdet.deploy.stream`) runs the same stages on queued sub-batches::
+
+    x ──► first_stage (B1 + router) ──┬── z <  tau ──► easy_stage (H1)              ──► preds
+          logit z (B,), taps F1       └── z >= tau ──► hard_stage (links + B2 + H2) ──► preds
+
+**The threshold rules.** The paper's rule (section 3.4): with lat_easy, lat_hard the latencies
+of the two routes and lat_t the target,
 
     k = (lat_t - lat_easy) / (lat_hard - lat_easy)
 
@@ -15,8 +24,113 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
+
+Preds = torch.Tensor | list
+"""A route's detections of a batch of B images: a tensor batched on dim 0 (YOLO: (B, 4 + nc, A)
+raw detections before NMS), or a list of B per-image items (torchvision: ``{"boxes": (n, 4) xyxy,
+"scores": (n,), "labels": (n,)[, "masks": (n, 1, H, W)]}``)."""
+
+
+@runtime_checkable
+class RoutedDetector(Protocol):
+    """A dynamic detector as the three stages that :func:`route` runs.
+
+    Shapes: ``x`` (B, 3, H, W) images in [0, 1]; ``taps`` = F1, backbone 1's multi-scale features,
+    a list of L tensors (B, C_l, H_l, W_l) (what the router pools, what the links read, and all
+    that head 1 reads of backbone 1); ``logit`` (B,) the router's pre-sigmoid difficulty z,
+    phi = sigmoid(z); preds: :data:`Preds`. A stage given a sub-batch (rows of ``x`` and of every
+    tap) returns that sub-batch's predictions, in its order.
+
+    Attributes:
+        easy_reads_images: whether :meth:`easy_stage` reads the images (torchvision's heads read
+            their size) or only the taps (then :func:`route` and the stream scheduler pass None
+            and keep no images for the easy route).
+    """
+
+    easy_reads_images: bool
+
+    def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """B1 + router on every image: x (B, 3, H, W) -> (logit z (B,), taps F1)."""
+        ...
+
+    def easy_stage(self, x: torch.Tensor | None, taps: list[torch.Tensor]) -> Preds:
+        """The easy route's rest, H1: (x or None, taps of B images) -> preds of the B images."""
+        ...
+
+    def hard_stage(self, x: torch.Tensor, taps: list[torch.Tensor]) -> Preds:
+        """The hard route's rest, links + B2 + H2 (H1 is skipped): (x, taps of B images) -> preds."""
+        ...
+
+
+@dataclass
+class RouteOutput:
+    """Result of :func:`route`.
+
+    Attributes:
+        preds: :data:`Preds` of the B images in input order, each from the route it took.
+        hard: (B,) bool, True where the image took the hard route (detector 2).
+        phi: (B,) difficulty scores, sigmoid(logit).
+        logit: (B,) the router's pre-sigmoid scores, on which the threshold is applied.
+    """
+
+    preds: Preds
+    hard: torch.Tensor
+    phi: torch.Tensor
+    logit: torch.Tensor
+
+
+def route(model: RoutedDetector, x: torch.Tensor, threshold: float) -> RouteOutput:
+    """Batched dynamic inference: the route split, for every model kind.
+
+    B1 and the router run on the whole batch; H1 runs on the easy subset only
+    (z < threshold), links + B2 + H2 on the hard subset only (z >= threshold), with those
+    images' B1 features feeding the links. Outputs are merged back in input order. A route
+    that no image takes costs nothing, and a batch that takes one route is not copied.
+
+    The threshold applies to the router's logit z, phi = sigmoid(z): the same order as phi,
+    without float saturation (a trained router pushes many phi to exactly 1.0 in float32,
+    and ties cannot be split by a threshold on phi). Use ``math.log(tau / (1 - tau))`` to
+    threshold at a phi value tau.
+
+    Args:
+        model: any :class:`RoutedDetector`, in eval mode.
+        x: (B, 3, H, W) images in [0, 1].
+        threshold: on the logit; images with z >= threshold take the hard route
+            (``-inf``: all hard, ``+inf``: all easy).
+    """
+    z, taps = model.first_stage(x)
+    hard = z >= threshold
+    n_hard = int(hard.sum())
+    if n_hard == 0:  # every image easy: no subset, no copy
+        preds = model.easy_stage(x, taps)
+    elif n_hard == len(hard):  # every image hard: H1 never runs
+        preds = model.hard_stage(x, taps)
+    else:
+        easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
+        p_easy = model.easy_stage(x[easy_idx] if model.easy_reads_images else None, [t[easy_idx] for t in taps])
+        p_hard = model.hard_stage(x[hard_idx], [t[hard_idx] for t in taps])
+        preds = _merge(len(hard), (easy_idx, p_easy), (hard_idx, p_hard))
+    return RouteOutput(preds=preds, hard=hard, phi=torch.sigmoid(z), logit=z)
+
+
+def _merge(n: int, *parts: tuple[torch.Tensor, Preds]) -> Preds:
+    """The predictions of sub-batches ``(rows, preds)`` placed at their rows of a batch of ``n``."""
+    first = parts[0][1]
+    if isinstance(first, torch.Tensor):
+        out = first.new_empty((n, *first.shape[1:]))
+        for rows, preds in parts:
+            out[rows] = preds
+        return out
+    out = [None] * n
+    for rows, preds in parts:
+        for i, p in zip(rows.tolist(), preds, strict=True):
+            out[i] = p
+    return out
 
 
 class TargetOutOfRange(ValueError):
@@ -111,11 +225,6 @@ def confidence_escalation_score(dets1: dict[int, np.ndarray], image_ids: list[in
         conf = np.sort(dets1[image_id][:, 4])[::-1][:top] if len(dets1[image_id]) else np.zeros(0)
         out[i] = 1.0 - np.pad(conf, (0, top - len(conf))).mean()
     return out
-
-
-def compose(dets1: dict[int, np.ndarray], dets2: dict[int, np.ndarray], hard: dict[int, bool]) -> dict:
-    """Per-image detections of a routing decision: detector 2's where ``hard``, detector 1's elsewhere."""
-    return {i: (dets2[i] if hard[i] else dets1[i]) for i in dets1}
 
 
 def capture_ratio(ap_dyn: float, ap1: float, ap2: float) -> float:

@@ -9,12 +9,14 @@
     image ──► T2 (+ links) ────┴──► FPN2 ──► RPN2 ──► RoI heads 2 ──► detections   (hard route)
 
 Each detector is a torchvision ``FasterRCNN`` / ``MaskRCNN`` (no pretrained weights) whose
-trunk is a torchvision ResNet or Swin cut into four stages. Trunk 2 reads the image and,
-through the same :class:`~dynamicdet.modeling.yolo.CompositeLinks` as the YOLO model, receives
-trunk 1's stage outputs right after each of its downsampling layers (ResNet: the stem and
-the first, strided block of stages 2-4; Swin: the patch embedding and each patch merging).
-The same :class:`~dynamicdet.modeling.yolo.AdaptiveRouter` scores difficulty from trunk 1's stage
-outputs. Sign convention as everywhere: phi high = hard = detector 2.
+trunk is a torchvision ResNet or Swin cut into four stages (:mod:`dynamicdet.modeling.trunks`).
+Trunk 2 reads the image and, through the same :class:`~dynamicdet.modeling.router.CompositeLinks`
+as the YOLO model, receives trunk 1's stage outputs right after each of its downsampling layers
+(ResNet: the stem and the first, strided block of stages 2-4; Swin: the patch embedding and each
+patch merging). The same :class:`~dynamicdet.modeling.router.AdaptiveRouter` scores difficulty
+from trunk 1's stage outputs. Sign convention as everywhere: phi high = hard = detector 2.
+Batched dynamic inference is :func:`dynamicdet.modeling.routing.route` on the three stages of
+:class:`~dynamicdet.modeling.routing.RoutedDetector`, as for the YOLO model.
 
 Images arrive letterboxed to a square side divisible by 32 (ultralytics' pipeline), so
 torchvision's ``GeneralizedRCNNTransform`` (resize + pad) is bypassed: we normalise and
@@ -24,11 +26,8 @@ call the RPN and RoI heads directly, which also lets the heads run on a subset o
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from functools import partial
 
 import torch
-import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -36,16 +35,14 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from dynamicdet.data.loaders import targets_from_batch
-from dynamicdet.modeling.yolo import AdaptiveRouter, CompositeLinks, RouteOutput
+from dynamicdet.modeling import routing
+from dynamicdet.modeling.router import AdaptiveRouter, CompositeLinks
+from dynamicdet.modeling.trunks import FPNTrunk, HeadSizes, Trunk, norm_layer
 
 KINDS = ("faster_rcnn", "mask_rcnn")
-TRUNKS = ("resnet18", "resnet34", "resnet50", "resnet101", "swin_t", "swin_s")
-NORMS = ("bn", "gn")
-GN_GROUPS = 32  # GroupNorm groups (Wu & He 2018); every ResNet and FPN width here is a multiple of 32
+DEFAULT_SIZES = HeadSizes()  # frozen: one shared default
 # ImageNet statistics (torchvision's default normalisation for its detectors)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -55,110 +52,13 @@ Detections = (
 Targets = list  # per image: {"boxes": (m, 4) xyxy px, "labels": (m,) 1-based[, "masks": (m, H, W) uint8]}
 
 
-class Trunk(nn.Module):
-    """A torchvision classification backbone cut into four stages with injection points.
-
-    Stage j = ``entry[j]`` (the layer that changes resolution) then ``rest[j]``.
-    ResNet: entry = stem (conv, BN, ReLU, max-pool) | first block of layer2/3/4 (stride 2);
-    rest = layer1 | the remaining blocks. Swin: entry = patch embedding | patch merging;
-    rest = the stage's transformer blocks (channels-last inside, NCHW outside).
-
-    Args:
-        name: one of :data:`TRUNKS`.
-        norm: ResNet normalisation, ``"bn"`` (BatchNorm, trainable: torchvision's detectors
-            freeze it, which only makes sense with pretrained weights; none are downloaded
-            here) or ``"gn"`` (GroupNorm: batch-independent, the from-scratch recipe of
-            He et al. 2019). Swin keeps its LayerNorm.
-    """
-
-    def __init__(self, name: str, norm: str = "bn"):
-        super().__init__()
-        if name not in TRUNKS:
-            raise ValueError(f"unknown two-stage backbone {name!r}; supported: {TRUNKS}")
-        self.name = name
-        self.channels_last = name.startswith("swin")
-        if self.channels_last:
-            f = getattr(torchvision.models, name)(weights=None).features
-            self.entry = nn.ModuleList([f[0], f[2], f[4], f[6]])
-            self.rest = nn.ModuleList([f[1], f[3], f[5], f[7]])
-        else:
-            m = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer(norm) or nn.BatchNorm2d)
-            self.entry = nn.ModuleList(
-                [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer2[0], m.layer3[0], m.layer4[0]]
-            )
-            self.rest = nn.ModuleList([m.layer1, m.layer2[1:], m.layer3[1:], m.layer4[1:]])
-        # widths at the injection points and at the stage outputs, read off a dry run
-        widths_in, widths_out = [], []
-        with torch.no_grad():
-            x = torch.zeros(1, 3, 64, 64)
-            for entry, rest in zip(self.entry, self.rest, strict=True):
-                x = entry(x)
-                widths_in.append(x.shape[-1] if self.channels_last else x.shape[1])
-                x = rest(x)
-                widths_out.append(x.shape[-1] if self.channels_last else x.shape[1])
-        self.inject_channels, self.tap_channels = widths_in, widths_out
-
-    def forward(self, x: torch.Tensor, inject: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> four stage outputs (B, C_j, H / 2^(j+2), W / 2^(j+2)).
-
-        ``inject[j]`` (B, C_in_j, ., .) is added right after ``entry[j]`` (the composite links).
-        """
-        feats = []
-        for j, (entry, rest) in enumerate(zip(self.entry, self.rest, strict=True)):
-            x = entry(x)
-            if inject is not None:
-                x = x + (inject[j].permute(0, 2, 3, 1) if self.channels_last else inject[j])
-            x = rest(x)
-            feats.append(x.permute(0, 3, 1, 2) if self.channels_last else x)
-        return feats
-
-
-def norm_layer(norm: str):
-    """``"bn"`` -> None (the layer's own default), ``"gn"`` -> a GroupNorm factory ``(channels) -> module``."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown two-stage norm {norm!r}; supported: {NORMS}")
-    return partial(nn.GroupNorm, GN_GROUPS) if norm == "gn" else None
-
-
-class _FPNTrunk(nn.Module):
-    """Trunk + FPN, the ``backbone`` torchvision's detector classes are built around."""
-
-    def __init__(self, trunk: Trunk, out_channels: int, norm: str = "bn"):
-        super().__init__()
-        self.trunk = trunk
-        # bn: torchvision's plain FPN (no normalisation); gn: GroupNorm after each FPN conv
-        self.fpn = FeaturePyramidNetwork(
-            trunk.tap_channels, out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer(norm)
-        )
-        self.out_channels = out_channels
-
-    def pyramid(self, taps: list[torch.Tensor]) -> OrderedDict:
-        """Stage outputs -> FPN levels {"0".."3", "pool"}, each (B, out_channels, ., .)."""
-        return self.fpn(OrderedDict((str(i), t) for i, t in enumerate(taps)))
-
-    def forward(self, x: torch.Tensor) -> OrderedDict:
-        return self.pyramid(self.trunk(x))
-
-
-@dataclass(frozen=True)
-class HeadSizes:
-    """CPU-sized heads (torchvision's defaults in brackets)."""
-
-    fpn_channels: int = 64  # FPN width (256)
-    head_channels: int = 256  # box-head MLP width (1024) and mask-head conv width (256)
-    anchor_base: int = 8  # anchor side on the stride-4 level, doubling per level (32)
-    rpn_batch: int = 256  # anchors sampled per image for the RPN loss (256)
-    roi_batch: int = 128  # proposals sampled per image for the RoI loss (512)
-    detections: int = 100  # detections kept per image (100); Mask R-CNN runs its mask head on each
-    norm: str = "bn"  # bn: BatchNorm trunk, plain FPN and heads | gn: GroupNorm in trunk, FPN and mask head
-
-
 class TwoStageDetector(nn.Module):
-    """One torchvision ``FasterRCNN`` / ``MaskRCNN`` on a :class:`Trunk`, run without its transform.
+    """One torchvision ``FasterRCNN`` / ``MaskRCNN`` on a :class:`~dynamicdet.modeling.trunks.Trunk`, run
+    without its transform.
 
     Args:
         kind: ``"faster_rcnn"`` or ``"mask_rcnn"``.
-        backbone: one of :data:`TRUNKS`.
+        backbone: one of :data:`~dynamicdet.modeling.trunks.TRUNKS`.
         nc: number of object classes (torchvision adds the background class 0).
         sizes: head sizes.
 
@@ -166,12 +66,12 @@ class TwoStageDetector(nn.Module):
     in eval mode ``model(x)`` returns detections. ``x``: (B, 3, H, W) in [0, 1].
     """
 
-    def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = HeadSizes()):
+    def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = DEFAULT_SIZES):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown two-stage kind {kind!r}; supported: {KINDS}")
         self.kind, self.nc = kind, nc
-        body = _FPNTrunk(Trunk(backbone, sizes.norm), sizes.fpn_channels, sizes.norm)
+        body = FPNTrunk(Trunk(backbone, sizes.norm), sizes.fpn_channels, sizes.norm)
         c = sizes.fpn_channels
         anchors = AnchorGenerator(
             sizes=tuple((sizes.anchor_base * 2**i,) for i in range(5)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
@@ -303,10 +203,13 @@ class DynamicTwoStage(nn.Module):
 
     Same forward modes as :class:`~dynamicdet.modeling.yolo.DynamicDetector`: ``model(x, targets)``
     (train: ``{"L1_<loss>", "L2_<loss>"}``), :meth:`score`, :meth:`score_logit`,
-    :meth:`first`, :meth:`second`, :meth:`route` (batched; detections in input order).
+    :meth:`first`, :meth:`second`, :meth:`route` (batched; detections in input order), and the
+    three stages of a route, :meth:`first_stage`, :meth:`easy_stage`, :meth:`hard_stage`.
     """
 
-    def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = HeadSizes()):
+    easy_reads_images = True  # the RPN and RoI heads read the images' size (see RoutedDetector)
+
+    def __init__(self, kind: str, backbone: str, nc: int, sizes: HeadSizes = DEFAULT_SIZES):
         super().__init__()
         self.kind, self.nc, self.ch = kind, nc, 3
         self.det1 = TwoStageDetector(kind, backbone, nc, sizes)
@@ -356,35 +259,31 @@ class DynamicTwoStage(nn.Module):
 
     def first(self, x: torch.Tensor) -> Detections:
         """Easy route for all images: trunk 1 + FPN 1 + heads 1."""
-        return self.det1.heads(x, self.det1.backbone.pyramid(self.taps1(x)))[0]
+        return self.easy_stage(x, self.taps1(x))
 
     def second(self, x: torch.Tensor) -> Detections:
         """Hard route for all images: trunk 1 -> links -> trunk 2 + FPN 2 + heads 2."""
-        return self.det2.heads(x, self.pyramid2(x, self.taps1(x)))[0]
+        return self.hard_stage(x, self.taps1(x))
 
-    def route(self, x: torch.Tensor, threshold: float) -> RouteOutput:
-        """Batched dynamic inference, as :meth:`DynamicDetector.route` (threshold on the logit).
+    def route(self, x: torch.Tensor, threshold: float) -> routing.RouteOutput:
+        """Batched dynamic inference, :func:`dynamicdet.modeling.routing.route` (threshold on the logit);
+        ``preds`` is the list of per-image detection dicts in input order."""
+        return routing.route(self, x, threshold)
 
-        Trunk 1 and the router run on the whole batch; FPN 1 + heads 1 on the easy subset
-        only, trunk 2 + FPN 2 + heads 2 on the hard subset only. ``preds`` is the list of
-        per-image detection dicts in input order.
-        """
+    # ---------------------------------------------------------------- the three stages of a route
+    def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Trunk 1 + router: (B, 3, H, W) -> (logit z (B,), taps F1 = trunk 1's four stage outputs
+        (B, C_j, H / 2^(j+2), W / 2^(j+2)))."""
         t1 = self.taps1(x)
-        z = self.router.logit(AdaptiveRouter.pool(t1))
-        hard = z >= threshold
-        preds: list = [None] * len(x)
-        easy_idx, hard_idx = (~hard).nonzero().squeeze(1), hard.nonzero().squeeze(1)
-        if len(easy_idx):
-            sub = [t[easy_idx] for t in t1] if len(hard_idx) else t1
-            xe = x[easy_idx] if len(hard_idx) else x
-            for i, d in zip(easy_idx.tolist(), self.det1.heads(xe, self.det1.backbone.pyramid(sub))[0], strict=True):
-                preds[i] = d
-        if len(hard_idx):
-            sub = [t[hard_idx] for t in t1] if len(easy_idx) else t1
-            xh = x[hard_idx] if len(easy_idx) else x
-            for i, d in zip(hard_idx.tolist(), self.det2.heads(xh, self.pyramid2(xh, sub))[0], strict=True):
-                preds[i] = d
-        return RouteOutput(preds=preds, hard=hard, phi=torch.sigmoid(z), logit=z)
+        return self.router.logit(AdaptiveRouter.pool(t1)), t1
+
+    def easy_stage(self, x: torch.Tensor, taps: list[torch.Tensor]) -> Detections:
+        """FPN 1 + RPN 1 + RoI heads 1 on trunk 1's taps of the images x (B, 3, H, W) (their size is read)."""
+        return self.det1.heads(x, self.det1.backbone.pyramid(taps))[0]
+
+    def hard_stage(self, x: torch.Tensor, taps: list[torch.Tensor]) -> Detections:
+        """Links + trunk 2 + FPN 2 + RPN 2 + RoI heads 2 (no heads 1): images (B, 3, H, W) and their taps."""
+        return self.det2.heads(x, self.pyramid2(x, taps))[0]
 
     # ---------------------------------------------------------------- training interface
     def objective(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -418,12 +317,7 @@ class DynamicTwoStage(nn.Module):
     def fuse(self) -> DynamicTwoStage:
         return self
 
-    def detector_parameters(self):
-        for name, p in self.named_parameters():
-            if not name.startswith("router."):
-                yield p
 
-
-def build_two_stage(kind: str, backbone: str, nc: int, dual: bool = True, sizes: HeadSizes = HeadSizes()):
+def build_two_stage(kind: str, backbone: str, nc: int, dual: bool = True, sizes: HeadSizes = DEFAULT_SIZES):
     """A :class:`DynamicTwoStage` (``dual``) or a static :class:`TwoStageDetector`."""
     return DynamicTwoStage(kind, backbone, nc, sizes) if dual else TwoStageDetector(kind, backbone, nc, sizes)

@@ -11,7 +11,11 @@
 Detector 1 = backbone B1 + neck/head H1 and detector 2 = backbone B2 + neck/head H2
 are two ultralytics ``DetectionModel`` s of the same family and scale (identical
 structure, separate weights). B2 reads the image itself and, as in CBNet and the
-authors' code, also receives B1's multi-scale features through composite links.
+authors' code, also receives B1's multi-scale features through composite links
+(:class:`~dynamicdet.modeling.router.CompositeLinks`; the router is
+:class:`~dynamicdet.modeling.router.AdaptiveRouter`). Batched dynamic inference is
+:func:`dynamicdet.modeling.routing.route` on the three stages of
+:class:`~dynamicdet.modeling.routing.RoutedDetector`.
 
 Sign convention: ``phi`` is the **difficulty** (high = hard = send to detector 2), as in
 the paper. The authors' code outputs ``1 - phi``; we never do.
@@ -22,11 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
+from dynamicdet.modeling import routing
 from dynamicdet.modeling.losses import DetectionLoss
+from dynamicdet.modeling.router import AdaptiveRouter, CompositeLinks
 
 
 @dataclass(frozen=True)
@@ -89,93 +94,6 @@ def run_layers(det: DetectionModel, x, start: int, stop: int, y: Features, injec
     return x
 
 
-def select(y: Features, idx: torch.Tensor) -> Features:
-    """The same per-layer features restricted to the images ``idx`` of the batch."""
-    return [t[idx] if t is not None else None for t in y]
-
-
-class CompositeLinks(nn.Module):
-    """Composite backbone links (the authors' CBLinear + CBFuse).
-
-    For each B1 level i a 1x1 conv (bias, no BN, no activation) projects f1_i to the
-    channel widths of the B2 levels it feeds: B2 level j receives B1 levels i >= j (the
-    same level and every deeper one). Each projection is resized with nearest-neighbour
-    interpolation to B2 level j's size and all are summed:
-
-        link_j = sum_{i >= j} resize(W_i^{(j)} f1_i + b_i^{(j)}, size(f2_j))
-
-    and ``link_j`` is added to B2's feature right after its stride-2 downsampling conv j.
-    """
-
-    def __init__(self, src_channels: list[int], dst_channels: list[int]):
-        super().__init__()
-        if len(src_channels) != len(dst_channels):
-            raise ValueError("need one destination level per source level")
-        self.splits = [list(dst_channels[: i + 1]) for i in range(len(src_channels))]
-        self.proj = nn.ModuleList(
-            nn.Conv2d(c, sum(s), kernel_size=1, bias=True) for c, s in zip(src_channels, self.splits, strict=True)
-        )
-
-    def forward(self, feats1: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Args: feats1: B1 levels, (B, C1_i, H_i, W_i). Returns: one (B, C2_j, H_j, W_j) tensor per B2 level."""
-        parts = [conv(f).split(s, dim=1) for conv, f, s in zip(self.proj, feats1, self.splits, strict=True)]
-        out = []
-        for j, f in enumerate(feats1):  # B2 level j has B1 level j's resolution
-            size = f.shape[-2:]
-            out.append(sum(F.interpolate(parts[i][j], size=size, mode="nearest") for i in range(j, len(feats1))))
-        return out
-
-
-class AdaptiveRouter(nn.Module):
-    """The adaptive router: a difficulty score per image from B1's multi-scale features.
-
-    Sign convention: the output ``phi`` in (0, 1) is the image's **difficulty**; high
-    phi = hard image = route to detector 2 (the paper's convention; the authors' code
-    returns ``1 - phi``).
-    """
-
-    def __init__(self, in_channels: int, reduction: int = 4):
-        super().__init__()
-        self.fc1 = nn.Linear(in_channels, in_channels // reduction)
-        self.fc2 = nn.Linear(in_channels // reduction, 1)
-
-    @staticmethod
-    def pool(feats1: list[torch.Tensor]) -> torch.Tensor:
-        """F~ = Concat(GAP(f_1), ..., GAP(f_L)): (B, C_i, H_i, W_i) per level -> (B, sum C_i)."""
-        return torch.cat([f.mean(dim=(2, 3)) for f in feats1], dim=1)
-
-    def logit(self, pooled: torch.Tensor) -> torch.Tensor:
-        """z = W2 relu(W1 F~ + b1) + b2, the pre-sigmoid difficulty: (B, C) -> (B,)."""
-        return self.fc2(F.relu(self.fc1(pooled))).squeeze(1)
-
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The router on pooled features (also what step 2 trains on the cache): (B, C) -> (B,)."""
-        # phi = sigmoid(W2 relu(W1 F~ + b1) + b2)
-        return torch.sigmoid(self.logit(pooled))
-
-    def forward(self, feats1: list[torch.Tensor]) -> torch.Tensor:
-        """Args: feats1: B1 levels, (B, C_i, H_i, W_i). Returns: phi, (B,)."""
-        return self.head(self.pool(feats1))
-
-
-@dataclass
-class RouteOutput:
-    """Result of :meth:`DynamicDetector.route`.
-
-    Attributes:
-        preds: (B, 4 + nc, A) raw detections (xywh pixels + class probabilities) in input
-            order, each image from the route it took; feed to NMS.
-        hard: (B,) bool, True where the image took the hard route (detector 2).
-        phi: (B,) difficulty scores, sigmoid(logit).
-        logit: (B,) the router's pre-sigmoid scores, on which the threshold is applied.
-    """
-
-    preds: torch.Tensor
-    hard: torch.Tensor
-    phi: torch.Tensor
-    logit: torch.Tensor
-
-
 class DynamicDetector(nn.Module):
     """Two cascaded ultralytics detectors with composite links and an adaptive router.
 
@@ -190,8 +108,11 @@ class DynamicDetector(nn.Module):
           training outputs (ultralytics dicts: ``boxes``, ``scores``, ``feats``).
         - :meth:`score`: phi only (B1 + router).
         - :meth:`first` / :meth:`second`: one route for all images.
-        - :meth:`route`: batched dynamic inference.
+        - :meth:`route`: batched dynamic inference (:func:`~dynamicdet.modeling.routing.route` on
+          the three stages :meth:`first_stage`, :meth:`easy_stage`, :meth:`hard_stage`).
     """
+
+    easy_reads_images = False  # H1 reads only B1's taps (see RoutedDetector)
 
     def __init__(self, family: str = "yolov8", scale: str = "n", nc: int = 80, ch: int = 3):
         super().__init__()
@@ -208,6 +129,10 @@ class DynamicDetector(nn.Module):
                 x = m(x)
                 widths[m.i] = x.shape[1]
         self.tap_channels = [widths[i] for i in self.spec.taps]
+        # the stages hand H1 only the taps: they must be every backbone output the neck reads
+        read = sorted(i for i in self.det1.save if i < self.spec.n_backbone)
+        if read != sorted(self.spec.taps) or self.spec.taps[-1] != self.spec.n_backbone - 1:
+            raise ValueError(f"{family}{scale}: the neck reads backbone layers {read}, the taps are {self.spec.taps}")
         self.link_channels = [widths[i] for i in self.spec.downsample]
         self.links = CompositeLinks(self.tap_channels, self.link_channels)
         self.router = AdaptiveRouter(sum(self.tap_channels))
@@ -245,10 +170,31 @@ class DynamicDetector(nn.Module):
         """H2 (neck + Detect of detector 2) on B2's outputs."""
         return run_layers(self.det2, y2[-1], self.spec.n_backbone, len(self.det2.model), list(y2))
 
+    def tap_layers(self, taps: list[torch.Tensor]) -> Features:
+        """B1's per-layer outputs as H1 reads them, from the taps alone (the neck reads no other layer)."""
+        y1: Features = [None] * self.spec.n_backbone
+        for i, f in zip(self.spec.taps, taps, strict=True):
+            y1[i] = f
+        return y1
+
     @staticmethod
     def _inference(out) -> torch.Tensor:
         """Detect's eval output is ``(y, raw)``; keep y: (B, 4 + nc, A)."""
         return out[0] if isinstance(out, tuple) else out
+
+    # ---------------------------------------------------------------- the three stages of a route
+    def first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """B1 + router: (B, 3, H, W) -> (logit z (B,), taps F1 = [P3, P4, P5], each (B, C_l, H_l, W_l))."""
+        f1 = self.taps(self.backbone1(x))
+        return self.router.logit(AdaptiveRouter.pool(f1)), f1
+
+    def easy_stage(self, x: torch.Tensor | None, taps: list[torch.Tensor]) -> torch.Tensor:
+        """H1 on B1's taps (the images are not read): -> (B, 4 + nc, A) raw detections (eval mode)."""
+        return self._inference(self.head1(self.tap_layers(taps)))
+
+    def hard_stage(self, x: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
+        """Links + B2 + H2 (no H1): images (B, 3, H, W) and their taps -> (B, 4 + nc, A) raw detections."""
+        return self._inference(self.head2(self.backbone2(x, taps)))
 
     # ---------------------------------------------------------------- forward modes
     def forward(self, x: torch.Tensor) -> dict:
@@ -291,41 +237,9 @@ class DynamicDetector(nn.Module):
         y1 = self.backbone1(x)
         return self._inference(self.head2(self.backbone2(x, self.taps(y1))))
 
-    def route(self, x: torch.Tensor, threshold: float) -> RouteOutput:
-        """Batched dynamic inference.
-
-        B1 and the router run on the whole batch; H1 runs on the easy subset only
-        (z < threshold), B2 + H2 on the hard subset only (z >= threshold), with those
-        images' B1 features feeding the links. Outputs are merged back in input order.
-        A route that no image takes costs nothing.
-
-        The threshold applies to the router's logit z, phi = sigmoid(z): the same order
-        as phi, without float saturation (a trained router pushes many phi to exactly
-        1.0 in float32, and ties cannot be split by a threshold on phi). Use
-        ``math.log(tau / (1 - tau))`` to threshold at a phi value tau.
-
-        Args:
-            x: (B, 3, H, W) images in [0, 1].
-            threshold: on the logit; images with z >= threshold take the hard route
-                (``-inf``: all hard, ``+inf``: all easy).
-        """
-        y1 = self.backbone1(x)
-        f1 = self.taps(y1)
-        z = self.router.logit(AdaptiveRouter.pool(f1))
-        phi = torch.sigmoid(z)
-        hard = z >= threshold
-        n_hard = int(hard.sum())
-        if n_hard == 0:  # every image easy: no subset, no copy
-            return RouteOutput(preds=self._inference(self.head1(y1)), hard=hard, phi=phi, logit=z)
-        if n_hard == len(hard):  # every image hard: H1 never runs
-            return RouteOutput(preds=self._inference(self.head2(self.backbone2(x, f1))), hard=hard, phi=phi, logit=z)
-        hard_idx, easy_idx = hard.nonzero().squeeze(1), (~hard).nonzero().squeeze(1)
-        p1 = self._inference(self.head1(select(y1, easy_idx)))
-        p2 = self._inference(self.head2(self.backbone2(x[hard_idx], [f[hard_idx] for f in f1])))
-        preds = p1.new_empty((x.shape[0], *p1.shape[1:]))
-        preds[easy_idx] = p1
-        preds[hard_idx] = p2
-        return RouteOutput(preds=preds, hard=hard, phi=phi, logit=z)
+    def route(self, x: torch.Tensor, threshold: float) -> routing.RouteOutput:
+        """Batched dynamic inference, :func:`dynamicdet.modeling.routing.route` (threshold on the logit)."""
+        return routing.route(self, x, threshold)
 
     # ---------------------------------------------------------------- training interface
     def criteria(self) -> tuple[DetectionLoss, DetectionLoss]:
@@ -374,12 +288,6 @@ class DynamicDetector(nn.Module):
         self.det1.fuse(verbose=False)
         self.det2.fuse(verbose=False)
         return self
-
-    def detector_parameters(self):
-        """Parameters trained in step 1 (both detectors and the links)."""
-        for name, p in self.named_parameters():
-            if not name.startswith("router."):
-                yield p
 
 
 class StaticDetector(nn.Module):
