@@ -10,6 +10,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The lint checks live in tools/lint (its header lists them); the pre-commit hooks run the same.
+# `make lint` runs them all, `make test` all but the format check, before pytest.
+LINT := PY=$(PY) bash tools/lint
+TEST_LINT := ruff notebooks workflows citation
 
 .PHONY: reproduce test test-fast bench ablation two-stage-tuning lint data venv notebooks lab docs
 
@@ -29,11 +33,11 @@ data: $(STAMP)
 	$(PY) -m dynamicdet.cli data --config $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m ruff check --no-cache dynamicdet tests bench
+	$(LINT) $(TEST_LINT)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m ruff check --no-cache dynamicdet tests bench
+	$(LINT) $(TEST_LINT)
 	$(PY) -m pytest -q -m "not slow"
 
 # The step-1 ablation (notebook 09, not part of the default main job): every recipe row on the
@@ -64,5 +68,4 @@ lab: $(STAMP)
 	$(PY) -m jupyterlab --notebook-dir=notebooks
 
 lint: $(STAMP)
-	$(PY) -m ruff check --no-cache dynamicdet tests bench
-	$(PY) -m ruff format --check dynamicdet tests bench
+	$(LINT)
