@@ -54,7 +54,7 @@ class DataConfig:
 class ModelConfig:
     kind: str = "yolo"  # yolo (two ultralytics detectors) | faster_rcnn | mask_rcnn (two torchvision detectors)
     family: str = "yolov8"  # yolo: ultralytics family, a key of modeling.yolo.FAMILIES (yolov8 | yolo11)
-    scale: str = "n"  # yolo: ultralytics scale, one of modeling.yolo.SCALES (n | s | m | l | x)
+    scale: str = "n"  # yolo: a scale of modeling.yolo.SCALES (ultralytics n, s, m, l, x and ns between n and s)
     backbone: str = "resnet18"  # two-stage: one of modeling.trunks.TRUNKS (resnet18 ... resnet101, swin_t, swin_s)
     dual: bool = True  # False = one plain detector: a static baseline trained by our own step-1 loop
     fpn_channels: int = 64  # two-stage: FPN width (torchvision: 256)
@@ -92,13 +92,45 @@ class TrainConfig:
     detach_links: bool = False  # True: detector 2's loss does not reach backbone 1 through the composite links
 
 
+# Named router settings a config may give instead of (or under) its router section: ``router: paper`` or
+# ``router: {preset: paper, epochs: 50}`` (the preset's values, then the section's own keys over them).
+ROUTER_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # the paper's router: target L1 - L2 with the adaptive offset, on 2 views augmented as the authors' step 2
+    # (hsv 0.015/0.7/0.4, translate 0.2, scale 0.9, fliplr 0.5; no mosaic or mixup)
+    "paper": {
+        "loss": "adaptive_offset",
+        "target": "gain",
+        "views": 2,
+        "hsv_h": 0.015,
+        "hsv_s": 0.7,
+        "hsv_v": 0.4,
+        "translate": 0.2,
+        "scale": 0.9,
+        "fliplr": 0.5,
+    },
+}
+
+
+def _expand_router(value: Any, source: str) -> Any:
+    """A router section with its preset expanded (a name, or a mapping with a ``preset`` key)."""
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict) or "preset" not in value:
+        return value
+    rest = {k: v for k, v in value.items() if k != "preset"}
+    if value["preset"] not in ROUTER_PRESETS:
+        raise ConfigError(f"{source}: router preset {value['preset']!r} is not one of {sorted(ROUTER_PRESETS)}")
+    return {**ROUTER_PRESETS[value["preset"]], **rest}
+
+
 @dataclass
 class RouterConfig:
     """Step 2: freeze both detectors, train the router only."""
 
     # Defaults: the paper's loss on what notebook 04 found the router can rank (results/standard/router_variants.csv):
     # detector 1's loss (target l1) on one un-augmented view. The paper's router is target gain on 2 augmented
-    # views (hsv 0.015/0.7/0.4, translate 0.2, scale 0.9, fliplr 0.5): experiments.router_study.PAPER_ROUTER.
+    # views: the preset ``router: paper`` (ROUTER_PRESETS below).
     loss: str = "adaptive_offset"  # naive | naive_lambda | adaptive_offset (paper) | soft_target | rank
     lam: float = 0.0  # naive_lambda: weight of the lambda * phi penalty
     delta: str = "median"  # adaptive_offset: "median" (whole train set, paper) | "running" (authors' code)
@@ -132,11 +164,17 @@ class EvalConfig:
     max_det: int = 300  # detections kept per image (two-stage: torchvision box_detections_per_img)
     latency_repeats: int = 20  # timed repeats per latency figure
     latency_warmup: int = 5  # untimed warm-up runs
+    # > 0: time each latency figure until its 95% interval is within +-this fraction of it (0: fixed repeats)
+    latency_tolerance: float = 0.0
     random_seeds: int = 5  # seeds of the random-routing baseline
     static_scales: list[str] = field(default_factory=lambda: ["n", "s"])  # static ultralytics baselines
     static_epochs: int = 0  # epochs for static baselines; 0 = same as train.epochs
     static_backbones: list[str] = field(default_factory=lambda: ["resnet18", "resnet34"])  # two-stage statics
     timing_images: int = 20  # 08_two_stage: val images timed (batch 1) and FLOP-counted per row
+    # images of a calibration split (synthetic data: drawn from the generator like val, data.seed + 1) on which
+    # every router threshold tau is set; AP and the achieved hard fraction are then measured on val, which tau
+    # never saw (the paper: tau on val, applied to test-dev). 0: tau from the val images themselves (own data)
+    calibration_images: int = 0
     stream_images: int = 60  # val images timed as a stream: route() latencies of the table and target check
     disturbance_passes: int = 3  # 05_variable_speed: passes over the val images per phase of the disturbed stream
     target_rounds: int = 3  # 05_variable_speed: calibrate-then-route rounds of the target-latency check (median)
@@ -203,6 +241,8 @@ _RANGES = {
     ("train", "val_every"): (0, float("inf")),
     ("eval", "disturbance_passes"): (1, float("inf")),
     ("eval", "target_rounds"): (1, float("inf")),
+    ("eval", "calibration_images"): (0, float("inf")),
+    ("eval", "latency_tolerance"): (0.0, 0.5),
 }
 
 
@@ -312,7 +352,11 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"{path}: top level must be a mapping")
     name = path.name.rsplit(".", 1)[0]
     raw.setdefault("name", name)
+    if "router" in raw:
+        raw["router"] = _expand_router(raw["router"], str(path))
     for section, values in (overrides or {}).items():
+        if section == "router":
+            values = _expand_router(values, "overrides")
         if isinstance(values, dict):
             raw.setdefault(section, {})
             raw[section] = {**raw[section], **values}

@@ -28,6 +28,7 @@ from dynamicdet.experiments import (
     latency_table,
     onnx_latency,
     static_baselines,
+    static_config,
     tradeoff,
     trained,
     two_stage_config,
@@ -143,7 +144,7 @@ def reproduce(
         print(summarize(info.root).to_string())
     tr = stage("train (step 1 + step 2)", runs.STEP2.done(cfg), lambda: trained(cfg, progress=progress))
     res = stage("evaluation (trade-off)", runs.TRADEOFF.done(cfg), lambda: tradeoff(tr, progress=progress))
-    static_done = all(runs.STATIC_ROW.done(cfg, model=f"{cfg.model.family}{s}") for s in cfg.eval.static_scales)
+    static_done = all(runs.STATIC_ROW.done(static_config(cfg, s)) for s in cfg.eval.static_scales)
     static = stage("static baselines", static_done, lambda: static_baselines(cfg, progress))
     stage("latency table", runs.LATENCY.done(cfg), lambda: latency_table(tr, res, static, progress=progress))
     if cfg.eval.onnx_latency:

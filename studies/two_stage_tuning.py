@@ -31,7 +31,8 @@ from dynamicdet.config import Config, config_from_dict, load_config
 from dynamicdet.engine.runs import STEP1
 from dynamicdet.engine.step1 import train_step1
 from dynamicdet.evaluation.results import provenance, save_table
-from dynamicdet.experiments.generality import static_config, two_stage_config
+from dynamicdet.experiments.generality import two_stage_config
+from dynamicdet.experiments.static_models import static_config
 from dynamicdet.experiments.step1_ablation import variant
 
 OLD = {"epochs": 5, "close_mosaic": 2, "lr0": 0.02}
@@ -52,14 +53,14 @@ def row_config(base: str, kind: str, row: str) -> Config:
     if row not in ROWS:
         raise ValueError(f"unknown two-stage tuning row {row!r}; choose from {sorted(ROWS)}")
     cfg = two_stage_config(base, kind)
-    s = variant(static_config(cfg, cfg.model.backbone), ROWS[row][1])
+    s = variant(static_config(cfg, backbone=cfg.model.backbone), ROWS[row][1])
     return config_from_dict(s.to_dict(), source=f"two-stage tuning row {row}")
 
 
 def is_default(base: str, kind: str, row: str) -> bool:
     """Whether ``row`` trains exactly the config's own static R18 (the adopted recipe)."""
     cfg = two_stage_config(base, kind)
-    return STEP1.path(row_config(base, kind, row)) == STEP1.path(static_config(cfg, cfg.model.backbone))
+    return STEP1.path(row_config(base, kind, row)) == STEP1.path(static_config(cfg, backbone=cfg.model.backbone))
 
 
 def tuning_row(base: str, kind: str, row: str, progress: bool = True) -> dict:

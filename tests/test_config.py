@@ -157,3 +157,25 @@ def test_a_new_field_changes_the_keys_of_the_sections_that_hold_it():
     grown = dataclasses.replace(cfg, model=ModelWithNewField(**dataclasses.asdict(cfg.model)))
     assert cfg.section_hash("model") != grown.section_hash("model")
     assert cfg.section_hash("data", "train", "model.kind") == grown.section_hash("data", "train", "model.kind")
+
+
+def test_the_papers_router_is_a_preset_a_config_names():
+    from dynamicdet.config import ROUTER_PRESETS
+
+    paper = load_config("smoke", {"router": "paper"})
+    assert paper.router.target == "gain" and paper.router.views == 2 and paper.router.loss == "adaptive_offset"
+    assert {k: getattr(paper.router, k) for k in ROUTER_PRESETS["paper"]} == ROUTER_PRESETS["paper"]
+    # a mapping: the preset, then the section's own keys over it
+    tuned = load_config("smoke", {"router": {"preset": "paper", "epochs": 7}})
+    assert tuned.router.epochs == 7 and tuned.router.views == 2
+    assert load_config("smoke", {"router": "default"}).router == load_config("smoke").router
+
+
+def test_a_router_preset_in_a_file_and_an_unknown_one(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("router: paper\n")
+    assert load_config(good).router.target == "gain"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("router:\n  preset: papers\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: router preset 'papers' is not one of \['default', 'paper'\]"):
+        load_config(bad)

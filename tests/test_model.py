@@ -5,7 +5,7 @@ import torch
 from ultralytics.utils.nms import non_max_suppression
 
 from dynamicdet.engine.checkpoint import CheckpointError, load_into, save_checkpoint
-from dynamicdet.evaluation.cost import cost_table
+from dynamicdet.evaluation.cost import cost_table, gflops, route_gflops
 from dynamicdet.modeling import routing
 from dynamicdet.modeling.losses import DetectionLoss
 from dynamicdet.modeling.router import AdaptiveRouter
@@ -227,3 +227,16 @@ def test_checkpoint_round_trip_and_errors(tmp_path, model):
         load_into(other, foreign)
     with pytest.raises(CheckpointError, match="not found"):
         load_into(other, tmp_path / "missing.pt")
+
+
+def test_the_static_scale_ns_costs_what_the_dynamic_model_costs():
+    """yolov8ns (ultralytics' scales mechanism, width 0.3125) lies within 10% of Dy /100's GFLOPs, between n and s."""
+    size = 192  # the standard config's images
+    x = torch.zeros(1, 3, size, size)
+    cost = {}
+    for scale in ("n", "ns", "s"):
+        det = build_detector("yolov8", scale, nc=6).eval()
+        cost[scale] = gflops(lambda det=det: det(x))
+    _, hard = route_gflops(DynamicDetector("yolov8", "n", nc=6).eval(), size)
+    assert cost["n"] < hard < cost["s"]
+    assert abs(cost["ns"] / hard - 1) <= 0.10

@@ -11,7 +11,7 @@ from dynamicdet import paths
 from dynamicdet.config import load_config
 from dynamicdet.engine import runs
 from dynamicdet.evaluation import results
-from dynamicdet.experiments import latency_table, static_baselines, tradeoff, trained
+from dynamicdet.experiments import latency_table, static_baselines, tradeoff, trained, ultralytics_reference
 from dynamicdet.pipeline import reproduce
 
 
@@ -151,7 +151,7 @@ def test_an_interrupted_static_training_resumes_instead_of_passing_for_finished(
     # a seed no other test trains with: the run folder must not exist yet, whatever ran before in this session
     cfg = load_config("smoke", overrides={"eval": {"static_epochs": 2}, "train": {"seed": 11}})
     weights = runs.STATIC_MODELS.path(cfg) / "n" / "weights" / "last.pt"
-    assert not runs.STATIC_ROW.path(cfg, model="yolov8n").exists() and not weights.exists()
+    assert not runs.REFERENCE_ROW.path(cfg, model="yolov8n").exists() and not weights.exists()
     save = BaseTrainer.save_model
 
     def save_then_stop(self):  # the process dies right after epoch 1's checkpoint
@@ -160,10 +160,10 @@ def test_an_interrupted_static_training_resumes_instead_of_passing_for_finished(
 
     monkeypatch.setattr(BaseTrainer, "save_model", save_then_stop)
     with pytest.raises(_Interrupted):
-        static_baselines(cfg, progress=False)
+        ultralytics_reference(cfg, ["n"], progress=False)
     assert weights.exists() and not finished(weights)
     monkeypatch.setattr(BaseTrainer, "save_model", save)
-    row = static_baselines(cfg, progress=False).iloc[0]
+    row = ultralytics_reference(cfg, ["n"], progress=False).iloc[0]
     assert finished(weights) and bool(row["resumed"]) and row["epochs"] == 2
     assert 0 <= row["AP"] <= 1
     bad = tmp_path / "last.pt"

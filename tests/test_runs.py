@@ -13,38 +13,46 @@ from dynamicdet.config import Config, EvalConfig, TrainConfig, load_config
 from dynamicdet.engine import runs
 from dynamicdet.experiments import static_models
 
-# every YOLO-pipeline stage, by name; STATIC_ROW for the config's first static scale
+# every YOLO-pipeline stage, by name; the static row is the frontier's model of the config's first static scale
+# (a step-1 run of its own config), the reference row ultralytics' yolov8n
 STAGES = {
     "step 1": runs.STEP1,
     "router cache": runs.VIEW_CACHE,
     "val cache": runs.VAL_CACHE,
     "step 2": runs.STEP2,
+    "calibration": runs.CALIBRATION,
     "val detections": runs.VAL_DETS,
     "trade-off": runs.TRADEOFF,
     "static models": runs.STATIC_MODELS,
     "static row": runs.STATIC_ROW,
+    "reference row": runs.REFERENCE_ROW,
     "latency table": runs.LATENCY,
 }
-INSIDE_STEP2 = {"step 2", "val detections", "trade-off", "latency table"}
+INSIDE_STEP2 = {"step 2", "calibration", "val detections", "trade-off", "latency table"}
+ULTRALYTICS = {"static models", "reference row"}
 
 
 def _paths(cfg) -> dict:
-    return {name: s.path(cfg, model="yolov8n") for name, s in STAGES.items()}
+    out = {name: s.path(cfg, model="yolov8n") for name, s in STAGES.items()}
+    out["static row"] = runs.STATIC_ROW.path(static_models.static_config(cfg, cfg.eval.static_scales[0]))
+    return out
 
 
 # eval field -> new value, and the stages that must move (be recomputed); every other stage stays
 EVAL_CHANGES = [
-    ("conf", 0.01, {"val detections", "trade-off", "static row"}),
-    ("iou", 0.6, {"val detections", "trade-off", "static row"}),
-    ("max_det", 57, {"val detections", "trade-off", "static row"}),
-    ("batch", 2, {"val cache", "static row"} | INSIDE_STEP2),
+    ("conf", 0.01, {"val detections", "trade-off", "static row", "reference row"}),
+    ("iou", 0.6, {"val detections", "trade-off", "static row", "reference row"}),
+    ("max_det", 57, {"val detections", "trade-off", "static row", "reference row"}),
+    ("batch", 2, {"val cache", "static row", "reference row"} | INSIDE_STEP2),
     ("fractions", [0.0, 0.5, 1.0], {"trade-off", "latency table"}),
     ("sweep", 7, {"trade-off"}),
     ("random_seeds", 3, {"trade-off"}),
+    ("calibration_images", 5, {"calibration", "trade-off"}),
     ("stream_images", 30, {"latency table"}),
     ("latency_repeats", 8, {"latency table"}),
-    ("static_scales", ["n", "m"], {"latency table"}),
-    ("static_epochs", 3, {"static models", "static row", "latency table"}),
+    ("latency_tolerance", 0.05, {"latency table"}),
+    ("static_scales", ["ns", "m"], {"latency table", "static row"}),  # the row of another scale
+    ("static_epochs", 3, {"static models", "static row", "reference row", "latency table"}),
     ("latency_warmup", 2, set()),  # two-stage table only
     ("timing_images", 5, set()),  # two-stage table only
     ("static_backbones", ["resnet18"], set()),  # two-stage table only
@@ -79,8 +87,9 @@ def test_an_eval_change_moves_the_stages_that_read_it_and_only_those(field, valu
         ("router", "lr", 0.5, INSIDE_STEP2),  # router training only: the cached views stay
         ("router", "target", "gain", INSIDE_STEP2),  # what the router ranks: same views, same cache
         ("router", "views", 3, {"router cache"} | INSIDE_STEP2),
-        ("train", "epochs", 5, set(STAGES)),  # new detectors: everything, static models included
-        ("train", "clip", "none", set(STAGES) - {"static models", "static row"}),  # ultralytics' trainer ignores it
+        # new detectors: everything; smoke's static models train for eval.static_epochs (ultralytics' key reads both)
+        ("train", "epochs", 5, set(STAGES) - {"static row"}),
+        ("train", "clip", "none", set(STAGES) - ULTRALYTICS),  # ultralytics' trainer ignores it; our loop reads it
     ],
 )
 def test_training_changes_move_what_depends_on_them(section, field, value, moved):

@@ -199,3 +199,34 @@ def test_time_latency_table_times_at_least_once():
             passes=_passes(timings, calls), rows=ROWS, k_timed=K, same_static="yolov8n (static)", tries=0
         )
     assert calls == ["latency_ms_b1"] and not timed.table["consistent"].all()
+
+
+def test_precise_timing_adds_rounds_until_every_interval_is_within_the_tolerance(monkeypatch):
+    """eval.latency_tolerance: rounds are added until each model's 95% interval is within +-tol of its mean."""
+    import types
+
+    import numpy as np
+
+    from dynamicdet.config import load_config
+    from dynamicdet.experiments import variable_speed as vs
+
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def fake_stream_times(fns, batches, device, warmup=1, repeats=3, segment=None):
+        calls.append(repeats)
+        # "a" is noisy (sd 10% of its mean), "b" is steady
+        return {"a": 10 + rng.normal(0, 1.0, repeats), "b": np.full(repeats, 5.0)}
+
+    monkeypatch.setattr(vs, "stream_times", fake_stream_times)
+    cfg = load_config("smoke", {"eval": {"latency_tolerance": 0.02, "latency_repeats": 20}})
+    t = types.SimpleNamespace(cfg=cfg, device="cpu", timing_model=None)
+    precision = {}
+    ms = vs.stream_latency(t, {"a": lambda x: x, "b": lambda x: x}, [torch.zeros(1, 3, 8, 8)] * 2, precision=precision)
+    rounds = sum(calls)
+    assert len(calls) > 1  # 5 rounds cannot pin a 10% noise to +-2%
+    assert precision["a"] <= 0.02 and precision["b"] == 0.0
+    assert vs.relative_half_width(np.array([9.0, 11.0])) == pytest.approx(
+        12.706 * np.std([9, 11], ddof=1) / 2**0.5 / 10, rel=1e-3
+    )
+    assert ms["b"] == 5.0 and abs(ms["a"] - 10) < 0.5 and rounds <= vs.MAX_ROUNDS + 5

@@ -241,10 +241,10 @@ def test_two_stage_configs_run_through_the_same_training_entry_points():
     model = load_model(cfg)
     assert isinstance(model, DynamicTwoStage)
     assert cache["pooled"].shape == (cfg.router.views * cfg.data.n_train, sum(model.det1.trunk.tap_channels))
-    static = build_model(static_config(cfg, "resnet34"), nc=model.nc)
+    static = build_model(static_config(cfg, backbone="resnet34"), nc=model.nc)
     assert isinstance(static, TwoStageDetector) and static.trunk.name == "resnet34"
     with pytest.raises(ValueError, match="dual = false"):
-        train_step2(static_config(cfg, "resnet18"), progress=False)
+        train_step2(static_config(cfg, backbone="resnet18"), progress=False)
 
 
 @pytest.mark.slow
@@ -425,7 +425,7 @@ def test_a_two_stage_model_trained_in_its_own_process_is_the_one_the_table_reuse
     cfg = two_stage_config("smoke", "faster_rcnn")
     generate_from_config(cfg, progress=False)
     assert main(["--config", "smoke", "--kind", "faster_rcnn", "--model", "resnet34"]) == 0
-    scfg = static_config(cfg, "resnet34")
+    scfg = static_config(cfg, backbone="resnet34")
     metrics = pd.read_csv(STEP1.path(scfg) / "step1_metrics.csv")
     assert len(metrics) == scfg.train.epochs  # every epoch done: the table's train_step1(resume=True) trains nothing
     assert load_model(scfg, step=1).trunk.name == "resnet34"

@@ -16,14 +16,17 @@ Layout under ``paths.runs_dir()``::
         router-<key>/                  STEP2: router, eval.batch
             step2.pt  router_metrics.csv  train_losses.csv  val_scores.csv
             val_dets-<key>.pt          VAL_DETS: NMS settings, eval.batch
-            tradeoff-<key>.pt          TRADEOFF: + fractions, sweep, random seeds
+            calibration_scores-<key>.csv  CALIBRATION: the router's logits on the calibration split
+            tradeoff-<key>.pt          TRADEOFF: + fractions, sweep, random seeds, calibration images
             latency_table_segments-<key>.csv  LATENCY: the timed models, timing settings (+ _checks.csv)
             latency_onnx-<key>.csv     ONNX_LATENCY: the same on onnxruntime, batch 1 (+ _checks.csv)
             two_stage_table-<key>.csv  TWO_STAGE_TABLE (two-stage configs): eval; + .json: who made it
+    <name>-<key>/ of a static config   STEP1 with model.dual false (experiments.static_models.static_config)
+        static_row-<key>.json          STATIC_ROW: the frontier's static model; NMS settings, eval.batch
     <name>-static-<key>/               STATIC_MODELS: data, model.family, the train fields ultralytics reads,
                                        eval.static_epochs
-        <scale>/weights/last.pt        (ultralytics' trainer)
-        yolov8<scale>-<key>.json       STATIC_ROW: NMS settings, eval.batch
+        <scale>/weights/last.pt        (ultralytics' trainer: the reference rows)
+        yolov8<scale>-<key>.json       REFERENCE_ROW: NMS settings, eval.batch
 """
 
 from __future__ import annotations
@@ -81,8 +84,15 @@ VIEW_CACHE = Stage("router cache (training views)", VIEW_READS, "router_cache-{k
 VAL_CACHE = Stage("val cache", ("eval.batch",), "val_cache-{key}.pt", STEP1)
 STEP2 = Stage("step 2", ("router", "eval.batch"), "router-{key}", STEP1, marker="step2.pt")
 VAL_DETS = Stage("val detections", DETECTION_READS, "val_dets-{key}.pt", STEP2)
+# the router's logits on the calibration split (experiments.tradeoffs.calibration_logits), where thresholds are set
+CALIBRATION = Stage(
+    "calibration scores", ("data", "eval.calibration_images", "eval.batch"), "calibration_scores-{key}.csv", STEP2
+)
 TRADEOFF = Stage(
-    "trade-off", (*DETECTION_READS, "eval.fractions", "eval.sweep", "eval.random_seeds"), "tradeoff-{key}.pt", STEP2
+    "trade-off",
+    (*DETECTION_READS, "eval.fractions", "eval.sweep", "eval.random_seeds", "eval.calibration_images"),
+    "tradeoff-{key}.pt",
+    STEP2,
 )
 # The step-1 settings ultralytics' trainer receives for the static baselines, under their own names: the
 # trainer call (experiments.static_models.train_ultralytics) passes exactly these, so a field added here reaches
@@ -107,7 +117,9 @@ STATIC_MODELS = Stage(
     ("data", "model.family", "train.epochs", "eval.static_epochs", *(f"train.{f}" for f in STATIC_TRAINER_FIELDS)),
     "{name}-static-{key}",
 )
-STATIC_ROW = Stage("static model row", DETECTION_READS, "{model}-{key}.json", STATIC_MODELS)
+REFERENCE_ROW = Stage("ultralytics reference row", DETECTION_READS, "{model}-{key}.json", STATIC_MODELS)
+# a static model of the frontier is the step-1 run of its own config (experiments.static_models.static_config)
+STATIC_ROW = Stage("static model row", DETECTION_READS, "static_row-{key}.json", STEP1)
 LATENCY = Stage(
     "latency table",
     (
@@ -115,6 +127,7 @@ LATENCY = Stage(
         "eval.batch",
         "eval.stream_images",
         "eval.latency_repeats",
+        "eval.latency_tolerance",
         "eval.static_scales",
         "eval.static_epochs",
     ),
@@ -124,7 +137,14 @@ LATENCY = Stage(
 # onnxruntime at batch 1 (experiments.tradeoffs): the same stream and rows as the latency table
 ONNX_LATENCY = Stage(
     "onnxruntime latency",
-    ("eval.fractions", "eval.batch", "eval.stream_images", "eval.latency_repeats", "eval.static_scales"),
+    (
+        "eval.fractions",
+        "eval.batch",
+        "eval.stream_images",
+        "eval.latency_repeats",
+        "eval.latency_tolerance",
+        "eval.static_scales",
+    ),
     "latency_onnx-{key}.csv",
     STEP2,
 )

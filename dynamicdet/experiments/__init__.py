@@ -19,8 +19,14 @@ Every stage stores its output under the run folder, keyed by the config fields i
 (:mod:`dynamicdet.engine.runs`), so re-running a notebook does not retrain or re-measure.
 """
 
-from dynamicdet.experiments.generality import record_provenance, static_config, two_stage_config, two_stage_table
-from dynamicdet.experiments.static_models import load_static, static_baselines, train_ultralytics
+from dynamicdet.experiments.generality import record_provenance, two_stage_config, two_stage_table
+from dynamicdet.experiments.static_models import (
+    load_static,
+    static_baselines,
+    static_config,
+    train_ultralytics,
+    ultralytics_reference,
+)
 from dynamicdet.experiments.tradeoffs import (
     Tradeoff,
     cost_columns,
@@ -69,6 +75,7 @@ __all__ = [
     "trained",
     "tradeoff",
     "train_ultralytics",
+    "ultralytics_reference",
     "two_stage_config",
     "two_stage_table",
     "variable_speed_table",

@@ -21,7 +21,6 @@ standard val images were all hard.)
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -40,6 +39,7 @@ from dynamicdet.engine.validate import evaluate_fn, val_loader
 from dynamicdet.evaluation.cost import gflops
 from dynamicdet.evaluation.results import git_sha, merge_provenance
 from dynamicdet.evaluation.speed import environment, prepare_for_timing, stream_times, time_latency_table
+from dynamicdet.experiments.static_models import static_config
 from dynamicdet.experiments.trained import trained
 from dynamicdet.files import write_csv, write_json
 from dynamicdet.metrics import mix
@@ -60,22 +60,12 @@ def two_stage_config(base: str, kind: str) -> Config:
     return load_config(f"{base}_{kind}")
 
 
-def static_config(cfg: Config, backbone: str) -> Config:
-    """A static single-detector config on ``backbone``: same data and schedule as ``cfg``."""
-    s = copy.deepcopy(cfg)
-    s.model.dual = False
-    s.model.backbone = backbone
-    s.train.epochs = cfg.eval.static_epochs or cfg.train.epochs
-    s.train.close_mosaic = min(s.train.close_mosaic, s.train.epochs)
-    return s
-
-
 def _train_static(cfg: Config, backbone: str, progress: bool) -> Config:
     """Train (or resume, or reuse) the static model on ``backbone``; return its config.
 
     Step-1 validation is skipped: :func:`two_stage_table` evaluates the final weights once.
     """
-    scfg = static_config(cfg, backbone)
+    scfg = static_config(cfg, backbone=backbone)
     train_step1(scfg, resume=True, progress=progress, validate=False)
     return scfg
 
@@ -336,7 +326,6 @@ def main(argv=None) -> int:
 __all__ = [
     "generality_summary",
     "record_provenance",
-    "static_config",
     "summary_table",
     "train_model",
     "two_stage_config",

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dynamicdet.config import Config
+from dynamicdet.config import ROUTER_PRESETS, Config
 from dynamicdet.engine.step2 import fit_router, step_caches, train_step2
 from dynamicdet.evaluation.coco_eval import detections_to_coco, per_image_ap
 from dynamicdet.experiments.trained import Trained, evaluate_dets, route_detections, routed_evaluator
@@ -38,17 +38,7 @@ from dynamicdet.metrics import spearman
 from dynamicdet.modeling import routing
 
 # the router the paper and the authors' code train: L1 - L2 on two augmented views of the training set
-PAPER_ROUTER = {
-    "loss": "adaptive_offset",
-    "target": "gain",
-    "views": 2,
-    "hsv_h": 0.015,
-    "hsv_s": 0.7,
-    "hsv_v": 0.4,
-    "translate": 0.2,
-    "scale": 0.9,
-    "fliplr": 0.5,
-}
+PAPER_ROUTER = ROUTER_PRESETS["paper"]  # the paper's router (config preset ``router: paper``)
 # one un-augmented view: the training images as val images are seen
 CLEAN_VIEWS = {"views": 1, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0}
 

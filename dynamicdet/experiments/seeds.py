@@ -2,13 +2,19 @@
 
 A seed changes ``train.seed`` only (initialisation, shuffling and augmentation of step 1 and
 of the static models; the data stay the same). Every stage is the pipeline's own cached
-stage, keyed by the config with that seed, so a seed run resumes where it stopped::
+stage, keyed by the config with that seed, so the campaign is a queue of cached jobs
+(:func:`campaign`, :mod:`dynamicdet.engine.jobs`) that any number of processes share and
+that resumes where it stopped::
 
-    python -m dynamicdet.experiments.seeds train --config standard --part joint   # steps 1+2, static yolov8n
-    python -m dynamicdet.experiments.seeds train --config standard --part s       # static yolov8s
-    python -m dynamicdet.experiments.seeds tables --config standard               # quiet machine: timing
+    # one worker per core, one torch thread each (the jobs are split between them by file locks)
+    OMP_NUM_THREADS=1 python -m dynamicdet.experiments.seeds work --config standard --seeds 0 1 2 3 4 5 6 &
+    OMP_NUM_THREADS=1 python -m dynamicdet.experiments.seeds work --config standard --seeds 0 1 2 3 4 5 6 &
+    python -m dynamicdet.experiments.seeds tables --config standard --seeds 0 1 2 3 4 5 6   # quiet machine
 
-(the two ``train`` parts fit 2 cores as two processes of one torch thread each).
+Per seed: the joint model with the default router and with the paper's (``router: paper``),
+the frontier's static models (``eval.static_scales`` by our step-1 loop; the last scale, the
+far end, on the first ``--few`` seeds only) and, on the first ``--few`` seeds, yolov8n by
+ultralytics' trainer (the trainer reference); on seed 0, the same at twice the epochs (convergence).
 ``tables`` writes, per seed, the tables the claims read into ``results/<config>/seeds/seed<k>/``,
 one row per seed and model into ``results/<config>/seeds.csv``, and the scorecard over the
 seeds into ``results/<config>/claims.{csv,md}`` (:func:`dynamicdet.evaluation.claims.write_claims`).
@@ -17,6 +23,7 @@ seeds into ``results/<config>/claims.{csv,md}`` (:func:`dynamicdet.evaluation.cl
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -29,12 +36,13 @@ import pandas as pd
 from dynamicdet import paths
 from dynamicdet.config import Config, load_config
 from dynamicdet.data.synthetic import image_difficulty, image_table
-from dynamicdet.engine.runs import STEP1
+from dynamicdet.engine.jobs import Job, work
+from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF
 from dynamicdet.engine.step1 import SETUP_FILE
 from dynamicdet.evaluation.claims import claims_table, to_markdown
 from dynamicdet.evaluation.results import run_stamp
 from dynamicdet.experiments.router_study import Capture
-from dynamicdet.experiments.static_models import static_baselines
+from dynamicdet.experiments.static_models import static_baselines, static_config, ultralytics_reference
 from dynamicdet.experiments.tradeoffs import ONNX_COLUMN, cost_columns, frontier_by_cost, onnx_latency, tradeoff
 from dynamicdet.experiments.trained import trained
 from dynamicdet.experiments.variable_speed import latency_table, variable_speed_table
@@ -54,19 +62,67 @@ def seed_folder(config: str, seed: int, out: Path | None = None) -> Path:
     return (out or paths.results_dir(config)) / "seeds" / f"seed{seed}"
 
 
-def train_seed(config: str, seed: int, scales: list[str], progress: bool = False) -> None:
-    """Train (or resume) one seed: steps 1 and 2 when ``scales`` holds ``"joint"``, and the static ``scales``."""
-    cfg = seed_config(config, seed)
-    if "joint" in scales:
-        tradeoff(trained(cfg, progress=progress), progress=progress)
-    statics = [s for s in scales if s != "joint"]
-    if statics:
-        cfg.eval.static_scales = statics
-        static_baselines(cfg, progress=progress)
+def _model_jobs(config: str, train: dict, tag: str, scales: list[str]) -> list[Job]:
+    """The jobs of ``config`` with the ``train`` overrides: the joint model with the default router and with
+    the paper's (the preset ``router: paper``; the same step 1), and the static ``scales``."""
+    cfg = load_config(config, {"train": train})
+    paper = load_config(config, {"train": train, "router": "paper"})
+    jobs = [
+        Job(f"{tag}-joint", lambda: tradeoff(trained(cfg, progress=False), progress=False), lambda: TRADEOFF.done(cfg)),
+        Job(
+            f"{tag}-paper-router",
+            lambda: tradeoff(trained(paper, progress=False), progress=False),
+            lambda: TRADEOFF.done(paper),
+            ready=lambda: STEP1.done(cfg),  # step 1 is the joint job's: never train it twice at once
+        ),
+    ]
+    for scale in scales:
+        one = copy.deepcopy(cfg)
+        one.eval.static_scales = [scale]
+        jobs.append(
+            Job(
+                f"{tag}-static-{scale}",
+                lambda one=one: static_baselines(one, progress=False),
+                lambda one=one, scale=scale: STATIC_ROW.done(static_config(one, scale)),
+            )
+        )
+    return jobs
+
+
+def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -> list[Job]:
+    """The seed runs of ``config`` as a queue of cached jobs (:func:`dynamicdet.engine.jobs.work`), seed by seed.
+
+    Per seed: :func:`_model_jobs` with every static scale but the last (the far end of the frontier),
+    which, like ultralytics' yolov8n (the trainer reference), trains on the first ``few`` seeds;
+    ``longer``: then seed ``seeds[0]`` at twice the epochs (joint, both routers, the static scales but the last).
+    """
+    base = load_config(config)
+    scales = base.eval.static_scales
+    jobs = []
+    for i, seed in enumerate(seeds):
+        jobs += _model_jobs(config, {"seed": seed}, f"seed{seed}", scales if i < few else scales[:-1])
+        if i < few:
+            cfg = seed_config(config, seed)
+            jobs.append(
+                Job(
+                    f"seed{seed}-ultralytics-n",
+                    lambda cfg=cfg: ultralytics_reference(cfg, ["n"], progress=False),
+                    lambda cfg=cfg: REFERENCE_ROW.done(cfg, model=f"{cfg.model.family}n"),
+                )
+            )
+    if longer:  # twice the epochs, mosaic closed for twice as many
+        t = {"seed": seeds[0], "epochs": 2 * base.train.epochs, "close_mosaic": 2 * base.train.close_mosaic}
+        jobs += _model_jobs(config, t, f"seed{seeds[0]}-2x", scales[:-1])
+    return jobs
 
 
 def seed_tables(
-    config: str, seed: int, out: Path | None = None, timing: bool = True, progress: bool = False
+    config: str,
+    seed: int,
+    out: Path | None = None,
+    timing: bool = True,
+    progress: bool = False,
+    timing_seed: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The tables of one trained seed, written into :func:`seed_folder` (names as the notebooks write them).
 
@@ -76,16 +132,22 @@ def seed_tables(
     ``router_variants`` (the default router's val share phi > 0.5 only),
     ``step1_setup`` (threads, workers, processes step 1 was trained with) and
     ``difficulty_correlation`` (Spearman of the router's score with the generator's attributes).
-    Times the models (``timing``): run it on a quiet machine. ``timing=False`` leaves the latency
-    columns out (their claims are then not testable), e.g. at a config with one static model.
+    Times the models (``timing``): run it on a quiet machine. Latency depends on the networks and the
+    route fractions, not on the seed: every seed takes the latencies of ``timing_seed`` (default: its
+    own), timed once per architecture and cost measure (Dy /k at that seed's thresholds).
+    ``timing=False`` leaves the latency columns out (their claims are then not testable).
     """
     cfg = seed_config(config, seed)
     tr = trained(cfg, progress=progress)
     res = tradeoff(tr, progress=progress)
+    cfg.eval.static_scales = [s for s in cfg.eval.static_scales if STATIC_ROW.done(static_config(cfg, s))]
     static = static_baselines(cfg, progress=progress)
     if timing:
-        lat = latency_table(tr, res, static, progress=progress)
-        onnx = onnx_latency(tr, res, static)
+        tcfg = seed_config(config, seed if timing_seed is None else timing_seed)
+        ttr = trained(tcfg, progress=progress)
+        tres, tstatic = tradeoff(ttr, progress=progress), static_baselines(tcfg, progress=progress)
+        lat = latency_table(ttr, tres, tstatic, progress=progress)
+        onnx = onnx_latency(ttr, tres, tstatic)
     else:  # the table's rows without latencies
         lat, onnx = pd.DataFrame({"model": [*res.table["model"], *static["model"]], "latency_ms_b1": math.nan}), None
     sweep = res.sweep
@@ -277,23 +339,24 @@ def write_seed_results(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=("train", "tables"))
+    ap.add_argument("action", choices=("work", "tables"))
     ap.add_argument("--config", default="standard")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    ap.add_argument("--part", default="joint", help="train: 'joint' (steps 1+2 and static n) or a static scale")
+    ap.add_argument(
+        "--few", type=int, default=3, help="work: seeds that also train the far static scale and the reference"
+    )
+    ap.add_argument("--no-longer", action="store_true", help="work: leave out the first seed at twice the epochs")
     ap.add_argument("--out", type=Path, default=None, help="tables: results folder (default results/<config>)")
     ap.add_argument("--no-timing", action="store_true", help="tables: leave the latencies out (no quiet machine)")
     args = ap.parse_args(argv)
-    if args.action == "train":
-        scales = ["joint", "n"] if args.part == "joint" else [args.part]
-        for seed in args.seeds:
-            print(f"seed {seed}: training {scales}", flush=True)
-            train_seed(args.config, seed, scales)
-            print(f"seed {seed}: done", flush=True)
+    if args.action == "work":
+        jobs = campaign(args.config, args.seeds, few=args.few, longer=not args.no_longer)
+        ran = work(jobs, paths.runs_dir() / "locks", log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+        print(f"{len(ran)} job(s) run here; {sum(j.done() for j in jobs)} of {len(jobs)} done", flush=True)
         return 0
     t0 = time.time()
     for seed in args.seeds:
-        seed_tables(args.config, seed, args.out, timing=not args.no_timing)
+        seed_tables(args.config, seed, args.out, timing=not args.no_timing, timing_seed=args.seeds[0])
         print(f"seed {seed}: tables written to {seed_folder(args.config, seed, args.out)}", flush=True)
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
     print(to_markdown(df))

@@ -17,7 +17,7 @@ images, interleaved and checked like :func:`~.variable_speed.latency_table`.
 
 from __future__ import annotations
 
-import shutil
+import copy
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -31,11 +31,16 @@ import torch
 from tqdm.auto import tqdm
 from ultralytics import YOLO
 
+from dynamicdet.config import Config
+from dynamicdet.data.coco import prepare_dataset
+from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
-from dynamicdet.engine.runs import ONNX_LATENCY, STATIC_MODELS, TRADEOFF
+from dynamicdet.engine.runs import CALIBRATION, ONNX_LATENCY, TRADEOFF
+from dynamicdet.engine.validate import val_loader
 from dynamicdet.evaluation.coco_eval import detections_to_coco, per_image_ap
 from dynamicdet.evaluation.cost import route_gflops
 from dynamicdet.evaluation.speed import time_latency_table
+from dynamicdet.experiments.static_models import load_static
 from dynamicdet.experiments.trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator
 from dynamicdet.experiments.variable_speed import TIMING_SEGMENT_IMAGES, stream_latency, timing_stream
 from dynamicdet.files import save_torch, write_csv
@@ -80,6 +85,46 @@ class Tradeoff:
         save_torch(d, path)
 
 
+def calibration_config(cfg: Config) -> Config:
+    """The synthetic calibration split of ``cfg``: ``eval.calibration_images`` images drawn by the generator
+    like val (its val split, seed ``data.seed + 1``), in a dataset folder of their own."""
+    if cfg.data.source != "synthetic":
+        raise ValueError(
+            f"config {cfg.name!r}: eval.calibration_images > 0 draws a calibration split from the synthetic "
+            f"generator, but data.source is {cfg.data.source!r}; set it to 0 (thresholds from the val images)"
+        )
+    c = copy.deepcopy(cfg)
+    c.data.name = f"{cfg.dataset_name}-calibration"
+    c.data.seed = cfg.data.seed + 1
+    c.data.n_train, c.data.n_val = 0, cfg.eval.calibration_images
+    return c
+
+
+@torch.no_grad()
+def calibration_logits(t: Trained, progress: bool = True) -> np.ndarray | None:
+    """The router's logits z on the calibration split, (N,), or None when ``eval.calibration_images`` is 0.
+
+    Thresholds set on these images are applied to val (:func:`tradeoff`), as the paper sets tau on
+    val and reports test-dev. Cached in the step-2 folder (:data:`~dynamicdet.engine.runs.CALIBRATION`).
+    """
+    cfg = t.cfg
+    if not cfg.eval.calibration_images:
+        return None
+    path = CALIBRATION.path(cfg)
+    if path.exists():
+        return pd.read_csv(path)["logit"].to_numpy(float)
+    c = calibration_config(cfg)
+    generate_from_config(c, progress=False)
+    info = prepare_dataset(c)
+    logits = []
+    for batch in tqdm(val_loader(c, info), desc="calibration scores", disable=not progress):
+        x = batch["img"].to(t.device).float() / 255
+        logits.append(t.model.score_logit(x).cpu())
+    z = torch.cat(logits).numpy().astype(float)
+    write_csv(pd.DataFrame({"logit": z}), path)
+    return z
+
+
 def tradeoff(t: Trained, progress: bool = True) -> Tradeoff:
     """The variable-speed table and every baseline at the same hard fractions (accuracy, cost).
 
@@ -102,6 +147,8 @@ def tradeoff(t: Trained, progress: bool = True) -> Tradeoff:
     scores = t.val_scores.set_index("image_id")
     ids = list(scores.index)
     z = scores["logit"].to_numpy()  # thresholds live on the router's logit (see DynamicDetector.route)
+    z_cal = calibration_logits(t, progress)
+    z_tau = z if z_cal is None else z_cal  # where tau is set: the calibration split (or val itself)
     dets1, dets2 = route_detections(t, progress)
     ap1 = evaluate_dets(t, dets1)
     ap2 = evaluate_dets(t, dets2)
@@ -122,7 +169,7 @@ def tradeoff(t: Trained, progress: bool = True) -> Tradeoff:
     fractions = sorted(set(e.fractions) | set(np.linspace(0, 1, e.sweep).round(4).tolist()))
     rows, table = [], []
     for k in tqdm(fractions, desc="trade-off sweep", disable=not progress):
-        tau = routing.threshold_for_fraction(z, k)
+        tau = routing.threshold_for_fraction(z_tau, k)
         if k in e.fractions:  # the table's rows: route() for real, its detections evaluated in full
             dets, hard = predict_val(t, lambda x, tau=tau: t.model.route(x, tau), f"route k={k:.2f}", False)
             m = evaluate_dets(t, dets)
@@ -211,11 +258,9 @@ def cost_columns(batch: int) -> dict[str, str]:
 
 def _static_session(t: Trained, scale: str, folder: Path, threads: int) -> ort.InferenceSession:
     """ultralytics' ONNX export of the trained static ``scale`` (fp32, dynamic batch), on onnxruntime."""
-    src = STATIC_MODELS.path(t.cfg) / scale / "weights" / "last.pt"
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: static {t.cfg.model.family}{scale} not trained yet (run static_baselines)")
     weights = folder / f"{t.cfg.model.family}{scale}.pt"
-    shutil.copy(src, weights)  # ultralytics writes the .onnx beside the weights: keep the run folder untouched
+    # the model in ultralytics' checkpoint layout, which YOLO() reads; the .onnx is written beside it
+    save_torch({"model": load_static(t.cfg, scale), "train_args": {}}, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = YOLO(str(weights), task="detect").export(

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import partial
 from pathlib import Path
@@ -57,6 +58,9 @@ def timing_stream(t: Trained, n: int | None = None) -> tuple[list[torch.Tensor],
     return images, picked["logit"].to_numpy()
 
 
+MAX_ROUNDS = 200  # precise timing (eval.latency_tolerance): rounds at most per model
+
+
 def stream_latency(
     t: Trained,
     fns: dict,
@@ -64,6 +68,7 @@ def stream_latency(
     batch: int = 1,
     per_round: bool = False,
     segment: int | None = None,
+    precision: dict | None = None,
 ) -> dict:
     """Latency (ms per image) of several models over one stream of images, timed together.
 
@@ -74,8 +79,12 @@ def stream_latency(
     ``segment`` batches of it, one timed call, entries in alternation, so machine noise hits
     them alike).
 
+    With ``eval.latency_tolerance`` > 0 (and not ``per_round``), rounds are added (up to
+    :data:`MAX_ROUNDS`) until every model's 95% interval of its mean time is within +-tolerance of
+    it, and the mean is returned; ``precision`` (a dict) then receives each model's relative half-width.
+
     Returns:
-        ``{name: median ms per image}``; with ``per_round``, ``{name: (R,) ms per image of each
+        ``{name: median ms per image}`` (precise: mean); with ``per_round``, ``{name: (R,) ms per image of each
         round}`` (entries of one round pair up, :func:`~dynamicdet.evaluation.speed.paired_ratio`); with
         ``per_round`` and ``segment``, ``{name: (R, S) ms per image of each segment in each round}``.
     """
@@ -94,8 +103,31 @@ def stream_latency(
         sizes = np.array([min(step, n - i) for i in range(0, n, step)], dtype=float)
         times = segment_times(calls, batches, t.device, segment, warmup=1, repeats=repeats)
         return {name: v / sizes for name, v in times.items()}
+    tol = t.cfg.eval.latency_tolerance
     times = stream_times(calls, batches, t.device, warmup=1, repeats=repeats, segment=segment)
-    return times if per_round else {name: float(np.median(v)) for name, v in times.items()}
+    if per_round or not tol:
+        return times if per_round else {name: float(np.median(v)) for name, v in times.items()}
+    # precise: more rounds until every model's 95% interval of its mean is within +-tol of it
+    while True:
+        half = {name: relative_half_width(v) for name, v in times.items()}
+        if max(half.values()) <= tol or len(next(iter(times.values()))) >= MAX_ROUNDS:
+            break
+        more = stream_times(calls, batches, t.device, warmup=1, repeats=repeats, segment=segment)
+        times = {name: np.concatenate([v, more[name]]) for name, v in times.items()}
+    if precision is not None:
+        precision.update(half)
+    return {name: float(np.mean(v)) for name, v in times.items()}
+
+
+def relative_half_width(rounds: np.ndarray) -> float:
+    """Half-width of the Student-t 95% interval of the mean of ``rounds`` (R,), relative to the mean."""
+    from scipy import stats  # deferred: scipy.stats takes about 1.5 s to import and only precise timing needs it
+
+    r = np.asarray(rounds, dtype=float)
+    if len(r) < 2:
+        return math.inf
+    # t_{0.975, R-1} sd / sqrt(R) / mean
+    return float(stats.t.ppf(0.975, len(r) - 1) * r.std(ddof=1) / math.sqrt(len(r)) / r.mean())
 
 
 def target_latency(
@@ -264,17 +296,27 @@ def latency_table(t: Trained, res, static: pd.DataFrame, progress: bool = True, 
     stream, z = timing_stream(t)
     k_timed = {m: float((z >= tau).mean()) for m, tau in zip(table["model"], table["tau"], strict=True)}
     # one cost measure per batch size: every model over the stream, interleaved every few images
+    precision: dict[str, dict] = {f"latency_ms_b{b}": {} for b in sorted({1, e.batch})}
     passes = {
-        f"latency_ms_b{b}": partial(
-            stream_latency, t=t, fns=fns, images=stream, batch=b, segment=max(1, TIMING_SEGMENT_IMAGES // b)
+        col: partial(
+            stream_latency,
+            t=t,
+            fns=fns,
+            images=stream,
+            batch=int(col.removeprefix("latency_ms_b")),
+            segment=max(1, TIMING_SEGMENT_IMAGES // int(col.removeprefix("latency_ms_b"))),
+            precision=precision[col],
         )
-        for b in sorted({1, e.batch})
+        for col in precision
     }
     timed = time_latency_table(
         passes=passes, rows=names, k_timed=k_timed, same_static=same, tries=tries, progress=progress
     )
     df = timed.table
     df.insert(1, "k_timed", [k_timed.get(n, np.nan) for n in names])
+    if e.latency_tolerance:  # the 95% interval of each figure, relative to it (precise timing)
+        for col, half in precision.items():
+            df[f"ci95_rel_{col.removeprefix('latency_ms_')}"] = [half.get(n, np.nan) for n in names]
     write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
     return df

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from dynamicdet.modeling import routing
 from dynamicdet.modeling.losses import DetectionLoss
@@ -56,7 +56,11 @@ FAMILIES: dict[str, FamilySpec] = {
     "yolov8": FamilySpec(taps=(4, 6, 9), downsample=(3, 5, 7), n_backbone=10),
     "yolo11": FamilySpec(taps=(4, 6, 10), downsample=(3, 5, 7), n_backbone=11),
 }
-SCALES = ("n", "s", "m", "l", "x")
+# ultralytics' scales, plus "ns": YOLOv8 at depth 0.33 (as n and s) and width 0.3125 (n: 0.25, s: 0.5), the static
+# model at the dynamic model's cost: 1.09 GFLOPs at 192 px, 5% above Dy /100 (B1 + router + links + B2 + H2 of two
+# yolov8n, 1.03); n 0.73, s 2.56 (results/standard/architecture_cost.md, static_models.md)
+EXTRA_SCALES = {"ns": (0.33, 0.3125, 1024)}  # scale -> (depth, width, max channels), ultralytics' scales format
+SCALES = ("n", "ns", "s", "m", "l", "x")
 
 Features = list  # per-layer outputs of a backbone: list[Tensor | None], indexed by layer number
 
@@ -67,6 +71,12 @@ def build_detector(family: str, scale: str, nc: int, ch: int = 3) -> DetectionMo
         raise ValueError(f"unknown model family {family!r}; supported: {sorted(FAMILIES)}")
     if scale not in SCALES:
         raise ValueError(f"unknown model scale {scale!r}; supported: {SCALES}")
+    if scale in EXTRA_SCALES:
+        # ultralytics' model-scale mechanism: the family's YAML with one more entry in its ``scales``
+        spec = dict(yaml_model_load(f"{family}.yaml"))  # a copy: the scales entry is ours
+        spec["scales"] = {**spec["scales"], scale: list(EXTRA_SCALES[scale])}
+        spec["scale"] = scale
+        return DetectionModel(spec, ch=ch, nc=nc, verbose=False)
     return DetectionModel(f"{family}{scale}.yaml", ch=ch, nc=nc, verbose=False)
 
 
