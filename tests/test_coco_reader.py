@@ -212,7 +212,7 @@ BAD_INPUT = [
     pytest.param(
         _broken_split(image=(0, {"file_name": "garbage.jpg"}), on_disk=_garbage_jpg),
         DatasetError,
-        r"instances_val\.json: image id 1: unreadable or corrupt image .*garbage\.jpg",
+        r"instances_val\.json: image id 1: unreadable or corrupt image .*garbage\.jpg: cannot identify image file",
         id="image-unreadable",
     ),
     pytest.param(

@@ -169,15 +169,24 @@ def _check_categories(raw: list[Any], json_path: Path) -> list[dict[str, Any]]:
     return sorted(raw, key=lambda c: c["id"])
 
 
+def _pil_open(path: Path):
+    """PIL's own ``Image.open``. ultralytics replaces it with one that retries a file PIL cannot identify
+    through the pi-heif plugin (an extra requirement it tries to install), which turns "not an image" into
+    "No module named 'pi_heif'"; a dataset check must report the file's real problem."""
+    from ultralytics.utils import patches  # deferred: heavy (torch); only image checks need it
+
+    return getattr(patches, "_image_open", Image.open)(path)
+
+
 def _image_size(path: Path, json_path: Path, image_id: int) -> tuple[tuple[int, int], bool]:
     """((width, height) as stored, has an EXIF rotation) of an image file, after a PIL integrity check."""
     if not path.is_file():
         raise DatasetError(f"{json_path}: image id {image_id}: file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             size, fmt = im.size, (im.format or "").lower()
             im.verify()  # must come right after open (PNG)
-        with Image.open(path) as im:  # verify() leaves the image unusable: reopen for the EXIF
+        with _pil_open(path) as im:  # verify() leaves the image unusable: reopen for the EXIF
             orientation = im.getexif().get(_EXIF_ORIENTATION)
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
         raise DatasetError(f"{json_path}: image id {image_id}: unreadable or corrupt image {path}: {e}") from None
