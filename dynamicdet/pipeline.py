@@ -215,7 +215,7 @@ def _print_claims(config: str) -> None:
     them (``seeds_provenance.json``), else from the tables the notebooks wrote."""
     out = out_dir(config)
     df = write_claims(config)
-    if (df["seeds"] > 1).any():
+    if (df["runs"] > 1).any():
         made = json.loads((out / "seeds_provenance.json").read_text())
         print(
             f"\nclaims of the paper over seeds {made['seeds']} ({out / 'claims.md'}; the seeds' tables: "

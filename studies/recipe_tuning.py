@@ -46,7 +46,7 @@ from dynamicdet.evaluation.claims import C50_TOLERANCE, PAPER_C50
 from dynamicdet.evaluation.results import merge_provenance, provenance, save_table
 from dynamicdet.experiments.router_study import Capture
 from dynamicdet.experiments.trained import route_detections, trained
-from dynamicdet.metrics import interval, spearman, verdict
+from dynamicdet.metrics import interval, spearman, superiority
 from dynamicdet.modeling import routing
 
 # row -> (what changes, overrides of the quick config); every row names its whole step-1 recipe and
@@ -197,7 +197,7 @@ def seed_claims(seeds: pd.DataFrame, row: str, standard: pd.DataFrame, main_job:
         if margin is not None:
             mean, _, lo, hi = interval(margin)
             r["quick seeds"] = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            r["quick verdict"] = verdict(margin)
+            r["quick verdict"] = superiority(margin)[0]
         for i, run in enumerate(main_job):
             if not run.get("claims"):  # a run recorded before the scorecard was kept
                 continue

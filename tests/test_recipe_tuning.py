@@ -129,7 +129,7 @@ def test_seed_claims_set_the_quick_seeds_verdicts_beside_the_standard_scorecard(
     lead = t.loc["detector 2 beats detector 1"]
     assert lead["quick verdict"] == "reproduced" and lead["agree"] == "no"  # seeds' interval above 0; standard's across
     assert lead["quick seeds"].startswith("+0.045 [") and lead["standard"] == "+0.050 [-0.050, +0.150]"
-    assert t.loc["the router beats random routing at /50", "quick verdict"] == "inconclusive"  # 0.1 -0.4 0.4
+    assert t.loc["the router beats random routing at /50", "quick verdict"] == "not decided"  # 0.1 -0.4 0.4
     assert t.loc["the router beats confidence escalation at /50", "quick verdict"] == "reproduced"
     c50 = t.loc["/50 keeps about three quarters of detector 2's gain"]
     assert c50["standard verdict"] == "not testable" and c50["agree"] == ""  # untestable on one side: no verdict

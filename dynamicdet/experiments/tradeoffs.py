@@ -337,7 +337,8 @@ def frontier_by_cost(table: pd.DataFrame, batch: int) -> pd.DataFrame:
     Returns:
         One row per cost measure and Dy row: ``cost``, ``model``, ``cost value``, ``AP``,
         ``AP_frontier``, ``gap`` (AP - AP_frontier, >= 0: on or above the frontier; NaN with
-        fewer than two static models or without that cost column).
+        fewer than two static models or without that cost column) and ``gap (log cost)`` (the frontier
+        interpolated linearly in log cost).
     """
     static = table[table["model"].str.endswith("(static)")]
     dy = table[~table["model"].str.endswith("(static)")]
@@ -346,6 +347,7 @@ def frontier_by_cost(table: pd.DataFrame, batch: int) -> pd.DataFrame:
         if col not in table:
             continue
         f = static_frontier(points=dy, static=static, cost=col).rename(columns={col: "cost value"})
+        f["gap (log cost)"] = static_frontier(points=dy, static=static, cost=col, log_cost=True)["gap"]
         f.insert(0, "cost", cost)
         parts.append(f)
     return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,80 @@
+"""The seed campaign: every model of the seed runs as a queue of cached jobs (:mod:`dynamicdet.engine.jobs`)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from dynamicdet import paths
+from dynamicdet.config import Config, load_config
+from dynamicdet.engine.jobs import Job
+from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF
+from dynamicdet.experiments.static_models import static_baselines, static_config, ultralytics_reference
+from dynamicdet.experiments.tradeoffs import tradeoff
+from dynamicdet.experiments.trained import trained
+
+SEEDS = (0, 1, 2)
+
+
+def seed_config(config: str, seed: int) -> Config:
+    """``config`` with ``train.seed = seed`` (everything else as in the file)."""
+    return load_config(config, {"train": {"seed": seed}})
+
+
+def seed_folder(config: str, seed: int, out: Path | None = None) -> Path:
+    """``<out>/seeds/seed<k>/`` (``out``: ``results/<config>/``): the tables of one seed that the claims read."""
+    return (out or paths.results_dir(config)) / "seeds" / f"seed{seed}"
+
+
+def _model_jobs(config: str, train: dict, tag: str, scales: list[str]) -> list[Job]:
+    """The jobs of ``config`` with the ``train`` overrides: the joint model with the default router and with
+    the paper's (the preset ``router: paper``; the same step 1), and the static ``scales``."""
+    cfg = load_config(config, {"train": train})
+    paper = load_config(config, {"train": train, "router": "paper"})
+    jobs = [
+        Job(f"{tag}-joint", lambda: tradeoff(trained(cfg, progress=False), progress=False), lambda: TRADEOFF.done(cfg)),
+        Job(
+            f"{tag}-paper-router",
+            lambda: tradeoff(trained(paper, progress=False), progress=False),
+            lambda: TRADEOFF.done(paper),
+            ready=lambda: STEP1.done(cfg),  # step 1 is the joint job's: never train it twice at once
+        ),
+    ]
+    for scale in scales:
+        one = copy.deepcopy(cfg)
+        one.eval.static_scales = [scale]
+        jobs.append(
+            Job(
+                f"{tag}-static-{scale}",
+                lambda one=one: static_baselines(one, progress=False),
+                lambda one=one, scale=scale: STATIC_ROW.done(static_config(one, scale)),
+            )
+        )
+    return jobs
+
+
+def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -> list[Job]:
+    """The seed runs of ``config`` as a queue of cached jobs (:func:`dynamicdet.engine.jobs.work`), seed by seed.
+
+    Per seed: :func:`_model_jobs` with every static scale but the last (the far end of the frontier),
+    which, like ultralytics' yolov8n (the trainer reference), trains on the first ``few`` seeds;
+    ``longer``: then seed ``seeds[0]`` at twice the epochs (joint, both routers, the static scales but the last).
+    """
+    base = load_config(config)
+    scales = base.eval.static_scales
+    jobs = []
+    for i, seed in enumerate(seeds):
+        jobs += _model_jobs(config, {"seed": seed}, f"seed{seed}", scales if i < few else scales[:-1])
+        if i < few:
+            cfg = seed_config(config, seed)
+            jobs.append(
+                Job(
+                    f"seed{seed}-ultralytics-n",
+                    lambda cfg=cfg: ultralytics_reference(cfg, ["n"], progress=False),
+                    lambda cfg=cfg: REFERENCE_ROW.done(cfg, model=f"{cfg.model.family}n"),
+                )
+            )
+    if longer:  # twice the epochs, mosaic closed for twice as many
+        t = {"seed": seeds[0], "epochs": 2 * base.train.epochs, "close_mosaic": 2 * base.train.close_mosaic}
+        jobs += _model_jobs(config, t, f"seed{seeds[0]}-2x", scales[:-1])
+    return jobs
