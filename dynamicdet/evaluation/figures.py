@@ -65,22 +65,17 @@ def _label_points(ax, xs, ys, labels: Sequence[str], fontsize: float = 9, color:
     for x, y, text in zip(xs, ys, labels, strict=True):
         ann = ax.annotate(text, (x, y), xytext=OFFSETS[0], textcoords="offset points", fontsize=fontsize, color=color)
         ann.set_bbox({"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.7})
-        best = None
-        for dx, dy in OFFSETS:
+
+        def place(dx, dy, ann=ann):
             ann.xyann = (dx, dy)
-            ann.set_ha("left" if dx > 0 else "right" if dx < 0 else "center")
-            ann.set_va("bottom" if dy > 0 else "top" if dy < 0 else "center")
+            ann.set(ha="left" if dx > 0 else "right" if dx < 0 else "center")
+            ann.set(va="bottom" if dy > 0 else "top" if dy < 0 else "center")
             box = ann.get_window_extent(renderer)
             out = not (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1)
-            bad = 100 * out + 10 * sum(map(box.overlaps, texts)) + sum(map(box.overlaps, marks))
-            if best is None or bad < best[0]:
-                best = (bad, (dx, dy), ann.get_ha(), ann.get_va(), box)
-            if bad == 0:
-                break
-        _, ann.xyann, ha, va, box = best
-        ann.set_ha(ha)
-        ann.set_va(va)
-        texts.append(box)
+            return 100 * out + 10 * sum(map(box.overlaps, texts)) + sum(map(box.overlaps, marks)), box
+
+        best = min(OFFSETS, key=lambda off: (place(*off)[0], OFFSETS.index(off)))
+        texts.append(box := place(*best)[1])
         px, py = ax.transData.transform((x, y))
         end = (np.clip(px, box.x0, box.x1), np.clip(py, box.y0, box.y1))
         if np.hypot(end[0] - px, end[1] - py) > 10 * ax.figure.dpi / 72:  # far from its point: a leader line
@@ -88,25 +83,18 @@ def _label_points(ax, xs, ys, labels: Sequence[str], fontsize: float = 9, color:
             ax.plot([x, lx], [y, ly], color=color, lw=0.6, alpha=0.7, zorder=1)
 
 
-def _k_label(model: str) -> str:
-    """``Dy /50`` -> ``/50``."""
-    return model[model.index("/") :] if "/" in model else model
-
-
-def _frontier(ax, names: Sequence[str], x, y, span: tuple[float, float] | None = None) -> list:
+def _frontier(ax, names: Sequence[str], x, y, span: tuple[float, float]) -> tuple:
     """The static models as stars on one line, the static frontier, dotted where extended over ``span``
-    (along its end segments, as the scorecard measures it). Returns ``(x, y, name)`` of each static model."""
+    (along its end segments, as the scorecard measures it). Returns the names' entry of :func:`_finish`."""
     s = pd.DataFrame({"model": list(names), "cost": np.asarray(x, float), "AP": np.asarray(y, float)})
     s = s.sort_values("cost")
     ax.plot(s["cost"], s["AP"], "*-", color="black", ms=13, lw=1.5, zorder=4, label="static frontier")
-    if span is not None and len(s) >= 2 and (span[0] < s["cost"].min() or span[1] > s["cost"].max()):
-        ends = pd.DataFrame(
-            {"model": ["lo", "hi"], "cost": [min(span[0], s["cost"].min()), max(span[1], s["cost"].max())]}
-        )
-        f = static_frontier(ends.assign(AP=0.0), s, cost="cost")
-        xs, ys = [f["cost"][0], *s["cost"], f["cost"][1]], [f["AP_frontier"][0], *s["AP"], f["AP_frontier"][1]]
-        ax.plot(xs, ys, ":", color="k", lw=1, label="static frontier, extended")
-    return list(zip(s["cost"], s["AP"], s["model"], strict=True))
+    lo, hi = min(span[0], s["cost"].min()), max(span[1], s["cost"].max())
+    if len(s) >= 2 and (lo < s["cost"].min() or hi > s["cost"].max()):
+        f = static_frontier(pd.DataFrame({"model": ["lo", "hi"], "cost": [lo, hi], "AP": 0.0}), s, cost="cost")
+        ys = [f["AP_frontier"][0], *s["AP"], f["AP_frontier"][1]]
+        ax.plot([lo, *s["cost"], hi], ys, ":", color="k", lw=1, label="static frontier, extended")
+    return ax, s["cost"], s["AP"], list(s["model"]), "0.1"
 
 
 def _finish(fig: Figure, labels: list, rect=(0, 0, 1, 1)) -> Figure:
@@ -126,9 +114,7 @@ def training_curves_figure(metrics: pd.DataFrame) -> Figure:
     """
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for tag, det in (("L1", "detector 1"), ("L2", "detector 2")):
-        ax1.plot(
-            metrics["epoch"], metrics[[f"{tag}_box", f"{tag}_cls", f"{tag}_dfl"]].sum(axis=1), marker="o", label=det
-        )
+        ax1.plot(metrics["epoch"], metrics.filter(regex=f"^{tag}_(box|cls|dfl)$").sum(axis=1), marker="o", label=det)
     ax1.set(xlabel="epoch", ylabel="training loss (box + cls + dfl)", title="Step-1 training loss")
     val = metrics.dropna(subset=["det1_AP"])
     for det, name in (("det1", "detector 1"), ("det2", "detector 2")):
@@ -140,9 +126,7 @@ def training_curves_figure(metrics: pd.DataFrame) -> Figure:
     return fig
 
 
-def image_grid_figure(
-    images: Sequence[np.ndarray], titles: Sequence[str], title: str, boxes=None, classes=None
-) -> Figure:
+def image_grid_figure(images: Sequence, titles: Sequence[str], title: str, boxes=None, classes=None) -> Figure:
     """Images in a grid of 4 columns, each with its boxes and a (two-line) title.
 
     Args:
@@ -262,11 +246,10 @@ def controller_disturbance_figure(history: pd.DataFrame, target_ms: float | None
     if target_ms is not None:
         axes[0].axhline(target_ms, color="k", ls="--", lw=1, label="target")
     loaded = history.loc[history["phase"] == "loaded", "images"]
+    handles, labels = axes[0].get_legend_handles_labels()
     if len(loaded):  # the loaded phase (both loops cover the same image counts), shaded
         for ax in axes:
             ax.axvspan(loaded.min(), loaded.max(), color="0.85", zorder=0)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if len(loaded):
         handles, labels = [*handles, Patch(color="0.85")], [*labels, "competing process\nrunning"]
     axes[0].legend(handles, labels, **OUTSIDE)
     axes[0].set(ylabel=f"{MS}\n(window mean)", title="Latency control through a slow-down")
@@ -293,8 +276,7 @@ def tradeoff_figure(sweep: pd.DataFrame, static: pd.DataFrame, fractions: Sequen
         if name == "random" and "AP_std" in d:
             ax.fill_between(d["latency_ms"], d["AP"] - d["AP_std"], d["AP"] + d["AP_std"], color=color, alpha=0.15)
     span = (sweep["latency_ms"].min(), sweep["latency_ms"].max())
-    names = static["model"].str.removesuffix(STATIC)
-    stars = _frontier(ax, names, static["latency_ms_b1"], static["AP"], span)
+    stars = _frontier(ax, static["model"].str.removesuffix(STATIC), static["latency_ms_b1"], static["AP"], span)
     ax.set(xlabel=f"CPU latency, batch 1 ({MS})", ylabel=AP_LABEL)
     ax.set_title("Accuracy vs latency: one dynamic model, many speeds")
     ax.legend(**OUTSIDE)
@@ -305,9 +287,7 @@ def tradeoff_figure(sweep: pd.DataFrame, static: pd.DataFrame, fractions: Sequen
     elif "measured_by" in learned:
         learned = learned[learned["measured_by"] == "route()"]
     ks = [f"/{round(100 * k)}" for k in learned["k"]]
-    return _finish(
-        fig, [(ax, *zip(*stars, strict=True), "0.1"), (ax, learned["latency_ms"], learned["AP"], ks, "tab:red")]
-    )
+    return _finish(fig, [stars, (ax, learned["latency_ms"], learned["AP"], ks, "tab:red")])
 
 
 def frontier_costs_figure(table: pd.DataFrame, columns: Mapping[str, str]) -> Figure:
@@ -328,8 +308,8 @@ def frontier_costs_figure(table: pd.DataFrame, columns: Mapping[str, str]) -> Fi
         d = dynamic.sort_values("k") if "k" in dynamic else dynamic
         ax.plot(d[col], d["AP"], "o-", color="tab:red", ms=4, label="Dy /k (route())")
         names, span = statics["model"].str.removesuffix(STATIC), (d[col].min(), d[col].max())
-        labels.append((ax, *zip(*_frontier(ax, names, statics[col], statics["AP"], span), strict=True), "0.1"))
-        labels.append((ax, d[col], d["AP"], [_k_label(m) for m in d["model"]], "tab:red"))
+        labels.append(_frontier(ax, names, statics[col], statics["AP"], span))
+        labels.append((ax, d[col], d["AP"], list(d["model"].str.removeprefix("Dy ")), "tab:red"))
         ax.set(title=cost, xlabel=MS if col.startswith("latency_ms") else "GFLOPs per image")
         ax.margins(0.08)
         batch = col.removeprefix("latency_ms_b")
@@ -358,14 +338,11 @@ def two_stage_figure(faster: pd.DataFrame, mask: pd.DataFrame) -> Figure:
     labels = []
     for ax, (kind, df) in zip(axes, (("Faster R-CNN", faster), ("Mask R-CNN", mask)), strict=True):
         dy = df[df["model"].str.startswith("Dy")].sort_values("k_measured")
-        st = df[~df["model"].str.startswith("Dy")]
-        ax.plot(dy["latency_ms_b1"], dy["AP"], "o-", color="tab:red", label="Dy /k (one model)")
-        names, span = (
-            st["backbone"] if "backbone" in st else st["model"],
-            (dy["latency_ms_b1"].min(), dy["latency_ms_b1"].max()),
-        )
-        labels.append((ax, *zip(*_frontier(ax, names, st["latency_ms_b1"], st["AP"], span), strict=True), "0.1"))
-        labels.append((ax, dy["latency_ms_b1"], dy["AP"], [_k_label(m) for m in dy["model"]], "tab:red"))
+        st, x = df[~df["model"].str.startswith("Dy")], dy["latency_ms_b1"]
+        ax.plot(x, dy["AP"], "o-", color="tab:red", label="Dy /k (one model)")
+        names = st["backbone"] if "backbone" in st else st["model"]
+        labels.append(_frontier(ax, names, st["latency_ms_b1"], st["AP"], (x.min(), x.max())))
+        labels.append((ax, x, dy["AP"], list(dy["model"].str.removeprefix("Dy ")), "tab:red"))
         ax.set(xlabel=f"CPU latency, batch 1 ({MS})", ylabel=AP_LABEL, title=kind)
         ax.margins(0.1)
     axes[-1].legend(**OUTSIDE)
