@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 LINT := PY=$(PY) bash tools/lint
 TEST_LINT := ruff notebooks workflows citation
 
-.PHONY: reproduce test test-fast bench ablation two-stage-tuning lint data venv notebooks lab docs
+.PHONY: reproduce test test-fast bench ablation two-stage-tuning lint data venv notebooks lab docs nbval
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ notebooks: $(STAMP)
 # Regenerate the tables of README.md and docs/*.md from results/ (also run by `make reproduce CONFIG=standard`).
 docs: $(STAMP)
 	$(PY) -m dynamicdet.evaluation.docs
+
+# Strict nbval on the notebooks a run executed (results/<config>/notebooks/): every output must match
+# again, but for the volatile ones tools/nbval_sanitize.cfg names (live timings, temporary paths).
+nbval: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize-with tools/nbval_sanitize.cfg results/$(CONFIG)/notebooks/
 
 # JupyterLab on notebooks/ with the project's kernel (python3 = this venv, installed by `make venv`).
 lab: $(STAMP)

@@ -38,17 +38,17 @@ def render_source(spec: str) -> str:
     """The Markdown of one block's source (``path [columns=a,b]``, path relative to the repository)."""
     parts = spec.split()
     path = paths.REPO_ROOT / parts[0]
-    options = dict(p.split("=", 1) for p in parts[1:])
-    unknown = set(options) - {"columns"}
+    options = dict(p.split("=", 1) if "=" in p else (p, "") for p in parts[1:])
+    unknown = set(options) - {"columns", "words"}
     if unknown:
-        raise ValueError(f"table block {spec!r}: unknown option(s) {sorted(unknown)} (known: columns)")
+        raise ValueError(f"table block {spec!r}: unknown option(s) {sorted(unknown)} (known: columns, words)")
     if not path.exists():
         raise FileNotFoundError(f"table block {spec!r}: {path} does not exist (run the job that writes it)")
     if path.suffix == ".md":
         return path.read_text()
     df = pd.read_csv(path)
     if path.stem == "claims":
-        return to_markdown(df)
+        return claims_in_words(df) if "words" in options else to_markdown(df)
     if "columns" in options:
         cols = options["columns"].split(",")
         missing = [c for c in cols if c not in df.columns]
@@ -56,6 +56,44 @@ def render_source(spec: str) -> str:
             raise ValueError(f"table block {spec!r}: {path.name} has no column(s) {missing}")
         df = df[cols]
     return df.to_markdown(index=False, floatfmt=FLOATFMT) + "\n"
+
+
+VERDICT_ORDER = ("reproduced", "contradicted", "not decided", "one run", "two runs", "not testable")
+
+
+def _points(row: dict) -> bool:
+    """Whether a claim's margin is AP (its bar or its paper effect is in AP)."""
+    return "AP" in str(row["paper effect"]) or "AP" in str(row["bar"])
+
+
+def claims_in_words(df: pd.DataFrame) -> str:
+    """The scorecard (``claims.csv``) as a count of verdicts and one line per claim in plain words.
+
+    Each line: the claim, what the paper reports, this run's margin with its interval and number of
+    runs (AP margins also in AP points, the paper's unit), and the verdict with its qualifier.
+    """
+    counts = df["verdict"].value_counts()
+    parts = [f"{counts[v]} {v}" for v in VERDICT_ORDER if v in counts]
+    lines = [f"Of the {len(df)} claims in scope: " + ", ".join(parts) + ".", ""]
+    for r in df.itertuples(index=False):
+        row = dict(zip(df.columns, r, strict=True))
+        margin = ""
+        if pd.notna(row["margin"]):
+            scale = 100 if _points(row) else 1
+            unit = " AP" if scale == 100 else ""
+            fmt = "+.1f" if scale == 100 else "+.3f"
+            margin = f"{row['margin'] * scale:{fmt}}{unit}"
+            lo, hi = ("ci90 lo", "ci90 hi") if pd.notna(row.get("ci90 lo")) else ("ci95 lo", "ci95 hi")
+            if pd.notna(row[lo]):
+                level = "90%" if lo.startswith("ci90") else "95%"
+                margin += f" [{row[lo] * scale:{fmt}}, {row[hi] * scale:{fmt}}] ({level})"
+            margin += f" over {int(row['runs'])} run{'s' if row['runs'] != 1 else ''}"
+        verdict = str(row["verdict"]) + (f": {row['qualifier']}" if pd.notna(row["qualifier"]) else "")
+        note = f" ({row['note']})" if pd.notna(row["note"]) and row["verdict"] == "not testable" else ""
+        here = f"here {margin}" if margin else "here"
+        effect = "" if str(row["paper effect"]) == "not reported" else f", effect {row['paper effect']}"
+        lines.append(f"- **{row['claim']}**: paper {row['paper']}{effect}; {here}. *{verdict}*{note}.")
+    return "\n".join(lines) + "\n"
 
 
 def render(text: str) -> str:
