@@ -24,8 +24,8 @@ from dynamicdet.data.synthetic import generate_from_config, summarize
 from dynamicdet.deploy.export import OnnxDynamicDetector, export_onnx
 from dynamicdet.deploy.outputs import annotate, output_names, results_to_coco
 from dynamicdet.deploy.predictor import DynamicDetPredictor
-from dynamicdet.engine.build import build_model, resolve_device
-from dynamicdet.engine.checkpoint import CheckpointError, load_into
+from dynamicdet.engine.build import build_model, load_model, resolve_device
+from dynamicdet.engine.checkpoint import CheckpointError
 from dynamicdet.engine.runs import STEP2
 from dynamicdet.engine.step1 import train_step1
 from dynamicdet.engine.step2 import train_step2
@@ -78,10 +78,10 @@ def measure_config(cfg, batch: int | None = None) -> dict:
     so an untrained model of the same shape is used otherwise).
     """
     device = resolve_device(cfg.device)
-    model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80)
-    ckpt = STEP2.path(cfg) / "step2.pt"
-    if ckpt.exists():
-        load_into(model, ckpt)
+    if (STEP2.path(cfg) / "step2.pt").exists():  # the trained model, with its dataset's classes
+        model = load_model(cfg, step=2)
+    else:  # untrained, of the same shape (the class count changes only the heads' last convolutions)
+        model = build_model(cfg, nc=len(cfg.data.classes) if cfg.data.source == "synthetic" else 80)
     batch = batch or cfg.eval.batch
     e = cfg.eval
     out = {"config": cfg.name, "env": environment()}

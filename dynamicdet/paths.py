@@ -65,10 +65,17 @@ def data_dir() -> Path:
     return _env_path("DYNAMICDET_DATA", default_root() / "data")
 
 
+def config_name(config: str) -> str:
+    """The name of a config given by name (``"quick"``) or by the path of its YAML file (its stem, as
+    :func:`dynamicdet.config.load_config` names it)."""
+    return Path(config).stem if str(config).endswith((".yaml", ".yml")) else str(config)
+
+
 def results_dir(config: str | None = None) -> Path:
-    """``results/`` or ``results/<config>/`` (``$DYNAMICDET_RESULTS`` moves the root; ``./results`` when installed)."""
+    """``results/`` or ``results/<config name>/`` (``$DYNAMICDET_RESULTS`` moves the root; ``./results`` when
+    installed); ``config``: a shipped config's name or a YAML file's path (:func:`config_name`)."""
     root = _env_path("DYNAMICDET_RESULTS", default_root() / "results")
-    return root / config if config else root
+    return root / config_name(config) if config else root
 
 
 def runs_dir() -> Path:

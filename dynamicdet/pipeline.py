@@ -120,6 +120,8 @@ def reproduce(
     ``08_two_stage`` (the YOLO part of the standard run alone: about 1.5 h of its 2.5 h);
     the results folder then keeps whatever two-stage tables an earlier run wrote.
     """
+    if str(config).endswith((".yaml", ".yml")):  # a config of your own: the notebooks run from notebooks/
+        config = str(Path(config).resolve())
     cfg = load_config(config)
     if not stages:
         return _run_notebooks(config, cfg, notebooks, None, [], time.time()) if run_notebooks else None

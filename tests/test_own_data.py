@@ -33,7 +33,9 @@ def _page_yaml() -> str:
 
 def _page_reproduce_args() -> list[str]:
     """The options the page's `make reproduce ... ARGS="..."` line passes to `dynamicdet reproduce`."""
-    (line,) = [ln for ln in PAGE.read_text().splitlines() if ln.strip().startswith("make reproduce CONFIG=mydata")]
+    (line,) = [
+        ln for ln in PAGE.read_text().splitlines() if ln.strip().startswith("make reproduce CONFIG=path/to/mydata.yaml")
+    ]
     (args,) = [w.removeprefix("ARGS=") for w in shlex.split(line) if w.startswith("ARGS=")]
     return args.split()
 
@@ -122,9 +124,9 @@ def _run_in_this_process(nb: Path, config: str, progress: bool = True, parameter
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*latency checks failed")  # timings of a busy machine: recorded, not judged
 def test_the_pages_main_job_on_a_coco_folder_at_smoke_size(tmp_path, monkeypatch):
-    """The page's path: a COCO folder, a config by name (here in a configs folder of the test's own instead of
-    dynamicdet/configs/), ``make reproduce`` = :func:`dynamicdet.pipeline.reproduce` with the page's options
-    (two of its notebooks: 02 and 07). Sized as the smoke config."""
+    """The page's path: a COCO folder, a config file of your own given by its path, ``make reproduce`` =
+    :func:`dynamicdet.pipeline.reproduce` with the page's options (two of its notebooks: 02 and 07). Sized as
+    the smoke config."""
     matplotlib.use("Agg")
     monkeypatch.setenv("DYNAMICDET_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path / "results"))
@@ -136,24 +138,23 @@ def test_the_pages_main_job_on_a_coco_folder_at_smoke_size(tmp_path, monkeypatch
     raw["eval"].update(
         static_scales=["n", "ns"], static_epochs=1, sweep=5, batch=4, latency_repeats=5, latency_warmup=1
     )
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / f"{NAME}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # the config by name, as the page says; the notebooks' kernel is another process, which would look for the
-    # name in dynamicdet/configs/: the notebooks run in this process instead
-    monkeypatch.setattr(paths, "shipped_configs", lambda: configs)
+    config = tmp_path / "configs" / f"{NAME}.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the config by its path, as the page says; the notebooks run in this process (faster than a kernel each)
     monkeypatch.setattr(pipeline, "run_notebook", _run_in_this_process)
 
-    cfg = load_config(NAME)
+    cfg = load_config(config)
     assert (cfg.router.target, cfg.router.views, cfg.router.epochs) == ("gain", 2, 3)  # the preset, then our keys
     args = _page_reproduce_args()  # `dynamicdet reproduce`'s options on the page, as cli._cmd_reproduce passes them
     notebooks = [
         nb for nb in args[args.index("--notebooks") + 1].split(",") if nb in ("02_joint_training", "07_easy_hard")
     ]
     assert len(notebooks) == 2
-    pipeline.reproduce(NAME, progress=False, notebooks=notebooks, two_stage="--no-two-stage" not in args)
+    pipeline.reproduce(str(config), progress=False, notebooks=notebooks, two_stage="--no-two-stage" not in args)
 
-    out = paths.results_dir(NAME)
+    out = paths.results_dir(str(config))
+    assert out.name == NAME  # results/<the config file's stem>/
     claims = pd.read_csv(out / "claims.csv")
     assert (out / "claims.md").is_file() and len(claims) >= 10
     difficulty = claims[claims["claim"].str.startswith("hard images are")]

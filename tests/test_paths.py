@@ -90,3 +90,15 @@ def test_config_errors_say_what_was_looked_for(monkeypatch, tmp_path):
         load_config("mine/missing.yaml")
     with pytest.raises(ConfigError, match=r"config file not found: configs/quick\.yaml"):  # the old place
         load_config("configs/quick.yaml")
+
+
+def test_a_config_given_by_its_file_names_its_results_folder_by_the_files_stem(tmp_path):
+    from dynamicdet.experiments.generality import two_stage_config
+
+    mine = tmp_path / "mydata.yaml"
+    assert paths.results_dir(str(mine)) == paths.results_dir("mydata")
+    assert paths.config_name("quick") == "quick" and paths.config_name("a/b/c.yml") == "c"
+    with pytest.raises(ConfigError, match=r"mydata_faster_rcnn.yaml: no faster_rcnn config beside .*--no-two-stage"):
+        two_stage_config(str(mine), "faster_rcnn")
+    (tmp_path / "mydata_faster_rcnn.yaml").write_text("model:\n  kind: faster_rcnn\n")
+    assert two_stage_config(str(mine), "faster_rcnn").model.kind == "faster_rcnn"

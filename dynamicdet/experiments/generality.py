@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from dynamicdet.config import Config, load_config
+from dynamicdet.config import Config, ConfigError, load_config
 from dynamicdet.engine.build import load_model
 from dynamicdet.engine.runs import STEP1, STEP2, TWO_STAGE_TABLE
 from dynamicdet.engine.step1 import train_step1
@@ -54,9 +54,18 @@ def tuning_path(base: str, kind: str) -> Path:
 
 
 def two_stage_config(base: str, kind: str) -> Config:
-    """The two-stage config that goes with base config ``base`` (``dynamicdet/configs/<base>_<kind>.yaml``)."""
+    """The two-stage config that goes with base config ``base``: ``dynamicdet/configs/<base>_<kind>.yaml``, or for a
+    config given by its YAML file, the file ``<stem>_<kind>.yaml`` beside it."""
     if kind not in KINDS:
         raise ValueError(f"unknown two-stage kind {kind!r}; choose from {KINDS}")
+    if str(base).endswith((".yaml", ".yml")):
+        path = Path(base).with_name(f"{Path(base).stem}_{kind}.yaml")
+        if not path.is_file():
+            raise ConfigError(
+                f"{path}: no {kind} config beside {base} (the two-stage models need one); write it, or run "
+                "without the two-stage models (reproduce --no-two-stage)"
+            )
+        return load_config(path)
     return load_config(f"{base}_{kind}")
 
 
