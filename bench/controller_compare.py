@@ -6,7 +6,7 @@ Usage::
 
 Each repetition runs :func:`~dynamicdet.experiments.controller.disturbed_stream` (one
 calibration, then every controller through the same quiet / loaded / quiet stream of val
-images, batch 8, target at k = 0.5, competing process duty 0.1), the loops in a rotated order
+images, batch 8, target at experiments.controller.TARGET_K, competing process duty 0.1), the loops in a rotated order
 so that none always runs first. The loops:
 
 - ``open loop``: the calibrated threshold, never moved;
@@ -38,7 +38,7 @@ from dynamicdet.config import load_config
 from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.deploy.stream import LatencyController
 from dynamicdet.experiments import trained
-from dynamicdet.experiments.controller import disturbed_stream
+from dynamicdet.experiments.controller import TARGET_K, disturbed_stream
 
 
 @dataclass
@@ -76,7 +76,7 @@ RUN_COLUMNS = [
 ]
 
 
-def compare(config: str, reps: int = 3, passes: int = 3, duty: float = 0.1, target_k: float = 0.5) -> dict:
+def compare(config: str, reps: int = 3, passes: int = 3, duty: float = 0.1, target_k: float = TARGET_K) -> dict:
     """``reps`` disturbed streams of every loop in :data:`LOOPS`; per-run rows and a summary."""
     cfg = load_config(config)
     if cfg.data.source == "synthetic":
