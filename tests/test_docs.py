@@ -42,3 +42,32 @@ def test_bad_blocks_get_clear_errors(tmp_path, monkeypatch):
         docs.render_source("t.csv columns=b")
     with pytest.raises(ValueError, match="unknown option"):
         docs.render_source("t.csv cols=a")
+
+
+def test_the_scorecard_in_words_counts_verdicts_and_speaks_ap_in_points():
+    import pandas as pd
+
+    from dynamicdet.evaluation.docs import claims_in_words
+
+    df = pd.DataFrame(
+        {
+            "claim": ["detector 2 beats detector 1", "the router beats random routing at /50", "hard images"],
+            "paper": ["+2.5 AP", "implied", "qualitative"],
+            "paper effect": ["+0.025 (2.5 AP)", "+0.26", "not reported"],
+            "bar": ["AP2 - AP1 > 0", "c(0.5) > random", "Spearman >= 0.5"],
+            "margin": [0.054, 0.286, float("nan")],
+            "ci95 lo": [-0.051, 0.130, float("nan")],
+            "ci95 hi": [0.159, 0.442, float("nan")],
+            "runs": [3, 3, 3],
+            "verdict": ["not decided", "reproduced", "not testable"],
+            "qualifier": ["consistent with the paper's effect", float("nan"), float("nan")],
+            "note": [float("nan"), float("nan"), "no generator difficulty (real data)"],
+            "sign differs at 2x epochs": [True, False, False],
+        }
+    )
+    text = claims_in_words(df)
+    assert text.startswith("Of the 3 claims in scope: 1 reproduced, 1 not decided, 1 not testable.")
+    assert "here +5.4 AP [-5.1, +15.9] (95%) over 3 runs" in text  # AP margins in AP points
+    assert "here +0.286 [+0.130, +0.442] (95%) over 3 runs" in text  # a capture ratio stays a fraction
+    assert "*not testable* (no generator difficulty (real data))" in text
+    assert text.count("At twice the epochs (seed 0) the margin changes sign.") == 1

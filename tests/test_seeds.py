@@ -170,3 +170,19 @@ def test_trainer_gap_pairs_our_loop_with_ultralytics_seed_by_seed(tmp_path):
         < df.loc["mean", "ours - ultralytics"]
         < df.loc["ci95 hi", "ours - ultralytics"]
     )
+
+
+def test_budget_sets_every_claim_at_twice_the_epochs_beside_the_seeds_own(tmp_path):
+    from test_claims import results
+
+    from dynamicdet.experiments.seeds import seed_folder
+    from dynamicdet.experiments.seeds.summary import budget
+
+    assert budget("standard", 0, tmp_path) is None  # no seed0-2x tables: nothing to compare
+    results(seed_folder("standard", 0, tmp_path), ap1=0.60, ap2=0.64)  # detector 2 ahead at 15 epochs
+    results(seed_folder("standard", 0, tmp_path, longer=True), ap1=0.70, ap2=0.69)  # behind at 30
+    df = budget("standard", 0, tmp_path).set_index("claim")
+    lead = df.loc["detector 2 beats detector 1"]
+    assert lead["margin (15 epochs)"] == pytest.approx(0.04) and lead["margin (30 epochs)"] == pytest.approx(-0.01)
+    assert lead["sign differs"]
+    assert not df.loc["the router beats random routing at /50", "sign differs"]  # 0.8 vs 0.5 at both budgets

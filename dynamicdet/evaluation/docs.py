@@ -92,7 +92,12 @@ def claims_in_words(df: pd.DataFrame) -> str:
         note = f" ({row['note']})" if pd.notna(row["note"]) and row["verdict"] == "not testable" else ""
         here = f"here {margin}" if margin else "here"
         effect = "" if str(row["paper effect"]) == "not reported" else f", effect {row['paper effect']}"
-        lines.append(f"- **{row['claim']}**: paper {row['paper']}{effect}; {here}. *{verdict}*{note}.")
+        budget = (
+            " At twice the epochs (seed 0) the margin changes sign."
+            if row.get("sign differs at 2x epochs") is True
+            else ""
+        )
+        lines.append(f"- **{row['claim']}**: paper {row['paper']}{effect}; {here}. *{verdict}*{note}.{budget}")
     return "\n".join(lines) + "\n"
 
 

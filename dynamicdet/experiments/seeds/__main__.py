@@ -9,9 +9,10 @@ from pathlib import Path
 
 from dynamicdet import paths
 from dynamicdet.engine.jobs import work
+from dynamicdet.engine.runs import TRADEOFF
 from dynamicdet.evaluation.claims import to_markdown
 from dynamicdet.experiments.seeds import __doc__ as DOC
-from dynamicdet.experiments.seeds.campaign import SEEDS, campaign, seed_folder
+from dynamicdet.experiments.seeds.campaign import SEEDS, campaign, seed_config, seed_folder
 from dynamicdet.experiments.seeds.summary import write_seed_results
 from dynamicdet.experiments.seeds.tables import seed_tables
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seed_tables(args.config, seed, args.out, timing=not args.no_timing, timing_seed=args.seeds[0])
         print(f"seed {seed}: tables written to {seed_folder(args.config, seed, args.out)}", flush=True)
+    if TRADEOFF.done(seed_config(args.config, args.seeds[0], longer=True)):  # the convergence check's models
+        seed_tables(args.config, args.seeds[0], args.out, not args.no_timing, timing_seed=args.seeds[0], longer=True)
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
     print(to_markdown(df))
     return 0

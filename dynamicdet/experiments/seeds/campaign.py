@@ -16,14 +16,25 @@ from dynamicdet.experiments.trained import trained
 SEEDS = (0, 1, 2)
 
 
-def seed_config(config: str, seed: int) -> Config:
-    """``config`` with ``train.seed = seed`` (everything else as in the file)."""
-    return load_config(config, {"train": {"seed": seed}})
+def train_overrides(config: str, seed: int, longer: bool = False) -> dict:
+    """The ``train`` overrides of one seed run: ``train.seed``, and with ``longer`` twice the epochs (mosaic
+    closed for twice as many), the convergence check."""
+    t = {"seed": seed}
+    if longer:
+        base = load_config(config).train
+        t.update(epochs=2 * base.epochs, close_mosaic=2 * base.close_mosaic)
+    return t
 
 
-def seed_folder(config: str, seed: int, out: Path | None = None) -> Path:
-    """``<out>/seeds/seed<k>/`` (``out``: ``results/<config>/``): the tables of one seed that the claims read."""
-    return (out or paths.results_dir(config)) / "seeds" / f"seed{seed}"
+def seed_config(config: str, seed: int, longer: bool = False) -> Config:
+    """``config`` with ``train.seed = seed`` (everything else as in the file; ``longer``: :func:`train_overrides`)."""
+    return load_config(config, {"train": train_overrides(config, seed, longer)})
+
+
+def seed_folder(config: str, seed: int, out: Path | None = None, longer: bool = False) -> Path:
+    """``<out>/seeds/seed<k>/`` (``out``: ``results/<config>/``; ``longer``: ``seed<k>-2x/``): the tables of one
+    seed that the claims read."""
+    return (out or paths.results_dir(config)) / "seeds" / (f"seed{seed}" + ("-2x" if longer else ""))
 
 
 def _model_jobs(config: str, train: dict, tag: str, scales: list[str]) -> list[Job]:
@@ -75,6 +86,5 @@ def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -
                 )
             )
     if longer:  # twice the epochs, mosaic closed for twice as many
-        t = {"seed": seeds[0], "epochs": 2 * base.train.epochs, "close_mosaic": 2 * base.train.close_mosaic}
-        jobs += _model_jobs(config, t, f"seed{seeds[0]}-2x", scales[:-1])
+        jobs += _model_jobs(config, train_overrides(config, seeds[0], True), f"seed{seeds[0]}-2x", scales[:-1])
     return jobs

@@ -229,6 +229,29 @@ def trainer_gap(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = 
     return df
 
 
+def budget(config: str, seed: int, out: Path | None = None) -> pd.DataFrame | None:
+    """Every claim on one seed at the config's epochs and at twice as many, side by side (None: no ``-2x`` tables).
+
+    Returns:
+        One row per claim: ``claim``, ``margin (E epochs)``, ``margin (2E epochs)`` (one run each: no verdict),
+        ``sign differs`` (the budget turns the claim's margin around).
+    """
+    longer = seed_folder(config, seed, out, longer=True)
+    if not longer.is_dir():
+        return None
+    epochs = load_config(config).train.epochs
+    a, b = (claims_table([f]) for f in (seed_folder(config, seed, out), longer))
+    df = pd.DataFrame(
+        {
+            "claim": a["claim"],
+            f"margin ({epochs} epochs)": a["margin"],
+            f"margin ({2 * epochs} epochs)": b["margin"],
+        }
+    )
+    df["sign differs"] = np.sign(a["margin"]) * np.sign(b["margin"]) < 0
+    return df
+
+
 def write_seed_results(
     config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None, wall_s: float | None = None
 ) -> pd.DataFrame:
@@ -257,6 +280,11 @@ def write_seed_results(
     record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
     write_json(record, out / "seeds_provenance.json", indent=2)
     df = claims_table([seed_folder(config, s, out) for s in seeds], base=out)
+    longer = budget(config, seeds[0], out)
+    if longer is not None:  # where a verdict's margin changes sign with twice the epochs (seed 0, one run each)
+        write_csv(longer, out / "budget.csv")
+        write_text(longer.to_markdown(index=False, floatfmt="+.3f") + "\n", out / "budget.md")
+        df["sign differs at 2x epochs"] = longer["sign differs"].to_numpy()
     write_csv(df, out / "claims.csv")
     write_text(to_markdown(df), out / "claims.md")
     return df

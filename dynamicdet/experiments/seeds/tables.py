@@ -13,7 +13,7 @@ from dynamicdet.data.synthetic import image_difficulty, image_table
 from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF
 from dynamicdet.engine.step1 import SETUP_FILE
 from dynamicdet.experiments.router_study import Capture
-from dynamicdet.experiments.seeds.campaign import seed_config, seed_folder
+from dynamicdet.experiments.seeds.campaign import seed_config, seed_folder, train_overrides
 from dynamicdet.experiments.static_models import static_baselines, static_config, ultralytics_reference
 from dynamicdet.experiments.tradeoffs import onnx_latency, tradeoff
 from dynamicdet.experiments.trained import trained
@@ -29,6 +29,7 @@ def seed_tables(
     timing: bool = True,
     progress: bool = False,
     timing_seed: int | None = None,
+    longer: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """The tables of one trained seed, written into :func:`seed_folder` (names as the notebooks write them).
 
@@ -41,9 +42,10 @@ def seed_tables(
     Times the models (``timing``): run it on a quiet machine. Latency depends on the networks and the
     route fractions, not on the seed: every seed takes the latencies of ``timing_seed`` (default: its
     own), timed once per architecture and cost measure (Dy /k at that seed's thresholds).
-    ``timing=False`` leaves the latency columns out (their claims are then not testable).
+    ``timing=False`` leaves the latency columns out (their claims are then not testable). ``longer``: the
+    seed at twice the epochs (:func:`~.campaign.train_overrides`), into ``seed<k>-2x/``.
     """
-    cfg = seed_config(config, seed)
+    cfg = seed_config(config, seed, longer)
     tr = trained(cfg, progress=progress)
     res = tradeoff(tr, progress=progress)
     cfg.eval.static_scales = [s for s in cfg.eval.static_scales if STATIC_ROW.done(static_config(cfg, s))]
@@ -67,7 +69,7 @@ def seed_tables(
         "variable_speed": variable_speed_table(res, static, lat, cfg.eval.batch, onnx),
         **default,
     }
-    paper = load_config(config, {"train": {"seed": seed}, "router": "paper"})
+    paper = load_config(config, {"train": train_overrides(config, seed, longer), "router": "paper"})
     if TRADEOFF.done(paper):  # the paper's router on the same detectors (the campaign's paper-router job)
         ptr = trained(paper, progress=progress)
         other = _router_tables(paper, ptr, tradeoff(ptr, progress=progress), "paper's router", "paper", "")
@@ -90,7 +92,7 @@ def seed_tables(
     setup = STEP1.path(cfg) / SETUP_FILE
     if setup.exists():
         tables["step1_setup"] = pd.json_normalize(json.loads(setup.read_text()), max_level=0).astype(str)
-    folder = seed_folder(config, seed, out)
+    folder = seed_folder(config, seed, out, longer)
     for name, df in tables.items():
         write_csv(df, folder / f"{name}.csv")
     return tables
