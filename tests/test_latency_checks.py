@@ -94,7 +94,7 @@ def test_latency_table_is_retimed_then_written_with_a_consistent_column(monkeypa
     monkeypatch.setattr(vs, "prepare_for_timing", lambda model, device: None)
     timings = []  # Dy /0's figure at each timing pass (one per batch size)
 
-    def fake(t, fns, images, batch, segment):
+    def fake(t, fns, images, batch, segment, precision=None):
         assert segment == max(1, vs.TIMING_SEGMENT_IMAGES // batch)
         k = {n: float((z >= taus[n]).mean()) for n in taus}
         ms = {n: (1 - k[n]) * 20.4 + k[n] * 30.0 for n in taus}
