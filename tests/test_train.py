@@ -320,3 +320,21 @@ def test_a_run_reused_with_another_setup_says_so(tmp_path):
         diff = check_setup(tmp_path, {**setup, "torch_threads": 2}, "resumed")
     assert diff == ["torch_threads: run 1, now 2"]
     assert check_setup(tmp_path / "nowhere", setup, "reused") == []  # runs made before the record existed
+
+
+def test_the_mosaic_buffer_starts_each_epoch_as_ultralytics_holds_it(smoke_cfg):
+    """Loaded images drawn by the epoch's seed, no index twice: mosaic partners are not skewed to a fixed few."""
+    from dynamicdet.data.coco import prepare_dataset
+    from dynamicdet.data.loaders import build_dataset
+    from dynamicdet.engine.step1 import reset_mosaic_buffer
+
+    ds = build_dataset(prepare_dataset(smoke_cfg).data, "train", smoke_cfg.data.img_size, augment=True, batch=4)
+    reset_mosaic_buffer(ds, seed=3)
+    first = list(ds.buffer)
+    # ultralytics' buffer holds one image fewer than its length (loading the last pops and unloads the first)
+    assert len(first) == len(set(first)) == min(ds.max_buffer_length, ds.ni) - 1
+    assert all(ds.ims[i] is not None for i in first)  # loaded: using one as a partner does not load it again
+    reset_mosaic_buffer(ds, seed=3)
+    assert list(ds.buffer) == first  # an epoch depends on (seed, epoch) only: resume stays exact
+    reset_mosaic_buffer(ds, seed=4)
+    assert list(ds.buffer) != first or ds.ni <= ds.max_buffer_length

@@ -96,18 +96,22 @@ def clip_gradients(model: nn.Module, mode: str, max_norm: float = MAX_GRAD_NORM)
     return {"grad_norm": total, **norms, "clipped": int(clipped)}
 
 
-def reset_mosaic_buffer(dataset) -> None:
+def reset_mosaic_buffer(dataset, seed: int) -> None:
     """Put ultralytics' mosaic buffer in a fixed state at the start of an epoch.
 
     Mosaic draws its partner images from a buffer of recently loaded image indices, which
-    normally carries over from the previous epoch. Resetting it to the first indices (and
-    dropping the in-memory image cache) makes an epoch depend only on (seed, epoch), so a
-    resumed run repeats the uninterrupted one exactly.
+    normally carries over from the previous epoch. Refilling it with images drawn at random
+    by ``seed`` (and dropping the rest of the in-memory image cache) makes an epoch depend
+    only on (seed, epoch), so a resumed run repeats the uninterrupted one exactly. The images
+    are loaded as ultralytics' own buffer holds them: a fixed buffer of the first indices
+    with no image loaded would draw twice as many partners from those images.
     """
-    n = min(dataset.max_buffer_length, dataset.ni)
-    dataset.buffer[:] = list(range(n))
+    dataset.buffer.clear()
     dataset.ims = [None] * dataset.ni
     dataset.im_hw0, dataset.im_hw = [None] * dataset.ni, [None] * dataset.ni
+    n = min(dataset.max_buffer_length, dataset.ni)
+    for i in np.random.default_rng(seed).permutation(dataset.ni)[:n]:
+        dataset.load_image(int(i))  # caches the image and appends i to the buffer
 
 
 def _rng_state() -> dict:
@@ -269,7 +273,7 @@ def train_step1(
         t0 = time.time()
         if epoch >= t_cfg.epochs - t_cfg.close_mosaic:
             dataset.close_mosaic(dataset.dd_hyp)
-        reset_mosaic_buffer(dataset)
+        reset_mosaic_buffer(dataset, t_cfg.seed * 1000 + epoch)
         loader = make_loader(dataset, t_cfg.batch, True, t_cfg.seed * 1000 + epoch, t_cfg.workers, world > 1)
         model.train()
         opt.zero_grad()
