@@ -120,34 +120,23 @@ STATIC_MODELS = Stage(
 REFERENCE_ROW = Stage("ultralytics reference row", DETECTION_READS, "{model}-{key}.json", STATIC_MODELS)
 # a static model of the frontier is the step-1 run of its own config (experiments.static_models.static_config)
 STATIC_ROW = Stage("static model row", DETECTION_READS, "static_row-{key}.json", STEP1)
+# what every latency figure depends on: the timed rows, their batch and stream, and how long they are timed
+TIMING_READS = (
+    "eval.fractions",
+    "eval.batch",
+    "eval.stream_images",
+    "eval.latency_repeats",
+    "eval.latency_tolerance",
+    "eval.static_scales",
+)
 LATENCY = Stage(
     "latency table",
-    (
-        "eval.fractions",
-        "eval.batch",
-        "eval.stream_images",
-        "eval.latency_repeats",
-        "eval.latency_tolerance",
-        "eval.static_scales",
-        "eval.static_epochs",
-    ),
+    (*TIMING_READS, "eval.static_epochs"),
     "latency_table_segments-{key}.csv",  # interleaved every few images, checked
     STEP2,
 )
 # onnxruntime at batch 1 (experiments.tradeoffs): the same stream and rows as the latency table
-ONNX_LATENCY = Stage(
-    "onnxruntime latency",
-    (
-        "eval.fractions",
-        "eval.batch",
-        "eval.stream_images",
-        "eval.latency_repeats",
-        "eval.latency_tolerance",
-        "eval.static_scales",
-    ),
-    "latency_onnx-{key}.csv",
-    STEP2,
-)
+ONNX_LATENCY = Stage("onnxruntime latency", TIMING_READS, "latency_onnx-{key}.csv", STEP2)
 TWO_STAGE_TABLE = Stage("two-stage table", ("eval",), "two_stage_table-{key}.csv", STEP2)
 
 

@@ -261,21 +261,16 @@ def write_seed_results(
     ``out``: ``results/<config>/`` by default.
     """
     out = out or paths.results_dir(config)
-    table = seeds_table(config, seeds, out)
-    write_csv(table, out / "seeds.csv")
-    write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n", out / "seeds.md")
-    summary = seeds_summary(config, seeds, out)
-    write_csv(summary, out / "seeds_summary.csv")
-    write_text(summary.to_markdown(index=False, floatfmt=".3f") + "\n", out / "seeds_summary.md")
-    frontier = seeds_frontier(config, seeds, out)
-    write_csv(frontier, out / "seeds_frontier.csv")
-    write_text(frontier.to_markdown(index=False, floatfmt=".3f") + "\n", out / "seeds_frontier.md")
-    gap = trainer_gap(config, seeds, out)
-    write_csv(gap, out / "trainer_gap.csv")
-    write_text(gap.to_markdown(index=False, floatfmt=".4f") + "\n", out / "trainer_gap.md")
-    conv = convergence(config, seeds, out)
-    write_csv(conv, out / "convergence.csv")
-    write_text(conv.to_markdown(index=False, floatfmt=".3f") + "\n", out / "convergence.md")
+    for name, make, fmt in (
+        ("seeds", seeds_table, ".4g"),
+        ("seeds_summary", seeds_summary, ".3f"),
+        ("seeds_frontier", seeds_frontier, ".3f"),
+        ("trainer_gap", trainer_gap, ".4f"),
+        ("convergence", convergence, ".3f"),
+    ):
+        table = make(config, seeds, out)
+        write_csv(table, out / f"{name}.csv")
+        write_text(table.to_markdown(index=False, floatfmt=fmt) + "\n", out / f"{name}.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
     record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
     write_json(record, out / "seeds_provenance.json", indent=2)
