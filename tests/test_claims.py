@@ -271,3 +271,25 @@ def test_notebook_claims_keep_their_notebooks_rows(tmp_path, monkeypatch):
     df = claims.notebook_claims("quick", "04")
     assert list(df["claim"]) == [c.name for c in claims.CLAIMS if c.notebook == "04"]
     assert {"paper effect", "verdict", "qualifier", "runs"} <= set(df.columns)
+
+
+def test_the_router_claims_read_a_notebooks_descriptive_row_labels(tmp_path):
+    # notebook 04 and 06 name their rows at length; the seed tables use the short names
+    folder = results(tmp_path / "run", share=0.52)
+    write(
+        folder,
+        "router_variants",
+        {
+            "router": ["default: target L1, 1 un-augmented view", "paper: target L1 - L2, 2 augmented views"],
+            "overrides": ["{}", "{...}"],
+            "val phi > 0.5": [0.52, 0.77],
+        },
+    )
+    cap = pd.read_csv(folder / "capture_ratio.csv")
+    cap["router"] = cap["router"].replace({"paper's router": "learned, paper's router (L1 - L2, augmented views)"})
+    cap.to_csv(folder / "capture_ratio.csv", index=False)
+    df = by_claim(claims.claims_table(folder))
+    balance = "the adaptive offset balances the routes without a tuned hyperparameter"
+    assert df.loc[balance, "this run"] == pytest.approx(0.52)
+    assert df.loc[f"{balance} (paper's router)", "this run"] == pytest.approx(0.77)
+    assert df.loc["the router beats random routing at /50 (paper's router)", "verdict"] == "one run"

@@ -1,8 +1,11 @@
-"""Writing tables and figures into ``results/<config>/``, with provenance.
+"""Writing tables and figures into ``results/<config>/``, with provenance, and the notebooks' words about a run.
 
 Notebooks save every table and figure through :func:`save_table` and
 :func:`save_figure`, so everything they produce lands in one folder, and
 :func:`provenance` records how it was made (git SHA, config, versions, device, times).
+What a notebook says about its run is rendered from the run's values: :func:`config_banner`
+opens every notebook, :func:`fmt`, :func:`pct` and :func:`verdict_text` write the numbers and
+scorecard verdicts of its "What this shows" cell.
 """
 
 from __future__ import annotations
@@ -149,3 +152,64 @@ def setup_notebook(config: str, home: str = "") -> tuple[Config, Path]:
     use_style()
     print(f"config {config!r} -> results in results/{config}/")
     return cfg, out_dir(config)
+
+
+# what each shipped config is for (the notebooks' opening banner); any other config is the reader's own
+CONFIG_PURPOSES = {
+    "smoke": "the test-sized run (`make test`): every stage in seconds on a few dozen tiny images. Its numbers "
+    "check the plumbing and mean nothing about the paper",
+    "quick": "the main job (`make reproduce`): the mechanism in minutes on 2 CPU cores. Small but real "
+    "numbers from one training run; the verdicts of the README come from `standard`",
+    "standard": "the reference results: the scorecard of the README reads this config (over its seeds, "
+    "`results/standard/claims.md`); a notebook's own scorecard rows are this one run's",
+    "ablation": "the step-1 ablation (`make ablation`): the quick data at twice its epochs, one change of the "
+    "training recipe per row",
+    "coco": "COCO 2017, the paper's data, on GPUs: the one config whose numbers compare with the paper's",
+}
+
+
+def config_name(config: str) -> str:
+    """A config's name: ``quick`` for ``"quick"``, ``mine`` for ``"path/to/mine.yaml"``."""
+    path = Path(str(config))
+    return path.stem if path.suffix in (".yaml", ".yml") else str(config)
+
+
+def config_banner(config: str) -> str:
+    """The Markdown that opens every notebook: which config ran and what it is for.
+
+    The notebooks' text cells state what the paper reports and how to read each table;
+    whatever they say about the run itself is rendered from its values, as this banner is.
+    """
+    name = config_name(config)
+    purpose = CONFIG_PURPOSES.get(name, "a config of your own: the numbers are your run's, on your data")
+    return (
+        f"**This run: config `{name}`**, {purpose}.\n\n"
+        "The text cells state what the paper reports and how to read each table. What this notebook says "
+        "about the run itself (numbers, directions, verdicts) is rendered from the run's own tables, like "
+        "this banner, in the cells that print Markdown, and summed up at the end under *What this shows*."
+    )
+
+
+def fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    """A number as the notebooks' rendered text shows it (``digits`` decimals, ``+`` if ``signed``);
+    ``n/a`` for a missing value (None, NaN)."""
+    if x is None or pd.isna(x):
+        return "n/a"
+    return f"{float(x):{'+' if signed else ''}.{digits}f}"
+
+
+def pct(x: float | None, digits: int = 0) -> str:
+    """A fraction as a percentage (``0.77`` -> ``77%``); ``n/a`` for a missing value."""
+    return "n/a" if x is None or pd.isna(x) else f"{100 * float(x):.{digits}f}%"
+
+
+def verdict_text(row: pd.Series) -> str:
+    """One scorecard row's verdict in words (:func:`~dynamicdet.evaluation.claims.notebook_claims`):
+    the verdict in italics, with why for *not testable* and what it lacks for *one run* / *two runs*."""
+    verdict = row["verdict"]
+    if verdict == "not testable":
+        return f"*not testable* in this run ({row['note']})"
+    if verdict in ("one run", "two runs"):
+        return f"*{verdict}* (a verdict needs three seeds)"
+    qualifier = row.get("qualifier", "")
+    return f"*{verdict}*" + (f" ({qualifier})" if isinstance(qualifier, str) and qualifier else "")
