@@ -172,6 +172,26 @@ def test_trainer_gap_pairs_our_loop_with_ultralytics_seed_by_seed(tmp_path):
     )
 
 
+def test_gap_table_compares_the_trainers_as_independent_samples_and_keeps_a_missing_run_out():
+    from scipy import stats
+
+    from dynamicdet.experiments.seeds.summary import gap_table
+
+    ours, theirs = [0.33, 0.27, 0.28, 0.30], [0.34, 0.34, 0.31]
+    rows = [{"seed": str(i), "our loop": a, "ultralytics": b} for i, (a, b) in enumerate(zip(ours, [*theirs, None]))]
+    df = gap_table(rows).set_index("seed")
+    assert pd.isna(df.loc["3", "ours - ultralytics"])  # seed 3's ultralytics run is missing
+    assert df.loc["mean", "ours - ultralytics"] == pytest.approx(np.mean(ours) - np.mean(theirs))
+    welch = stats.ttest_ind(ours, theirs, equal_var=False).confidence_interval(0.95)
+    assert df.loc["ci95 lo", "ours - ultralytics"] == pytest.approx(welch.low)
+    assert df.loc["ci95 hi", "ours - ultralytics"] == pytest.approx(welch.high)
+    # a paired interval over seeds 0-2 would be another number: the seed numbers pair nothing
+    paired = stats.ttest_1samp(np.subtract(ours[:3], theirs), 0).confidence_interval(0.95)
+    assert paired.low != pytest.approx(welch.low)
+    assert df.loc["mean", "ultralytics"] == pytest.approx(np.mean(theirs))
+    assert gap_table(rows[:1]).shape[0] == 1  # one run per trainer: no statistics
+
+
 def test_budget_sets_every_claim_at_twice_the_epochs_beside_the_seeds_own(tmp_path):
     from test_claims import results
 
@@ -186,3 +206,11 @@ def test_budget_sets_every_claim_at_twice_the_epochs_beside_the_seeds_own(tmp_pa
     assert lead["margin (15 epochs)"] == pytest.approx(0.04) and lead["margin (30 epochs)"] == pytest.approx(-0.01)
     assert lead["sign differs"]
     assert not df.loc["the router beats random routing at /50", "sign differs"]  # 0.8 vs 0.5 at both budgets
+
+
+def test_the_trainer_comparison_runs_the_campaigns_own_jobs():
+    from dynamicdet.experiments.seeds.campaign import campaign, trainer_jobs
+
+    names = [j.name for j in trainer_jobs("standard", [0, 1])]
+    assert names == ["seed0-static-n", "seed0-ultralytics-n", "seed1-static-n", "seed1-ultralytics-n"]
+    assert set(names) <= {j.name for j in campaign("standard", [0, 1])}  # the same names: the same locks and caches

@@ -1,25 +1,30 @@
-"""``python -m dynamicdet.experiments.seeds work|tables``: see :mod:`dynamicdet.experiments.seeds`."""
+"""``python -m dynamicdet.experiments.seeds work|tables|gap``: see :mod:`dynamicdet.experiments.seeds`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from dynamicdet import paths
+from dynamicdet.config import load_config
 from dynamicdet.engine.jobs import work
-from dynamicdet.engine.runs import TRADEOFF
+from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, TRADEOFF
 from dynamicdet.evaluation.claims import to_markdown
+from dynamicdet.evaluation.results import run_stamp
 from dynamicdet.experiments.seeds import __doc__ as DOC
-from dynamicdet.experiments.seeds.campaign import SEEDS, campaign, seed_config, seed_folder
-from dynamicdet.experiments.seeds.summary import write_seed_results
+from dynamicdet.experiments.seeds.campaign import SEEDS, campaign, seed_config, seed_folder, trainer_jobs
+from dynamicdet.experiments.seeds.summary import GAP_NOTE, gap_table, write_seed_results
 from dynamicdet.experiments.seeds.tables import seed_tables
+from dynamicdet.experiments.static_models import static_config
+from dynamicdet.files import write_csv, write_json, write_text
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=DOC.splitlines()[0])
-    ap.add_argument("action", choices=("work", "tables"))
+    ap.add_argument("action", choices=("work", "tables", "gap"))
     ap.add_argument("--config", default="standard")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument(
@@ -29,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="tables: results folder (default results/<config>)")
     ap.add_argument("--no-timing", action="store_true", help="tables: leave the latencies out (no quiet machine)")
     args = ap.parse_args(argv)
+    if args.action == "gap":
+        print(to_markdown(trainer_comparison(args.config, args.seeds, args.out)))
+        return 0
     if args.action == "work":
         jobs = campaign(args.config, args.seeds, few=args.few, longer=not args.no_longer)
         ran = work(jobs, paths.runs_dir() / "locks", log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
@@ -43,6 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
     print(to_markdown(df))
     return 0
+
+
+def _ap(path: Path) -> float:
+    return float(json.loads(path.read_text())["AP"]) if path.exists() else float("nan")
+
+
+def trainer_comparison(config: str, seeds: list[int], out: Path | None = None, scale: str = "n"):
+    """``gap``: train (or resume, or reuse) static ``scale`` by both trainers on every seed
+    (:func:`~.campaign.trainer_jobs`), then write their APs side by side (:func:`~.summary.gap_table`) into
+    ``<out>/<config>.{csv,md}`` and ``<config>_provenance.json`` (``out``: ``results/trainer_gap/``)."""
+    t0 = time.time()
+    jobs = trainer_jobs(config, seeds, scale)
+    work(jobs, paths.runs_dir() / "locks", log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    rows = []
+    for seed in seeds:
+        cfg = seed_config(config, seed)
+        ours = _ap(STATIC_ROW.path(static_config(cfg, scale)))
+        theirs = _ap(REFERENCE_ROW.path(cfg, model=f"{cfg.model.family}{scale}"))
+        rows.append({"seed": str(seed), "our loop": ours, "ultralytics": theirs})
+    df = gap_table(rows)
+    out = out or paths.results_dir() / "trainer_gap"
+    write_csv(df, out / f"{config}.csv")
+    write_text(df.to_markdown(index=False, floatfmt=".4f") + f"\n\n{GAP_NOTE}\n", out / f"{config}.md")
+    record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "model": f"{scale} (static)"}
+    record.update(
+        wall_s=round(time.time() - t0, 1), command=f"python -m dynamicdet.experiments.seeds gap --config {config}"
+    )
+    write_json(record, out / f"{config}_provenance.json", indent=2)
+    return df
 
 
 if __name__ == "__main__":

@@ -51,17 +51,27 @@ def _model_jobs(config: str, train: dict, tag: str, scales: list[str]) -> list[J
             ready=lambda: STEP1.done(cfg),  # step 1 is the joint job's: never train it twice at once
         ),
     ]
-    for scale in scales:
-        one = copy.deepcopy(cfg)
-        one.eval.static_scales = [scale]
-        jobs.append(
-            Job(
-                f"{tag}-static-{scale}",
-                lambda one=one: static_baselines(one, progress=False),
-                lambda one=one, scale=scale: STATIC_ROW.done(static_config(one, scale)),
-            )
-        )
-    return jobs
+    return jobs + [_static_job(cfg, tag, scale) for scale in scales]
+
+
+def _static_job(cfg: Config, tag: str, scale: str) -> Job:
+    """The static model of ``scale`` by our step-1 loop (a frontier point) for ``cfg``'s seed."""
+    one = copy.deepcopy(cfg)
+    one.eval.static_scales = [scale]
+    return Job(
+        f"{tag}-static-{scale}",
+        lambda: static_baselines(one, progress=False),
+        lambda: STATIC_ROW.done(static_config(one, scale)),
+    )
+
+
+def _reference_job(cfg: Config, tag: str, scale: str = "n") -> Job:
+    """The static model of ``scale`` by ultralytics' trainer (the trainer reference) for ``cfg``'s seed."""
+    return Job(
+        f"{tag}-ultralytics-{scale}",
+        lambda: ultralytics_reference(cfg, [scale], progress=False),
+        lambda: REFERENCE_ROW.done(cfg, model=f"{cfg.model.family}{scale}"),
+    )
 
 
 def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -> list[Job]:
@@ -77,14 +87,17 @@ def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -
     for i, seed in enumerate(seeds):
         jobs += _model_jobs(config, {"seed": seed}, f"seed{seed}", scales if i < few else scales[:-1])
         if i < few:
-            cfg = seed_config(config, seed)
-            jobs.append(
-                Job(
-                    f"seed{seed}-ultralytics-n",
-                    lambda cfg=cfg: ultralytics_reference(cfg, ["n"], progress=False),
-                    lambda cfg=cfg: REFERENCE_ROW.done(cfg, model=f"{cfg.model.family}n"),
-                )
-            )
+            jobs.append(_reference_job(seed_config(config, seed), f"seed{seed}"))
     if longer:  # twice the epochs, mosaic closed for twice as many
         jobs += _model_jobs(config, train_overrides(config, seeds[0], True), f"seed{seeds[0]}-2x", scales[:-1])
+    return jobs
+
+
+def trainer_jobs(config: str, seeds: list[int], scale: str = "n") -> list[Job]:
+    """The trainer comparison alone: per seed, static ``scale`` by our step-1 loop and by ultralytics' trainer
+    (the same jobs, and caches, as the campaign's)."""
+    jobs = []
+    for seed in seeds:
+        cfg = seed_config(config, seed)
+        jobs += [_static_job(cfg, f"seed{seed}", scale), _reference_job(cfg, f"seed{seed}", scale)]
     return jobs

@@ -196,12 +196,43 @@ def convergence(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = 
     return pd.DataFrame(rows)
 
 
+def gap_table(rows: list[dict]) -> pd.DataFrame:
+    """Our step-1 loop against ultralytics' trainer on the same static model, one row per seed, then statistics.
+
+    Args:
+        rows: ``{"seed", "our loop", "ultralytics"}`` per seed (an AP may be NaN: that trainer's run is missing).
+
+    Returns:
+        The rows with ``ours - ultralytics``, then ``mean``, ``std``, ``ci95 lo``, ``ci95 hi``: Student-t per
+        trainer; for the difference, the difference of the means and Welch's 95% interval (the two trainers'
+        runs are independent samples: a seed number draws different random streams in each, so it pairs nothing).
+    """
+    from scipy import stats  # deferred like metrics.interval's
+
+    cols = ["seed", "our loop", "ultralytics", "ours - ultralytics"]
+    df = pd.DataFrame(rows, columns=cols[:3])
+    df["ours - ultralytics"] = df["our loop"] - df["ultralytics"]
+    ours, theirs = (df[c].dropna().to_numpy(float) for c in ("our loop", "ultralytics"))
+    if min(len(ours), len(theirs)) >= 2:
+        a, b = interval(ours), interval(theirs)
+        welch = stats.ttest_ind(ours, theirs, equal_var=False).confidence_interval(0.95)
+        diff = (a[0] - b[0], math.nan, float(welch.low), float(welch.high))
+        for i, label in enumerate(("mean", "std", "ci95 lo", "ci95 hi")):
+            df.loc[len(df)] = {"seed": label, "our loop": a[i], "ultralytics": b[i], "ours - ultralytics": diff[i]}
+    return df[cols]
+
+
+GAP_NOTE = (
+    "Per trainer: mean, standard deviation and Student-t 95% interval over its seeds. ours - ultralytics: the "
+    "difference of the means and Welch's 95% interval (the trainers' seeds are independent samples)."
+)
+
+
 def trainer_gap(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
-    """The same static model by our step-1 loop and by ultralytics' trainer, seed by seed.
+    """The same static model by our step-1 loop and by ultralytics' trainer, from the seed tables (:func:`gap_table`).
 
     From the seeds with a ``trainer_reference.csv``: the AP of ``<family>n (static)`` in ``variable_speed.csv``
-    (our loop) and in the reference (ultralytics), their difference, and over those seeds the mean, the
-    standard deviation and the Student-t 95% interval of the difference (last rows).
+    (our loop) and in the reference (ultralytics).
     """
     rows = []
     for seed in seeds:
@@ -212,21 +243,8 @@ def trainer_gap(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = 
         ours = pd.read_csv(folder / "variable_speed.csv").set_index("model")
         name = str(ref["model"]).replace(" (static, ultralytics' trainer)", " (static)")
         if name in ours.index:
-            ap = float(ours.loc[name, "AP"])
-            rows.append(
-                {
-                    "seed": str(seed),
-                    "our loop": ap,
-                    "ultralytics": float(ref["AP"]),
-                    "ours - ultralytics": ap - ref["AP"],
-                }
-            )
-    df = pd.DataFrame(rows, columns=["seed", "our loop", "ultralytics", "ours - ultralytics"])
-    if len(df) >= 2:
-        stats = {c: interval(df[c].to_numpy(float)) for c in df.columns[1:]}
-        for i, label in enumerate(("mean", "std", "ci95 lo", "ci95 hi")):
-            df.loc[len(df)] = {"seed": label, **{c: v[i] for c, v in stats.items()}}
-    return df
+            rows.append({"seed": str(seed), "our loop": float(ours.loc[name, "AP"]), "ultralytics": float(ref["AP"])})
+    return gap_table(rows)
 
 
 def budget(config: str, seed: int, out: Path | None = None) -> pd.DataFrame | None:
@@ -270,7 +288,8 @@ def write_seed_results(
     ):
         table = make(config, seeds, out)
         write_csv(table, out / f"{name}.csv")
-        write_text(table.to_markdown(index=False, floatfmt=fmt) + "\n", out / f"{name}.md")
+        note = f"\n{GAP_NOTE}\n" if name == "trainer_gap" else ""
+        write_text(table.to_markdown(index=False, floatfmt=fmt) + "\n" + note, out / f"{name}.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
     record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
     write_json(record, out / "seeds_provenance.json", indent=2)
