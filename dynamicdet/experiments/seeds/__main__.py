@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from dynamicdet import paths
 from dynamicdet.config import load_config
+from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.engine.jobs import work
 from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, TRADEOFF
 from dynamicdet.evaluation.claims import to_markdown
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="tables: results folder (default results/<config>)")
     ap.add_argument("--no-timing", action="store_true", help="tables: leave the latencies out (no quiet machine)")
     args = ap.parse_args(argv)
+    if args.action in ("work", "gap"):
+        _generate_data(args.config)
     if args.action == "gap":
         print(to_markdown(trainer_comparison(args.config, args.seeds, args.out)))
         return 0
@@ -51,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
     print(to_markdown(df))
     return 0
+
+
+def _generate_data(config: str) -> None:
+    """Generate the config's synthetic dataset unless it is current, one process at a time (the workers start
+    together; the others wait on the lock and then find it current)."""
+    cfg = load_config(config)
+    if cfg.data.source != "synthetic":
+        return
+    lock = paths.runs_dir() / "locks" / "data.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        generate_from_config(cfg, progress=False)
 
 
 def _ap(path: Path) -> float:
