@@ -26,7 +26,7 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     from dynamicdet.engine.jobs import work
     from dynamicdet.experiments.seeds import campaign, seed_config, seed_folder, seed_tables, write_seed_results
 
-    jobs = campaign("smoke", [0, 1], few=1, longer=False)
+    jobs = campaign("smoke", [0, 1], few=1, longer=False, two_stage=False)
     names = [j.name for j in jobs]
     # seed 0 (one of the first `few`): both routers, the static scales and ultralytics' yolov8n; seed 1: no far end
     assert names == [
@@ -214,3 +214,17 @@ def test_the_trainer_comparison_runs_the_campaigns_own_jobs():
     names = [j.name for j in trainer_jobs("standard", [0, 1])]
     assert names == ["seed0-static-n", "seed0-ultralytics-n", "seed1-static-n", "seed1-ultralytics-n"]
     assert set(names) <= {j.name for j in campaign("standard", [0, 1])}  # the same names: the same locks and caches
+
+
+def test_the_campaign_trains_notebook_08s_two_stage_models_after_the_seeds_and_before_twice_the_epochs():
+    from dynamicdet.engine.runs import TWO_STAGE_TABLE
+    from dynamicdet.experiments.generality import two_stage_config
+    from dynamicdet.experiments.seeds.campaign import campaign
+
+    jobs = campaign("smoke", [0, 1], few=1)
+    names = [j.name for j in jobs]
+    first, last = names.index("two-stage-faster_rcnn"), names.index("two-stage-mask_rcnn")
+    assert last == first + 1 and first > names.index("seed1-paper-router") and names[last + 1] == "seed0-2x-joint"
+    for kind, job in zip(("faster_rcnn", "mask_rcnn"), jobs[first : last + 1]):
+        assert job.done() == TWO_STAGE_TABLE.done(two_stage_config("smoke", kind))  # the pipeline's own cache
+    assert "two-stage-faster_rcnn" not in [j.name for j in campaign("smoke", [0], two_stage=False)]

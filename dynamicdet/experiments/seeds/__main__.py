@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import sys
 import time
@@ -11,13 +10,19 @@ from pathlib import Path
 
 from dynamicdet import paths
 from dynamicdet.config import load_config
-from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.engine.jobs import work
 from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, TRADEOFF
 from dynamicdet.evaluation.claims import to_markdown
 from dynamicdet.evaluation.results import run_stamp
 from dynamicdet.experiments.seeds import __doc__ as DOC
-from dynamicdet.experiments.seeds.campaign import SEEDS, campaign, seed_config, seed_folder, trainer_jobs
+from dynamicdet.experiments.seeds.campaign import (
+    SEEDS,
+    campaign,
+    generate_data,
+    seed_config,
+    seed_folder,
+    trainer_jobs,
+)
 from dynamicdet.experiments.seeds.summary import GAP_NOTE, gap_table, write_seed_results
 from dynamicdet.experiments.seeds.tables import seed_tables
 from dynamicdet.experiments.static_models import static_config
@@ -33,16 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         "--few", type=int, default=3, help="work: seeds that also train the far static scale and the reference"
     )
     ap.add_argument("--no-longer", action="store_true", help="work: leave out the first seed at twice the epochs")
+    ap.add_argument("--no-two-stage", action="store_true", help="work: leave out notebook 08's two-stage models")
     ap.add_argument("--out", type=Path, default=None, help="tables: results folder (default results/<config>)")
     ap.add_argument("--no-timing", action="store_true", help="tables: leave the latencies out (no quiet machine)")
     args = ap.parse_args(argv)
     if args.action in ("work", "gap"):
-        _generate_data(args.config)
+        generate_data(load_config(args.config))
     if args.action == "gap":
         print(to_markdown(trainer_comparison(args.config, args.seeds, args.out)))
         return 0
     if args.action == "work":
-        jobs = campaign(args.config, args.seeds, few=args.few, longer=not args.no_longer)
+        jobs = campaign(
+            args.config, args.seeds, few=args.few, longer=not args.no_longer, two_stage=not args.no_two_stage
+        )
         ran = work(jobs, paths.runs_dir() / "locks", log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
         print(f"{len(ran)} job(s) run here; {sum(j.done() for j in jobs)} of {len(jobs)} done", flush=True)
         return 0
@@ -55,19 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))
     print(to_markdown(df))
     return 0
-
-
-def _generate_data(config: str) -> None:
-    """Generate the config's synthetic dataset unless it is current, one process at a time (the workers start
-    together; the others wait on the lock and then find it current)."""
-    cfg = load_config(config)
-    if cfg.data.source != "synthetic":
-        return
-    lock = paths.runs_dir() / "locks" / "data.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        generate_from_config(cfg, progress=False)
 
 
 def _ap(path: Path) -> float:

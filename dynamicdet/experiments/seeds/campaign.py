@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 from pathlib import Path
 
 from dynamicdet import paths
 from dynamicdet.config import Config, load_config
+from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.engine.jobs import Job
-from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF
+from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF, TWO_STAGE_TABLE
+from dynamicdet.experiments.generality import two_stage_config, two_stage_table
 from dynamicdet.experiments.static_models import static_baselines, static_config, ultralytics_reference
 from dynamicdet.experiments.tradeoffs import tradeoff
 from dynamicdet.experiments.trained import trained
+from dynamicdet.modeling.two_stage import KINDS
 
 SEEDS = (0, 1, 2)
 
@@ -74,11 +78,35 @@ def _reference_job(cfg: Config, tag: str, scale: str = "n") -> Job:
     )
 
 
-def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -> list[Job]:
+def generate_data(cfg: Config) -> None:
+    """Generate ``cfg``'s synthetic dataset unless it is current, one process at a time (workers start together:
+    the others wait on the lock, then find it current)."""
+    if cfg.data.source != "synthetic":
+        return
+    lock = paths.runs_dir() / "locks" / "data.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        generate_from_config(cfg, progress=False)
+
+
+def _two_stage_job(config: str, kind: str) -> Job:
+    """Notebook 08's Dy-<kind> and its static rows on ``config``'s two-stage config (one run: the reference)."""
+    ts = two_stage_config(config, kind)
+
+    def run():
+        generate_data(ts)
+        return two_stage_table(config, kind, progress=False)
+
+    return Job(f"two-stage-{kind}", run, lambda: TWO_STAGE_TABLE.done(ts))
+
+
+def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True, two_stage: bool = True) -> list[Job]:
     """The seed runs of ``config`` as a queue of cached jobs (:func:`dynamicdet.engine.jobs.work`), seed by seed.
 
     Per seed: :func:`_model_jobs` with every static scale but the last (the far end of the frontier),
     which, like ultralytics' yolov8n (the trainer reference), trains on the first ``few`` seeds;
+    ``two_stage``: then notebook 08's two-stage models (the config's own seed, one run each);
     ``longer``: then seed ``seeds[0]`` at twice the epochs (joint, both routers, the static scales but the last).
     """
     base = load_config(config)
@@ -88,6 +116,8 @@ def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True) -
         jobs += _model_jobs(config, {"seed": seed}, f"seed{seed}", scales if i < few else scales[:-1])
         if i < few:
             jobs.append(_reference_job(seed_config(config, seed), f"seed{seed}"))
+    if two_stage:
+        jobs += [_two_stage_job(config, kind) for kind in KINDS]
     if longer:  # twice the epochs, mosaic closed for twice as many
         jobs += _model_jobs(config, train_overrides(config, seeds[0], True), f"seed{seeds[0]}-2x", scales[:-1])
     return jobs
