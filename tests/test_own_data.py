@@ -40,6 +40,14 @@ def _page_reproduce_args() -> list[str]:
     return args.split()
 
 
+def _page_notebooks(args: list[str]) -> list[str]:
+    """The notebooks the page's options run (``--notebooks``, else every one the pipeline runs by default)."""
+    if "--notebooks" in args:
+        return args[args.index("--notebooks") + 1].split(",")
+    skip = pipeline.ON_REQUEST + ((pipeline.TWO_STAGE_NOTEBOOK,) if "--no-two-stage" in args else ())
+    return [p.stem for p in pipeline.notebook_paths() if p.stem not in skip]
+
+
 def make_coco_folder(root: Path, n_train: int = 16, n_val: int = 8, size: int = 64, seed: int = 0) -> Path:
     """The page's layout: ``<root>/{train,val}/*.png`` and ``<root>/annotations/{train,val}.json``, each image
     ``size`` px with 1-3 filled rectangles of two categories (a square-ish "box", a tall "bar")."""
@@ -80,12 +88,10 @@ def test_the_pages_yaml_is_the_shipped_example_and_loads(tmp_path):
     assert load_config("own_data_example").to_dict() == cfg.to_dict() | {"name": "own_data_example"}
 
 
-def test_the_pages_notebooks_exist_and_leave_out_the_dataset_notebook():
-    args = _page_reproduce_args()
-    assert "--no-two-stage" in args
-    stems = args[args.index("--notebooks") + 1].split(",")
+def test_the_pages_notebooks_are_all_but_the_two_stage_one():
+    stems = _page_notebooks(_page_reproduce_args())
     assert set(stems) <= {p.stem for p in pipeline.notebook_paths()}
-    assert "00_dataset" not in stems and "07_easy_hard" in stems
+    assert "00_dataset" in stems and "07_easy_hard" in stems and "08_two_stage" not in stems
 
 
 def test_the_pages_layout_is_read_and_bad_input_names_the_file(tmp_path, monkeypatch):
@@ -125,8 +131,8 @@ def _run_in_this_process(nb: Path, config: str, progress: bool = True, parameter
 @pytest.mark.filterwarnings("ignore:.*latency checks failed")  # timings of a busy machine: recorded, not judged
 def test_the_pages_main_job_on_a_coco_folder_at_smoke_size(tmp_path, monkeypatch):
     """The page's path: a COCO folder, a config file of your own given by its path, ``make reproduce`` =
-    :func:`dynamicdet.pipeline.reproduce` with the page's options (two of its notebooks: 02 and 07). Sized as
-    the smoke config."""
+    :func:`dynamicdet.pipeline.reproduce` with the page's options (three of its notebooks: 00, 02 and 07). Sized
+    as the smoke config."""
     matplotlib.use("Agg")
     monkeypatch.setenv("DYNAMICDET_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path / "results"))
@@ -147,16 +153,21 @@ def test_the_pages_main_job_on_a_coco_folder_at_smoke_size(tmp_path, monkeypatch
     cfg = load_config(config)
     assert (cfg.router.target, cfg.router.views, cfg.router.epochs) == ("gain", 2, 3)  # the preset, then our keys
     args = _page_reproduce_args()  # `dynamicdet reproduce`'s options on the page, as cli._cmd_reproduce passes them
-    notebooks = [
-        nb for nb in args[args.index("--notebooks") + 1].split(",") if nb in ("02_joint_training", "07_easy_hard")
-    ]
-    assert len(notebooks) == 2
+    notebooks = [nb for nb in _page_notebooks(args) if nb in ("00_dataset", "02_joint_training", "07_easy_hard")]
+    assert len(notebooks) == 3
     pipeline.reproduce(str(config), progress=False, notebooks=notebooks, two_stage="--no-two-stage" not in args)
 
     out = paths.results_dir(str(config))
     assert out.name == NAME  # results/<the config file's stem>/
     claims = pd.read_csv(out / "claims.csv")
     assert (out / "claims.md").is_file() and len(claims) >= 10
+    # notebook 00 on data the generator did not make: counts from the annotations, samples by object count
+    stats = pd.read_csv(out / "dataset_stats.csv").set_index("split")
+    val = json.loads((root / "annotations" / "val.json").read_text())
+    assert stats.loc["val", "n_images"] == 8 and stats.loc["val", "n_annotations"] == len(val["annotations"])
+    assert stats.loc["val", "objects_mean"] == pytest.approx(len(val["annotations"]) / 8, abs=1e-3)
+    assert pd.isna(stats.loc["val", "difficulty_mean"]) and (out / "dataset_samples.png").is_file()
+    assert not (out / "dataset_difficulty.csv").exists()  # no generator difficulty to correlate with
     difficulty = claims[claims["claim"].str.startswith("hard images are")]
     assert len(difficulty) >= 1
     assert (difficulty["verdict"] == "not testable").all()

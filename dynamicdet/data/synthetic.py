@@ -58,6 +58,7 @@ import json
 import multiprocessing
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,17 +474,29 @@ def _remove_stale(out_dir: Path) -> None:
         cache.unlink()
 
 
+def _objects_per_image(coco: dict[str, Any]) -> list[int]:
+    """Objects per image, in ``coco["images"]`` order: the generator's ``n_objects`` where every image has
+    it, else the image's annotations counted (any COCO-format json)."""
+    images = coco["images"]
+    if images and all("n_objects" in im for im in images):
+        return [im["n_objects"] for im in images]
+    counts = Counter(a["image_id"] for a in coco["annotations"])
+    return [counts.get(im["id"], 0) for im in images]
+
+
 def _split_stats(coco: dict[str, Any]) -> dict[str, Any]:
-    """Counts and difficulty statistics of one split, from its COCO dict."""
+    """Counts and difficulty statistics of one split, from its COCO dict (any COCO-format json: the
+    generator's attributes are None where the images do not carry them, e.g. real COCO)."""
     images, anns = coco["images"], coco["annotations"]
     names = {c["id"]: c["name"] for c in coco["categories"]}
     per_class = dict.fromkeys(names.values(), 0)
     for a in anns:
         per_class[names[a["category_id"]]] += 1
-    n_obj = [im["n_objects"] for im in images]
+    n_obj = _objects_per_image(coco)
 
     def mean(key: str) -> float | None:
-        return round(float(np.mean([im[key] for im in images])), 4) if images else None
+        has = images and all(key in im for im in images)
+        return round(float(np.mean([im[key] for im in images])), 4) if has else None
 
     return {
         "n_images": len(images),
@@ -679,25 +692,45 @@ def generate_from_config(cfg, *, progress: bool = True, force: bool = False) -> 
 # --------------------------------------------------------------------------------------
 
 
-def image_table(out_dir: Path, split: str) -> pd.DataFrame:
-    """Per-image generating attributes of a split (one row per image, indexed by image id)."""
-    coco = json.loads(_json_path(Path(out_dir), split).read_text())
-    return pd.DataFrame(coco["images"]).set_index("id")
+def _read_json(source: Path | dict[str, Path], split: str) -> dict | None:
+    """The COCO dict of ``split``: ``source`` is a generated dataset's folder or ``{split: json path}``
+    (``DatasetInfo.gt_json``, any COCO-format data). None when that split has no json."""
+    path = Path(source[split]) if isinstance(source, dict) else _json_path(Path(source), split)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def summarize(out_dir: Path) -> pd.DataFrame:
-    """Per-split counts and difficulty statistics of a written dataset.
+def image_table(source: Path | dict[str, Path], split: str) -> pd.DataFrame:
+    """One row per image of a split, indexed by image id: the json's image fields (the generator's
+    attributes where it made the data) and ``n_objects`` (counted from the annotations on other data).
+
+    Args:
+        source: a generated dataset's folder, or ``{split: COCO json}`` (``DatasetInfo.gt_json``).
+        split: ``"train"`` or ``"val"``.
+    """
+    coco = _read_json(source, split)
+    if coco is None:
+        raise FileNotFoundError(f"{source}: no COCO json for split {split!r}")
+    table = pd.DataFrame(coco["images"]).set_index("id")
+    table["n_objects"] = _objects_per_image(coco)
+    return table
+
+
+def summarize(source: Path | dict[str, Path]) -> pd.DataFrame:
+    """Per-split counts and difficulty statistics of a dataset (generated, or any COCO-format json).
+
+    Args:
+        source: a generated dataset's folder, or ``{split: COCO json}`` (``DatasetInfo.gt_json``).
 
     Returns:
         One row per split present; columns ``n_images``, ``n_annotations``,
         ``objects_mean/min/max``, ``difficulty_mean``, ``occlusion_mean``, ``clutter_mean``,
-        ``rel_area_mean`` and one ``n_<class>`` column per class.
+        ``rel_area_mean`` (None without the generator's attributes) and one ``n_<class>`` column per class.
     """
     rows = {}
     for split in SPLITS:
-        path = _json_path(Path(out_dir), split)
-        if path.is_file():
-            stats = _split_stats(json.loads(path.read_text()))
+        coco = _read_json(source, split) if not isinstance(source, dict) or split in source else None
+        if coco is not None:
+            stats = _split_stats(coco)
             per_class = stats.pop("per_class")
             rows[split] = {**stats, **{f"n_{name}": count for name, count in per_class.items()}}
     return pd.DataFrame.from_dict(rows, orient="index")
