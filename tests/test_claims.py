@@ -273,6 +273,28 @@ def test_notebook_claims_keep_their_notebooks_rows(tmp_path, monkeypatch):
     assert {"paper effect", "verdict", "qualifier", "runs"} <= set(df.columns)
 
 
+def test_notebook_claims_are_the_scorecards_rows_over_the_seeds_where_the_folder_has_seeds(tmp_path, monkeypatch):
+    import json
+
+    from dynamicdet.evaluation.results import over_seeds, verdict_text
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    out = results(tmp_path / "standard", ap2=0.70)  # this run (seed 0, the notebooks' own tables): lead +0.10
+    for i, lead in enumerate((0.02, 0.03, 0.04)):
+        results(out / "seeds" / f"seed{i}", ap2=0.60 + lead)
+    (out / "seeds_provenance.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    claims.write_claims("standard")
+    written = pd.read_csv(out / "claims.csv", dtype={"notebook": str})
+    rows = claims.notebook_claims("standard", "02")
+    assert rows["margin"].iloc[0] == pytest.approx(0.03) and rows["runs"].iloc[0] == 3  # the seeds', not this run's
+    assert claims.to_markdown(rows) == claims.to_markdown(written[written["notebook"] == "02"])  # as claims.csv
+    assert "over 3 seeds, margin +0.030 (95% interval" in verdict_text(rows.iloc[0])
+    assert over_seeds(rows.iloc[0]) == " on average over 3 seeds"
+    assert over_seeds(claims.notebook_claims("standard", "08").iloc[0]) == ""  # trained once: this run's own
+    equivalent = claims.notebook_claims("standard", "06").set_index("claim").iloc[0]
+    assert "90% interval" in verdict_text(equivalent)  # an equivalence claim: TOST's 90% interval
+
+
 def test_the_router_claims_read_a_notebooks_descriptive_row_labels(tmp_path):
     # notebook 04 and 06 name their rows at length; the seed tables use the short names
     folder = results(tmp_path / "run", share=0.52)

@@ -178,7 +178,10 @@ def test_gap_table_compares_the_trainers_as_independent_samples_and_keeps_a_miss
     from dynamicdet.experiments.seeds.summary import gap_table
 
     ours, theirs = [0.33, 0.27, 0.28, 0.30], [0.34, 0.34, 0.31]
-    rows = [{"seed": str(i), "our loop": a, "ultralytics": b} for i, (a, b) in enumerate(zip(ours, [*theirs, None]))]
+    rows = [
+        {"seed": str(i), "our loop": a, "ultralytics": b}
+        for i, (a, b) in enumerate(zip(ours, [*theirs, None], strict=True))
+    ]
     df = gap_table(rows).set_index("seed")
     assert pd.isna(df.loc["3", "ours - ultralytics"])  # seed 3's ultralytics run is missing
     assert df.loc["mean", "ours - ultralytics"] == pytest.approx(np.mean(ours) - np.mean(theirs))
@@ -225,6 +228,6 @@ def test_the_campaign_trains_notebook_08s_two_stage_models_after_the_seeds_and_b
     names = [j.name for j in jobs]
     first, last = names.index("two-stage-faster_rcnn"), names.index("two-stage-mask_rcnn")
     assert last == first + 1 and first > names.index("seed1-paper-router") and names[last + 1] == "seed0-2x-joint"
-    for kind, job in zip(("faster_rcnn", "mask_rcnn"), jobs[first : last + 1]):
+    for kind, job in zip(("faster_rcnn", "mask_rcnn"), jobs[first : last + 1], strict=True):
         assert job.done() == TWO_STAGE_TABLE.done(two_stage_config("smoke", kind))  # the pipeline's own cache
     assert "two-stage-faster_rcnn" not in [j.name for j in campaign("smoke", [0], two_stage=False)]

@@ -389,7 +389,12 @@ def write_claims(config: str, folders: list[Path] | None = None) -> pd.DataFrame
 
 
 def notebook_claims(config: str, notebook: str) -> pd.DataFrame:
-    """The rows of one notebook (``"06"``) of the scorecard of ``results/<config>/``, as it stands now (one run:
-    the notebooks' own tables; the verdicts over seeds are in ``results/<config>/claims.md``)."""
-    df = claims_table(paths.results_dir(config), [c for c in CLAIMS if c.notebook == notebook])
-    return df[["claim", "paper", "paper effect", "bar", "this run", "margin", "runs", "verdict", "qualifier", "note"]]
+    """The rows of one notebook (``"06"``) of the scorecard of ``results/<config>/``, as ``claims.csv`` has them:
+    over the seeds when the folder has them (:func:`seed_folders`), else from the folder's own tables (one run).
+
+    Returns:
+        The scorecard's columns (:data:`~.evidence.COLUMNS`), one row per claim the notebook tests;
+        :func:`to_markdown` shows them.
+    """
+    out = paths.results_dir(config)
+    return claims_table(seed_folders(out) or [out], [c for c in CLAIMS if c.notebook == notebook], base=out)

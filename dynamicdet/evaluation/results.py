@@ -203,13 +203,28 @@ def pct(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None or pd.isna(x) else f"{100 * float(x):.{digits}f}%"
 
 
+def over_seeds(row: pd.Series) -> str:
+    """`` on average over N seeds`` when a scorecard row's value is a mean over seeds, else ``""`` (one run)."""
+    runs = row.get("runs", 1)
+    return f" on average over {int(runs)} seeds" if pd.notna(runs) and runs > 1 else ""
+
+
 def verdict_text(row: pd.Series) -> str:
     """One scorecard row's verdict in words (:func:`~dynamicdet.evaluation.claims.notebook_claims`):
-    the verdict in italics, with why for *not testable* and what it lacks for *one run* / *two runs*."""
+    the verdict in italics, with why for *not testable* and what it lacks for *one run* / *two runs*;
+    a verdict over seeds says how many, and the margin's mean and 95% interval."""
     verdict = row["verdict"]
     if verdict == "not testable":
         return f"*not testable* in this run ({row['note']})"
     if verdict in ("one run", "two runs"):
         return f"*{verdict}* (a verdict needs three seeds)"
     qualifier = row.get("qualifier", "")
-    return f"*{verdict}*" + (f" ({qualifier})" if isinstance(qualifier, str) and qualifier else "")
+    text = f"*{verdict}*" + (f" ({qualifier})" if isinstance(qualifier, str) and qualifier else "")
+    level = "90" if pd.notna(row.get("ci90 lo")) else "95"  # an equivalence claim's interval is its 90% one
+    lo, hi = row.get(f"ci{level} lo"), row.get(f"ci{level} hi")
+    if pd.notna(lo) and pd.notna(hi):
+        text += (
+            f" over {int(row['runs'])} seeds, margin {fmt(row['margin'], 3, signed=True)} "
+            f"({level}% interval {fmt(lo, 3, signed=True)} to {fmt(hi, 3, signed=True)})"
+        )
+    return text
