@@ -76,7 +76,7 @@ QUICK_ROWS: dict[str, tuple[str, dict]] = {
     ),
 }
 
-# the dataloader lever of results/quick_tuning/step1_speed.md (0 workers: 1.12x the img/s beside 2 torch
+# the dataloader lever of results/quick_tuning/step1_speed*.md (0 workers: faster beside 2 torch
 # threads) over seeds: does reading the data in the main process change what the recipe learns?
 QUICK160 = {"data": IMG160, "train": {"epochs": 12}}  # quick before BUDGET_ROWS: 160 px, 12 epochs
 WORKER_ROWS: dict[str, tuple[str, dict]] = {
