@@ -229,5 +229,32 @@ def test_the_campaign_trains_notebook_08s_two_stage_models_after_the_seeds_and_b
     first, last = names.index("two-stage-faster_rcnn"), names.index("two-stage-mask_rcnn")
     assert last == first + 1 and first > names.index("seed1-paper-router") and names[last + 1] == "seed0-2x-joint"
     for kind, job in zip(("faster_rcnn", "mask_rcnn"), jobs[first : last + 1], strict=True):
-        assert job.done() == TWO_STAGE_TABLE.done(two_stage_config("smoke", kind))  # the pipeline's own cache
+        assert not job.done() and not TWO_STAGE_TABLE.done(two_stage_config("smoke", kind))
     assert "two-stage-faster_rcnn" not in [j.name for j in campaign("smoke", [0], two_stage=False)]
+
+
+def test_gap_writes_both_trainers_aps_per_seed_from_the_campaigns_caches(tmp_path, monkeypatch):
+    from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW
+    from dynamicdet.experiments.seeds import __main__ as cli
+    from dynamicdet.experiments.seeds.campaign import seed_config
+    from dynamicdet.experiments.static_models import static_config
+
+    monkeypatch.setenv("DYNAMICDET_HOME", str(tmp_path / "home"))
+    ran = []
+    monkeypatch.setattr(cli, "work", lambda jobs, *a, **k: ran.extend(j.name for j in jobs))  # the runs exist
+    for seed, (ours, theirs) in enumerate(((0.30, 0.33), (0.28, 0.34), (0.32, 0.31))):
+        cfg = seed_config("smoke", seed)
+        for path, ap in (
+            (STATIC_ROW.path(static_config(cfg, "n")), ours),
+            (REFERENCE_ROW.path(cfg, model="yolov8n"), theirs),
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"AP": ap}))
+    df = cli.trainer_comparison("smoke", [0, 1, 2, 3], tmp_path / "out")  # seed 3 not trained: NaN, left out
+    assert ran[:2] == ["seed0-static-n", "seed0-ultralytics-n"] and len(ran) == 8
+    table = pd.read_csv(tmp_path / "out" / "smoke.csv", dtype={"seed": str}).set_index("seed")
+    assert table.loc["1", "ours - ultralytics"] == pytest.approx(-0.06) and pd.isna(table.loc["3", "our loop"])
+    assert table.loc["mean", "ours - ultralytics"] == pytest.approx(0.30 - (0.33 + 0.34 + 0.31) / 3)
+    assert df.shape == table.reset_index().shape and "Welch" in (tmp_path / "out" / "smoke.md").read_text()
+    record = json.loads((tmp_path / "out" / "smoke_provenance.json").read_text())
+    assert record["seeds"] == [0, 1, 2, 3] and record["command"].endswith("--config smoke --seeds 0 1 2 3")

@@ -431,6 +431,27 @@ def test_a_two_stage_model_trained_in_its_own_process_is_the_one_the_table_reuse
     assert load_model(scfg, step=1).trunk.name == "resnet34"
 
 
+@pytest.mark.slow
+def test_the_campaigns_two_stage_job_trains_every_model_and_times_nothing(tmp_path, monkeypatch):
+    """The seed campaign trains notebook 08's models beside other training; the table (timed) comes later
+    and trains nothing more."""
+    monkeypatch.setenv("DYNAMICDET_HOME", str(tmp_path))  # runs of its own: other tests make this table
+    from dynamicdet.engine.runs import STEP1, TWO_STAGE_TABLE
+    from dynamicdet.experiments.generality import two_stage_config, two_stage_table
+    from dynamicdet.experiments.seeds.campaign import campaign
+
+    (job,) = [j for j in campaign("smoke", [0]) if j.name == "two-stage-mask_rcnn"]
+    cfg = two_stage_config("smoke", "mask_rcnn")
+    assert not job.done()
+    job.run()
+    assert job.done() and not TWO_STAGE_TABLE.done(cfg)  # trained, not timed
+    runs = [STEP1.path(cfg), *(STEP1.path(static_config(cfg, backbone=b)) for b in cfg.eval.static_backbones)]
+    stamps = [(r / "step1.pt").stat().st_mtime for r in runs]
+    table = two_stage_table("smoke", "mask_rcnn", progress=False)
+    assert [(r / "step1.pt").stat().st_mtime for r in runs] == stamps  # the table reused every model
+    assert TWO_STAGE_TABLE.done(cfg) and table["latency_ms_b1"].notna().all()
+
+
 def test_two_stage_latency_is_timed_again_until_its_checks_pass(monkeypatch):
     """A timing with the easy route far under its own static trunk is retried; a consistent one is kept."""
     from dynamicdet.config import load_config

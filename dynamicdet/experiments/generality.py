@@ -40,7 +40,7 @@ from dynamicdet.evaluation.cost import gflops
 from dynamicdet.evaluation.results import git_sha, merge_provenance
 from dynamicdet.evaluation.speed import environment, prepare_for_timing, stream_times, time_latency_table
 from dynamicdet.experiments.static_models import static_config
-from dynamicdet.experiments.trained import trained
+from dynamicdet.experiments.trained import Trained, trained
 from dynamicdet.files import write_csv, write_json
 from dynamicdet.metrics import mix
 from dynamicdet.modeling import routing
@@ -97,6 +97,26 @@ def _train_minutes(cfg: Config, step2: bool = False) -> float:
     return float(minutes)
 
 
+def train_two_stage(base: str, kind: str, progress: bool = True) -> tuple[Trained, dict[str, Config]]:
+    """Train (or resume, or reuse) the models of :func:`two_stage_table`, nothing timed: the dynamic model
+    (steps 1 and 2) and one static model per ``eval.static_backbones`` (the seed campaign trains them
+    beside other training; the table times them later, on a quiet machine).
+
+    Returns:
+        The trained dynamic model and ``{backbone: static model's config}``.
+    """
+    cfg = two_stage_config(base, kind)
+    tr = trained(cfg, progress=progress)
+    return tr, {b: _train_static(cfg, b, progress) for b in cfg.eval.static_backbones}
+
+
+def two_stage_trained(base: str, kind: str) -> bool:
+    """Whether every model of :func:`train_two_stage` is trained (cached)."""
+    cfg = two_stage_config(base, kind)
+    statics = [static_config(cfg, backbone=b) for b in cfg.eval.static_backbones]
+    return STEP2.done(cfg) and all((STEP1.path(s) / "step1.pt").exists() for s in statics)
+
+
 def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame:
     """The generality table for one two-stage kind (cached as ``two_stage_table.csv``).
 
@@ -111,11 +131,10 @@ def two_stage_table(base: str, kind: str, progress: bool = True) -> pd.DataFrame
         train_min (training wall time; the dynamic rows share one model).
     """
     cfg = two_stage_config(base, kind)
-    tr = trained(cfg, progress=progress)
     path = TWO_STAGE_TABLE.path(cfg)
     if path.exists():
         return pd.read_csv(path)
-    statics = {b: _train_static(cfg, b, progress) for b in cfg.eval.static_backbones}
+    tr, statics = train_two_stage(base, kind, progress)
     t0 = time.time()  # evaluation and timing only: every model is trained by now
     device, info = tr.device, tr.info
     loader = val_loader(cfg, info)  # the static models share the dynamic model's data

@@ -87,9 +87,8 @@ def trainer_comparison(config: str, seeds: list[int], out: Path | None = None, s
     write_csv(df, out / f"{config}.csv")
     write_text(df.to_markdown(index=False, floatfmt=".4f") + f"\n\n{GAP_NOTE}\n", out / f"{config}.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "model": f"{scale} (static)"}
-    record.update(
-        wall_s=round(time.time() - t0, 1), command=f"python -m dynamicdet.experiments.seeds gap --config {config}"
-    )
+    command = f"python -m dynamicdet.experiments.seeds gap --config {config} --seeds {' '.join(map(str, seeds))}"
+    record.update(wall_s=round(time.time() - t0, 1), command=command)
     write_json(record, out / f"{config}_provenance.json", indent=2)
     return df
 

@@ -10,8 +10,8 @@ from dynamicdet import paths
 from dynamicdet.config import Config, load_config
 from dynamicdet.data.synthetic import generate_from_config
 from dynamicdet.engine.jobs import Job
-from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF, TWO_STAGE_TABLE
-from dynamicdet.experiments.generality import two_stage_config, two_stage_table
+from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, STEP1, TRADEOFF
+from dynamicdet.experiments.generality import train_two_stage, two_stage_config, two_stage_trained
 from dynamicdet.experiments.static_models import static_baselines, static_config, ultralytics_reference
 from dynamicdet.experiments.tradeoffs import tradeoff
 from dynamicdet.experiments.trained import trained
@@ -91,14 +91,15 @@ def generate_data(cfg: Config) -> None:
 
 
 def _two_stage_job(config: str, kind: str) -> Job:
-    """Notebook 08's Dy-<kind> and its static rows on ``config``'s two-stage config (one run: the reference)."""
+    """Notebook 08's Dy-<kind> and its static models on ``config``'s two-stage config, trained (one run: the
+    reference); their table, which times them, is made later on a quiet machine (``make reproduce``)."""
     ts = two_stage_config(config, kind)
 
     def run():
         generate_data(ts)
-        return two_stage_table(config, kind, progress=False)
+        train_two_stage(config, kind, progress=False)
 
-    return Job(f"two-stage-{kind}", run, lambda: TWO_STAGE_TABLE.done(ts))
+    return Job(f"two-stage-{kind}", run, lambda: two_stage_trained(config, kind))
 
 
 def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True, two_stage: bool = True) -> list[Job]:
@@ -106,7 +107,7 @@ def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True, t
 
     Per seed: :func:`_model_jobs` with every static scale but the last (the far end of the frontier),
     which, like ultralytics' yolov8n (the trainer reference), trains on the first ``few`` seeds;
-    ``two_stage``: then notebook 08's two-stage models (the config's own seed, one run each);
+    ``two_stage``: then notebook 08's two-stage models, trained only (the config's own seed, one run each);
     ``longer``: then seed ``seeds[0]`` at twice the epochs (joint, both routers, the static scales but the last).
     """
     base = load_config(config)
