@@ -219,6 +219,27 @@ def test_the_trainer_comparison_runs_the_campaigns_own_jobs():
     assert set(names) <= {j.name for j in campaign("standard", [0, 1])}  # the same names: the same locks and caches
 
 
+def test_a_train_override_is_a_row_of_its_own_for_both_trainers():
+    from dynamicdet.engine.runs import STATIC_MODELS, STEP1
+    from dynamicdet.experiments.seeds.campaign import seed_config, trainer_jobs
+    from dynamicdet.experiments.static_models import static_config
+
+    names = [j.name for j in trainer_jobs("quick", [0], train={"workers": 2})]
+    assert names == ["seed0-workers2-static-n", "seed0-workers2-ultralytics-n"]  # not the campaign's locks
+    base, two = seed_config("quick", 0), seed_config("quick", 0, train={"workers": 2})
+    assert (base.train.workers, two.train.workers, two.train.seed) == (0, 2, 0)
+    assert STEP1.path(static_config(base, "n")) != STEP1.path(static_config(two, "n"))  # our loop's cache
+    assert STATIC_MODELS.path(base) != STATIC_MODELS.path(two)  # ultralytics' cache
+
+
+def test_gap_rejects_a_train_key_that_does_not_exist(capsys):
+    from dynamicdet.experiments.seeds import __main__ as cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["gap", "--config", "smoke", "--train", "wokers=2"])
+    assert "wokers=2" in capsys.readouterr().err
+
+
 def test_the_campaign_trains_notebook_08s_two_stage_models_after_the_seeds_and_before_twice_the_epochs():
     from dynamicdet.experiments.seeds.campaign import campaign
 
@@ -255,3 +276,7 @@ def test_gap_writes_both_trainers_aps_per_seed_from_the_campaigns_caches(tmp_pat
     assert df.shape == table.reset_index().shape and "Welch" in (tmp_path / "out" / "smoke.md").read_text()
     record = json.loads((tmp_path / "out" / "smoke_provenance.json").read_text())
     assert record["seeds"] == [0, 1, 2, 3] and record["command"].endswith("--config smoke --seeds 0 1 2 3")
+    cli.trainer_comparison("smoke", [0], tmp_path / "out", train={"workers": 2})  # not trained: its own files
+    record = json.loads((tmp_path / "out" / "smoke-workers2_provenance.json").read_text())
+    assert record["command"].endswith("--seeds 0 --train workers=2") and record["train"] == {"workers": 2}
+    assert ran[-2:] == ["seed0-workers2-static-n", "seed0-workers2-ultralytics-n"]

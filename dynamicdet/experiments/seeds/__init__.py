@@ -16,7 +16,8 @@ the frontier's static models (``eval.static_scales`` by our step-1 loop; the las
 far end, on the first ``--few`` seeds only) and, on the first ``--few`` seeds, yolov8n by
 ultralytics' trainer (the trainer reference); then notebook 08's two-stage models (one run); then, on
 seed 0, the same at twice the epochs (convergence). ``gap`` runs the trainer comparison alone (static
-yolov8n by both trainers on every seed, the campaign's own jobs) into ``results/trainer_gap/<config>.*``.
+yolov8n by both trainers on every seed, the campaign's own jobs) into ``results/trainer_gap/<config>.*``;
+with ``--train KEY=VALUE`` both trainers get that setting, a row of its own (``<config>-<key><value>.*``).
 ``tables`` writes, per seed, the tables the claims read into ``results/<config>/seeds/seed<k>/``,
 one row per seed and model into ``results/<config>/seeds.csv``, and the scorecard over the
 seeds into ``results/<config>/claims.{csv,md}`` (:func:`dynamicdet.evaluation.claims.write_claims`).

@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from dynamicdet import paths
-from dynamicdet.config import load_config
+from dynamicdet.config import TrainConfig, load_config
 from dynamicdet.engine.jobs import work
 from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW, TRADEOFF
 from dynamicdet.evaluation.claims import to_markdown
@@ -19,6 +21,7 @@ from dynamicdet.experiments.seeds.campaign import (
     SEEDS,
     campaign,
     generate_data,
+    override_tag,
     seed_config,
     seed_folder,
     trainer_jobs,
@@ -41,11 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-two-stage", action="store_true", help="work: leave out notebook 08's two-stage models")
     ap.add_argument("--out", type=Path, default=None, help="tables: results folder (default results/<config>)")
     ap.add_argument("--no-timing", action="store_true", help="tables: leave the latencies out (no quiet machine)")
+    ap.add_argument(
+        "--train",
+        metavar="KEY=VALUE",
+        nargs="+",
+        default=[],
+        help="gap: train overrides for both trainers (e.g. workers=2): a row of its own, <config>-<key><value>",
+    )
     args = ap.parse_args(argv)
+    train = _overrides(ap, args.train)
     if args.action in ("work", "gap"):
         generate_data(load_config(args.config))
     if args.action == "gap":
-        print(to_markdown(trainer_comparison(args.config, args.seeds, args.out)))
+        print(to_markdown(trainer_comparison(args.config, args.seeds, args.out, train=train)))
         return 0
     if args.action == "work":
         jobs = campaign(
@@ -65,31 +76,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``["workers=2"]`` -> ``{"workers": 2}`` (values read as YAML scalars); a key the ``train`` section does
+    not have is an error here, not after hours of training."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in TrainConfig.__dataclass_fields__:
+            ap.error(f"--train {item!r}: expected KEY=VALUE with KEY a field of the train section")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _ap(path: Path) -> float:
     return float(json.loads(path.read_text())["AP"]) if path.exists() else float("nan")
 
 
-def trainer_comparison(config: str, seeds: list[int], out: Path | None = None, scale: str = "n"):
+def trainer_comparison(
+    config: str, seeds: list[int], out: Path | None = None, scale: str = "n", train: dict | None = None
+):
     """``gap``: train (or resume, or reuse) static ``scale`` by both trainers on every seed
     (:func:`~.campaign.trainer_jobs`), then write their APs side by side (:func:`~.summary.gap_table`) into
-    ``<out>/<config>.{csv,md}`` and ``<config>_provenance.json`` (``out``: ``results/trainer_gap/``)."""
+    ``<out>/<stem>.{csv,md}`` and ``<stem>_provenance.json`` (``out``: ``results/trainer_gap/``; ``stem``:
+    ``config``, with ``train`` overrides ``<config>-<key><value>``)."""
     t0 = time.time()
-    jobs = trainer_jobs(config, seeds, scale)
+    jobs = trainer_jobs(config, seeds, scale, train)
     work(jobs, paths.runs_dir() / "locks", log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     rows = []
     for seed in seeds:
-        cfg = seed_config(config, seed)
+        cfg = seed_config(config, seed, train=train)
         ours = _ap(STATIC_ROW.path(static_config(cfg, scale)))
         theirs = _ap(REFERENCE_ROW.path(cfg, model=f"{cfg.model.family}{scale}"))
         rows.append({"seed": str(seed), "our loop": ours, "ultralytics": theirs})
     df = gap_table(rows)
     out = out or paths.results_dir() / "trainer_gap"
-    write_csv(df, out / f"{config}.csv")
-    write_text(df.to_markdown(index=False, floatfmt=".4f") + f"\n\n{GAP_NOTE}\n", out / f"{config}.md")
-    record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "model": f"{scale} (static)"}
+    stem = config + override_tag(train)
+    write_csv(df, out / f"{stem}.csv")
+    write_text(df.to_markdown(index=False, floatfmt=".4f") + f"\n\n{GAP_NOTE}\n", out / f"{stem}.md")
+    cfg = seed_config(config, seeds[0], train=train)
+    record = {**run_stamp(cfg.to_dict()), "seeds": list(seeds), "model": f"{scale} (static)", "train": train or {}}
     command = f"python -m dynamicdet.experiments.seeds gap --config {config} --seeds {' '.join(map(str, seeds))}"
+    if train:
+        command += " --train " + " ".join(f"{k}={v}" for k, v in train.items())
     record.update(wall_s=round(time.time() - t0, 1), command=command)
-    write_json(record, out / f"{config}_provenance.json", indent=2)
+    write_json(record, out / f"{stem}_provenance.json", indent=2)
     return df
 
 

@@ -30,9 +30,10 @@ def train_overrides(config: str, seed: int, longer: bool = False) -> dict:
     return t
 
 
-def seed_config(config: str, seed: int, longer: bool = False) -> Config:
-    """``config`` with ``train.seed = seed`` (everything else as in the file; ``longer``: :func:`train_overrides`)."""
-    return load_config(config, {"train": train_overrides(config, seed, longer)})
+def seed_config(config: str, seed: int, longer: bool = False, train: dict | None = None) -> Config:
+    """``config`` with ``train.seed = seed`` (everything else as in the file; ``longer``: :func:`train_overrides`;
+    ``train``: further ``train`` overrides, e.g. ``{"workers": 2}``)."""
+    return load_config(config, {"train": {**train_overrides(config, seed, longer), **(train or {})}})
 
 
 def seed_folder(config: str, seed: int, out: Path | None = None, longer: bool = False) -> Path:
@@ -124,11 +125,18 @@ def campaign(config: str, seeds: list[int], few: int = 3, longer: bool = True, t
     return jobs
 
 
-def trainer_jobs(config: str, seeds: list[int], scale: str = "n") -> list[Job]:
+def override_tag(train: dict | None) -> str:
+    """``{"workers": 2}`` -> ``"-workers2"``: what names the jobs and tables of a row with ``train`` overrides."""
+    return "".join(f"-{k}{v}" for k, v in sorted((train or {}).items()))
+
+
+def trainer_jobs(config: str, seeds: list[int], scale: str = "n", train: dict | None = None) -> list[Job]:
     """The trainer comparison alone: per seed, static ``scale`` by our step-1 loop and by ultralytics' trainer
-    (the same jobs, and caches, as the campaign's)."""
+    (without ``train`` overrides, the same jobs, and caches, as the campaign's; with them, a row of its own:
+    the overrides reach both trainers, their cache keys and the job names)."""
     jobs = []
     for seed in seeds:
-        cfg = seed_config(config, seed)
-        jobs += [_static_job(cfg, f"seed{seed}", scale), _reference_job(cfg, f"seed{seed}", scale)]
+        cfg = seed_config(config, seed, train=train)
+        tag = f"seed{seed}{override_tag(train)}"
+        jobs += [_static_job(cfg, tag, scale), _reference_job(cfg, tag, scale)]
     return jobs
