@@ -73,10 +73,11 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
     """Copy the notebooks executed at ``config`` over ``notebooks/``, so the committed ones show its results.
 
     ``make reproduce CONFIG=standard`` executes every notebook into
-    ``results/standard/notebooks/``; their ``parameters`` defaults are the standard
-    config, so dropping papermill's ``injected-parameters`` cell leaves exactly the
-    notebook a reader would get by running it in JupyterLab. A notebook whose executed
-    copy was run from other cell sources (an older version) is left as it is and named.
+    ``results/standard/notebooks/``. The copy keeps papermill's ``injected-parameters`` cell
+    (``config = "standard"`` below the ``parameters`` cell, whose default is the main job's
+    config), so the saved notebook says which config its outputs come from, and running it
+    in JupyterLab reproduces them. A notebook whose executed copy was run from other cell
+    sources (an older version) is left as it is and named.
     """
     written = []
     for nb in notebook_paths():
@@ -86,7 +87,6 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
         if not executed.exists():
             raise FileNotFoundError(f"{executed}: not executed yet; run `make reproduce CONFIG={config}` first")
         doc = nbformat.read(executed, as_version=4)
-        doc.cells = [c for c in doc.cells if "injected-parameters" not in c.metadata.get("tags", [])]
         if _cell_sources(doc) != _cell_sources(nbformat.read(nb, as_version=4)):
             # executed from an older version of the notebook: copying it would bring old code back
             print(f"{nb.name}: not published, {executed} was executed from an older version; re-run it")
@@ -97,7 +97,8 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
 
 
 def _cell_sources(doc) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source) for c in doc.cells]
+    """The notebook's own cells (papermill's ``injected-parameters`` cell left out)."""
+    return [(c.cell_type, c.source) for c in doc.cells if "injected-parameters" not in c.metadata.get("tags", [])]
 
 
 def reproduce(

@@ -109,7 +109,10 @@ def test_publish_copies_executed_notebooks_but_never_an_older_version(tmp_path, 
     monkeypatch.setattr(pipeline, "out_dir", lambda config: tmp_path / "results" / config)
     assert pipeline.publish_notebooks("standard") == [src / "00_a.ipynb"]
     a = nbformat.read(src / "00_a.ipynb", as_version=4)
-    assert [c.source for c in a.cells] == ["# t", "x = 1"] and a.cells[1].outputs[0].text == "1\n"
+    # papermill's injected cell stays: the saved notebook says which config its outputs come from
+    assert [c.source for c in a.cells] == ["# t", 'config = "standard"', "x = 1"]
+    assert a.cells[2].outputs[0].text == "1\n"
+    assert a.cells[1].metadata.tags == ["injected-parameters"]
     assert nbformat.read(src / "01_b.ipynb", as_version=4).cells[1].source == "y = 2"  # left as it was
 
 
