@@ -1,5 +1,7 @@
 """README.md and docs/*.md: their tables are the results files' (generated, never typed)."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -71,3 +73,17 @@ def test_the_scorecard_in_words_counts_verdicts_and_speaks_ap_in_points():
     assert "here +0.286 [+0.130, +0.442] (95%) over 3 runs" in text  # a capture ratio stays a fraction
     assert "*not testable* (no generator difficulty (real data))" in text
     assert text.count("At twice the epochs (seed 0) the margin changes sign.") == 1
+
+
+def test_readme_is_a_project_page_not_a_run_log():
+    """README: at most 150 lines; the figure, the two commands and the scorecard in its first 60; no run numbers,
+    commit hashes or goal talk (those live in results/main_job.md and docs/benchmarks.md)."""
+    import re
+
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    assert len(lines) <= 150
+    head = "\n".join(lines[:60])
+    assert "![" in head and "make reproduce" in head and "make test" in head and "## Does it reproduce?" in head
+    text = "\n".join(lines)
+    assert not re.search(r"\b[0-9a-f]{7,40}\b", text.replace("2304.05552", "")), "a commit hash in README"
+    assert not re.search(r"\bgoals?\b|main job \d|\brun \d+\b", text, re.IGNORECASE)
