@@ -87,3 +87,35 @@ def test_readme_is_a_project_page_not_a_run_log():
     text = "\n".join(lines)
     assert not re.search(r"\b[0-9a-f]{7,40}\b", text.replace("2304.05552", "")), "a commit hash in README"
     assert not re.search(r"\bgoals?\b|main job \d|\brun \d+\b", text, re.IGNORECASE)
+
+
+def test_the_router_sentence_puts_both_routers_side_by_side_from_the_scorecard():
+    base = {"paper": "", "paper effect": "", "bar": "", "std": None, "ci90 lo": None, "ci90 hi": None}
+    rows = [
+        {
+            **base,
+            "claim": docs.ROUTER_CLAIM,
+            "this run": 0.81,
+            "margin": 0.31,
+            "ci95 lo": 0.2,
+            "ci95 hi": 0.42,
+            "runs": 7,
+            "verdict": "reproduced",
+        },
+        {
+            **base,
+            "claim": docs.ROUTER_CLAIM + docs.PAPER_ROUTER,
+            "this run": 0.68,
+            "margin": 0.18,
+            "ci95 lo": None,
+            "ci95 hi": None,
+            "runs": 1,
+            "verdict": "one run",
+        },
+    ]
+    text = docs.routers_in_words(pd.DataFrame(rows))
+    assert (
+        "default router keeps c(0.5) = 0.81, +0.31 against random routing [+0.20, +0.42] (7 runs, reproduced)" in text
+    )
+    assert "paper's router keeps c(0.5) = 0.68, +0.18 against random routing (1 run)" in text  # no verdict word
+    assert "paper's router: not measured" in docs.routers_in_words(pd.DataFrame(rows[:1]))

@@ -39,15 +39,17 @@ def render_source(spec: str) -> str:
     parts = spec.split()
     path = paths.REPO_ROOT / parts[0]
     options = dict(p.split("=", 1) if "=" in p else (p, "") for p in parts[1:])
-    unknown = set(options) - {"columns", "words"}
+    unknown = set(options) - {"columns", "words", "routers"}
     if unknown:
-        raise ValueError(f"table block {spec!r}: unknown option(s) {sorted(unknown)} (known: columns, words)")
+        raise ValueError(f"table block {spec!r}: unknown option(s) {sorted(unknown)} (known: columns, words, routers)")
     if not path.exists():
         raise FileNotFoundError(f"table block {spec!r}: {path} does not exist (run the job that writes it)")
     if path.suffix == ".md":
         return path.read_text()
     df = pd.read_csv(path)
     if path.stem == "claims":
+        if "routers" in options:
+            return routers_in_words(df)
         return claims_in_words(df) if "words" in options else to_markdown(df)
     if "columns" in options:
         cols = options["columns"].split(",")
@@ -99,6 +101,29 @@ def claims_in_words(df: pd.DataFrame) -> str:
         )
         lines.append(f"- **{row['claim']}**: paper {row['paper']}{effect}; {here}. *{verdict}*{note}.{budget}")
     return "\n".join(lines) + "\n"
+
+
+ROUTER_CLAIM = "the router beats random routing at /50"
+PAPER_ROUTER = " (paper's router)"
+
+
+def routers_in_words(df: pd.DataFrame) -> str:
+    """One sentence: the default router and the paper's side by side at /50 (c(0.5) and its lead over random
+    routing, with the interval and the number of runs), from the scorecard's two rows of that claim."""
+    rows = df.set_index("claim")
+    parts = []
+    for name, claim in (("the default router", ROUTER_CLAIM), ("the paper's router", ROUTER_CLAIM + PAPER_ROUTER)):
+        if claim not in rows.index or pd.isna(rows.loc[claim, "margin"]):
+            parts.append(f"{name}: not measured")
+            continue
+        r = rows.loc[claim]
+        text = f"{name} keeps c(0.5) = {r['this run']:.2f}, {r['margin']:+.2f} against random routing"
+        if pd.notna(r["ci95 lo"]):
+            text += f" [{r['ci95 lo']:+.2f}, {r['ci95 hi']:+.2f}]"
+        runs, verdict = int(r["runs"]), str(r["verdict"])
+        verdict = "" if verdict in ("one run", "two runs") else f", {verdict}"
+        parts.append(text + f" ({runs} run{'s' if runs != 1 else ''}{verdict})")
+    return "At /50, " + "; ".join(parts) + ".\n"
 
 
 def render(text: str) -> str:
