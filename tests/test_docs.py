@@ -119,3 +119,18 @@ def test_the_router_sentence_puts_both_routers_side_by_side_from_the_scorecard()
     )
     assert "paper's router keeps c(0.5) = 0.68, +0.18 against random routing (1 run)" in text  # no verdict word
     assert "paper's router: not measured" in docs.routers_in_words(pd.DataFrame(rows[:1]))
+
+
+def test_a_trainer_comparison_in_words_reads_its_interval():
+    from dynamicdet.experiments.seeds.summary import gap_table
+
+    def words(ours, theirs):
+        rows = [
+            {"seed": str(i), "our loop": a, "ultralytics": b} for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+        ]
+        return docs.gap_in_words(gap_table(rows))
+
+    assert "our loop is lower" in words([0.27, 0.28, 0.27, 0.28], [0.34, 0.35, 0.34, 0.35])
+    spread = words([0.27, 0.33, 0.28, 0.30], [0.34, 0.25, 0.36, 0.31])
+    assert "contains 0" in spread and "over 4 seeds" in spread
+    assert "Too few runs" in words([0.3], [0.3])

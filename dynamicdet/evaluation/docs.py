@@ -51,6 +51,10 @@ def render_source(spec: str) -> str:
         if "routers" in options:
             return routers_in_words(df)
         return claims_in_words(df) if "words" in options else to_markdown(df)
+    if "words" in options:
+        if GAP not in df.columns:
+            raise ValueError(f"table block {spec!r}: 'words' renders claims.csv or a trainer comparison ({GAP!r})")
+        return gap_in_words(df)
     if "columns" in options:
         cols = options["columns"].split(",")
         missing = [c for c in cols if c not in df.columns]
@@ -124,6 +128,31 @@ def routers_in_words(df: pd.DataFrame) -> str:
         verdict = "" if verdict in ("one run", "two runs") else f", {verdict}"
         parts.append(text + f" ({runs} run{'s' if runs != 1 else ''}{verdict})")
     return "At /50, " + "; ".join(parts) + ".\n"
+
+
+GAP = "ours - ultralytics"
+
+
+def gap_in_words(df: pd.DataFrame) -> str:
+    """A trainer comparison (:func:`dynamicdet.experiments.seeds.summary.gap_table`) in one sentence: each
+    trainer's mean AP over its seeds, the difference with Welch's 95% interval, and what the interval says."""
+    rows = df.astype({"seed": str}).set_index("seed")
+    runs = rows.drop(index=[i for i in ("mean", "std", "ci95 lo", "ci95 hi") if i in rows.index])
+    n_ours, n_theirs = (int(runs[c].notna().sum()) for c in ("our loop", "ultralytics"))
+    if "mean" not in rows.index:
+        return f"Too few runs to compare ({n_ours} of our loop, {n_theirs} of ultralytics' trainer).\n"
+    d, lo, hi = (float(rows.loc[i, GAP]) for i in ("mean", "ci95 lo", "ci95 hi"))
+    if lo > 0:
+        reading = "our loop is higher"
+    elif hi < 0:
+        reading = "our loop is lower"
+    else:
+        reading = "the interval contains 0: no difference beyond the seed spread"
+    return (
+        f"Our loop {rows.loc['mean', 'our loop']:.3f} AP over {n_ours} seeds, ultralytics' trainer "
+        f"{rows.loc['mean', 'ultralytics']:.3f} over {n_theirs}: difference {d:+.3f}, Welch 95% interval "
+        f"[{lo:+.3f}, {hi:+.3f}]; {reading}.\n"
+    )
 
 
 def render(text: str) -> str:
