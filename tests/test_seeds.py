@@ -251,7 +251,7 @@ def test_the_campaign_trains_notebook_08s_two_stage_models_after_the_seeds_and_b
     assert "two-stage-faster_rcnn" not in [j.name for j in campaign("smoke", [0], two_stage=False)]
 
 
-def test_gap_writes_both_trainers_aps_per_seed_from_the_campaigns_caches(tmp_path, monkeypatch):
+def test_gap_writes_both_trainers_aps_per_seed_from_the_campaigns_caches(tmp_path, monkeypatch, capsys):
     from dynamicdet.engine.runs import REFERENCE_ROW, STATIC_ROW
     from dynamicdet.experiments.seeds import __main__ as cli
     from dynamicdet.experiments.seeds.campaign import seed_config
@@ -276,6 +276,8 @@ def test_gap_writes_both_trainers_aps_per_seed_from_the_campaigns_caches(tmp_pat
     assert df.shape == table.reset_index().shape and "Welch" in (tmp_path / "out" / "smoke.md").read_text()
     record = json.loads((tmp_path / "out" / "smoke_provenance.json").read_text())
     assert record["seeds"] == [0, 1, 2, 3] and record["command"].endswith("--config smoke --seeds 0 1 2 3")
+    assert cli.main(["gap", "--config", "smoke", "--seeds", "0", "--out", str(tmp_path / "cli")]) == 0
+    assert "ours - ultralytics" in capsys.readouterr().out  # the command prints the comparison it wrote
     cli.trainer_comparison("smoke", [0], tmp_path / "out", train={"workers": 2})  # not trained: its own files
     record = json.loads((tmp_path / "out" / "smoke-workers2_provenance.json").read_text())
     assert record["command"].endswith("--seeds 0 --train workers=2") and record["train"] == {"workers": 2}

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action in ("work", "gap"):
         generate_data(load_config(args.config))
     if args.action == "gap":
-        print(to_markdown(trainer_comparison(args.config, args.seeds, args.out, train=train)))
+        df = trainer_comparison(args.config, args.seeds, args.out, train=train)
+        print(df.to_markdown(index=False, floatfmt=".4f"))
         return 0
     if args.action == "work":
         jobs = campaign(
