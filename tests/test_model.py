@@ -240,3 +240,18 @@ def test_the_static_scale_ns_costs_what_the_dynamic_model_costs():
     _, hard = route_gflops(DynamicDetector("yolov8", "n", nc=6).eval(), size)
     assert cost["n"] < hard < cost["s"]
     assert abs(cost["ns"] / hard - 1) <= 0.10
+
+
+def test_the_static_model_starts_from_ultralytics_own_initial_weights():
+    """For one torch seed, our static yolov8n and ultralytics' DetectionModel (what its trainer builds) hold the
+    same initial weights, BN settings and head biases: the two trainers differ in nothing at step 0."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from dynamicdet.modeling.yolo import StaticDetector
+
+    torch.manual_seed(0)
+    ours = StaticDetector("yolov8", "n", nc=6).det1.state_dict()
+    torch.manual_seed(0)
+    theirs = DetectionModel("yolov8n.yaml", nc=6, verbose=False).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)

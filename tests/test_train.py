@@ -338,3 +338,20 @@ def test_the_mosaic_buffer_starts_each_epoch_as_ultralytics_holds_it(smoke_cfg):
     assert list(ds.buffer) == first  # an epoch depends on (seed, epoch) only: resume stays exact
     reset_mosaic_buffer(ds, seed=4)
     assert list(ds.buffer) != first or ds.ni <= ds.max_buffer_length
+
+
+@pytest.mark.slow
+def test_in_loop_validation_leaves_step1_training_unchanged(smoke_cfg, tmp_path, monkeypatch):
+    """Validating every epoch (our loop) or never (as ultralytics' trainer with val=False): the same weights."""
+    from dynamicdet.experiments.static_models import static_config
+
+    cfg = static_config(load_config("smoke", {"train": {"val_every": 1, "epochs": 2}}), "n")
+    states, folders = [], []
+    for validate in (True, False):
+        monkeypatch.setenv("DYNAMICDET_HOME", str(tmp_path / str(validate)))
+        weights = train_step1(cfg, progress=False, validate=validate)
+        states.append(read_checkpoint(weights))
+        folders.append(Path(weights).parent)
+    assert pd.read_csv(folders[0] / "step1_metrics.csv")["det1_AP"].notna().all()  # it did validate
+    for k, v in states[0]["model"].items():  # the trained (EMA) weights
+        assert torch.equal(v, states[1]["model"][k]), f"{k} differs with in-loop validation"
