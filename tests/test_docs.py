@@ -1,5 +1,6 @@
 """README.md and docs/*.md: their tables are the results files' (generated, never typed)."""
 
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ def test_committed_doc_tables_match_their_results_files(doc):
 def test_every_doc_table_block_has_a_source_that_exists():
     for doc in docs.documents():
         for m in docs.BLOCK.finditer(doc.read_text()):
-            path = paths.REPO_ROOT / m.group("spec").split()[0]
+            path = paths.REPO_ROOT / shlex.split(m.group("spec"))[0]
             assert path.is_file(), f"{doc.name}: table block names {path}, which does not exist"
 
 
@@ -33,6 +34,16 @@ def test_render_regenerates_a_block_and_detects_drift(tmp_path, monkeypatch):
     assert docs.stale(doc) == [] and docs.update([doc]) == []
     doc.write_text(text.replace("0.500", "0.600"))  # a hand-edited number
     assert docs.stale(doc) == ["t.csv columns=model,AP"]
+
+
+def test_a_quoted_column_list_picks_columns_whose_names_have_spaces(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    pd.DataFrame({"router": ["a"], "spearman val L1": [0.9], "c(0.5)": [0.8], "x": [1]}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    out = docs.render_source('t.csv columns="router,spearman val L1,c(0.5)"')
+    assert [c.strip() for c in out.splitlines()[0].split("|")[1:-1]] == ["router", "spearman val L1", "c(0.5)"]
+    assert "0.900" in out and "| x" not in out
 
 
 def test_bad_blocks_get_clear_errors(tmp_path, monkeypatch):

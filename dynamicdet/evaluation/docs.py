@@ -8,8 +8,8 @@ generated::
     <!-- /table -->
 
 The source is a CSV (rendered here: the claims scorecard by :func:`dynamicdet.evaluation.claims.to_markdown`,
-any other table with ``columns=a,b,c`` to pick columns) or a Markdown file (included as it is,
-e.g. ``results/bench.md``). ``make docs`` (``python -m dynamicdet.evaluation.docs``) rewrites the blocks;
+any other table with ``columns=a,b,c`` to pick columns, quoted when a name has spaces) or a Markdown
+file (included as it is, e.g. ``results/bench.md``). ``make docs`` (``python -m dynamicdet.evaluation.docs``) rewrites the blocks;
 ``tests/test_docs.py`` fails when a committed block differs from what its source renders.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ from dynamicdet import paths
 from dynamicdet.evaluation.claims import to_markdown
 from dynamicdet.files import write_text
 
-BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+BLOCK = re.compile(r"(<!-- table: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 FLOATFMT = ".3f"
 
 
@@ -35,8 +36,9 @@ def documents() -> list[Path]:
 
 
 def render_source(spec: str) -> str:
-    """The Markdown of one block's source (``path [columns=a,b]``, path relative to the repository)."""
-    parts = spec.split()
+    """The Markdown of one block's source (``path [columns=a,b]``, path relative to the repository; split like a
+    shell line, so ``columns="a b,c"`` names a column with spaces)."""
+    parts = shlex.split(spec)
     path = paths.REPO_ROOT / parts[0]
     options = dict(p.split("=", 1) if "=" in p else (p, "") for p in parts[1:])
     unknown = set(options) - {"columns", "words", "routers"}
@@ -61,7 +63,8 @@ def render_source(spec: str) -> str:
         if missing:
             raise ValueError(f"table block {spec!r}: {path.name} has no column(s) {missing}")
         df = df[cols]
-    return df.to_markdown(index=False, floatfmt=FLOATFMT) + "\n"
+    # empty cells, not "nan", where a row does not have a column
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=FLOATFMT) + "\n"
 
 
 VERDICT_ORDER = ("reproduced", "contradicted", "not decided", "one run", "two runs", "not testable")
