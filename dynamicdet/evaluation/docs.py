@@ -9,8 +9,8 @@ generated::
 
 The source is a CSV (rendered here: the claims scorecard by :func:`dynamicdet.evaluation.claims.to_markdown`,
 any other table with ``columns=a,b,c`` to pick columns, quoted when a name has spaces) or a Markdown
-file (included as it is, e.g. ``results/bench.md``). ``make docs`` (``python -m dynamicdet.evaluation.docs``) rewrites the blocks;
-``tests/test_docs.py`` fails when a committed block differs from what its source renders.
+file (included as it is, e.g. ``results/bench.md``). ``make docs`` (``python -m dynamicdet.evaluation.docs``)
+rewrites the blocks; ``tests/test_docs.py`` fails when a committed block differs from what its source renders.
 """
 
 from __future__ import annotations
