@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -68,10 +69,8 @@ def test_step2_artefacts(step2):
 def test_finished_stages_are_reused(step2):
     path1, path2 = run_dir(step2) / "step1.pt", router_dir(step2) / "step2.pt"
     m1, m2 = path1.stat().st_mtime_ns, path2.stat().st_mtime_ns
-    t0 = time.time()
     assert train_step2(step2, progress=False) == path2
     assert path1.stat().st_mtime_ns == m1 and path2.stat().st_mtime_ns == m2
-    assert time.time() - t0 < 5
     changed = load_config("smoke", overrides={"router": {"lr": 0.123}})
     assert router_dir(changed) != router_dir(step2) and run_dir(changed) == run_dir(step2)
 
@@ -312,14 +311,28 @@ def test_same_config_twice_gives_bit_identical_weights(smoke_cfg, tmp_path):
         assert torch.equal(weights[0][k], weights[1][k]), f"{k} differs between two runs of one config"
 
 
-def test_a_run_reused_with_another_setup_says_so(tmp_path):
+def test_reusing_a_finished_step1_trained_with_another_setup_warns_about_nothing(step2):
+    """A cached model's setup is provenance, not news: a notebook run on it prints the same outputs whichever
+    process trained the cache (strict nbval compares two executions)."""
+    record = run_dir(step2) / SETUP_FILE
+    saved = record.read_text()
+    record.write_text(json.dumps({**json.loads(saved), "torch_threads": 99}))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert train_step1(step2, resume=True, progress=False) == run_dir(step2) / "step1.pt"
+    finally:
+        record.write_text(saved)
+
+
+def test_a_run_resumed_with_another_setup_says_so(tmp_path):
     setup = {"torch_threads": 1, "interop_threads": 1, "dataloader_workers": 2, "world_size": 1}
     (tmp_path / SETUP_FILE).write_text(json.dumps(setup))
-    assert check_setup(tmp_path, dict(setup), "reused") == []
+    assert check_setup(tmp_path, dict(setup), "resumed") == []
     with pytest.warns(UserWarning, match="torch_threads: run 1, now 2"):
         diff = check_setup(tmp_path, {**setup, "torch_threads": 2}, "resumed")
     assert diff == ["torch_threads: run 1, now 2"]
-    assert check_setup(tmp_path / "nowhere", setup, "reused") == []  # runs made before the record existed
+    assert check_setup(tmp_path / "nowhere", setup, "resumed") == []  # runs made before the record existed
 
 
 def test_the_mosaic_buffer_starts_each_epoch_as_ultralytics_holds_it(smoke_cfg):

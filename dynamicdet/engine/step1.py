@@ -11,7 +11,9 @@ Writes into the run folder (:data:`~dynamicdet.engine.runs.STEP1`): ``config.yam
 ``step1_last.pt`` (every epoch, atomically; ``resume`` continues from it),
 ``step1_metrics.csv`` (per epoch: losses, gradient norms, val AP), ``step1_grad_norms.csv``
 (per optimizer step), ``step1_setup.json`` (threads, workers, processes: :func:`compute_setup`;
-a resume with another setup is recorded and warned about) and ``step1.pt`` (the EMA weights at the end).
+a resume with another setup is recorded and warned about: its weights mix two setups) and ``step1.pt``
+(the EMA weights at the end; reusing them warns about nothing, whatever the setup now: the pipeline's
+provenance records the setup they were trained with).
 """
 
 from __future__ import annotations
@@ -206,9 +208,7 @@ def train_step1(
     final = folder / "step1.pt"
     t_cfg = cfg.train
     device = resolve_device(cfg.device)
-    if final.exists():  # cached: say so when this process would have trained it with another setup
-        if rank == 0:
-            check_setup(folder, compute_setup(device, t_cfg.workers, world), "reused")
+    if final.exists():  # cached: the setup it was trained with is in step1_setup.json and the run's provenance
         return final
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
