@@ -54,7 +54,7 @@ two-stage-tuning: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/suite.py --config $(CONFIG)
 
-# Copy the notebooks executed by `make reproduce CONFIG=standard` over notebooks/,
+# Copy the notebooks executed by `make reproduce CONFIG=standard` (09: by `make ablation`) over notebooks/,
 # so that the committed notebooks show the reference results.
 notebooks: $(STAMP)
 	$(PY) -c "from dynamicdet.pipeline import publish_notebooks as p; print(p('standard'))"

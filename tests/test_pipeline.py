@@ -107,7 +107,15 @@ def test_publish_copies_executed_notebooks_but_never_an_older_version(tmp_path, 
     nbformat.write(notebook("y = 1", "old\n"), executed / "01_b.ipynb")  # executed from an older version
     monkeypatch.setattr(pipeline, "notebook_paths", lambda: sorted(src.glob("*.ipynb")))
     monkeypatch.setattr(pipeline, "out_dir", lambda config: tmp_path / "results" / config)
+    # an on-request notebook comes from its own reference run, and is skipped while that has not run
+    monkeypatch.setattr(pipeline, "ON_REQUEST", ("09_c",))
+    monkeypatch.setattr(pipeline, "REFERENCE_CONFIG", {"09_c": "ablation"})
+    nbformat.write(notebook("z = 3"), src / "09_c.ipynb")
     assert pipeline.publish_notebooks("standard") == [src / "00_a.ipynb"]
+    (tmp_path / "results" / "ablation" / "notebooks").mkdir(parents=True)
+    nbformat.write(notebook("z = 3", "3\n"), tmp_path / "results" / "ablation" / "notebooks" / "09_c.ipynb")
+    assert pipeline.publish_notebooks("standard") == [src / "00_a.ipynb", src / "09_c.ipynb"]
+    assert nbformat.read(src / "09_c.ipynb", as_version=4).cells[1].outputs[0].text == "3\n"
     a = nbformat.read(src / "00_a.ipynb", as_version=4)
     # papermill's injected cell stays: the saved notebook says which config its outputs come from
     assert [c.source for c in a.cells] == ["# t", 'config = "standard"', "x = 1"]
