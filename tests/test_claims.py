@@ -66,7 +66,10 @@ def test_one_run_carries_its_margins_and_no_verdict(tmp_path):
     row = df.loc["detector 2 beats detector 1"]
     assert row["margin"] == pytest.approx(0.04) and row["verdict"] == "one run" and row["qualifier"] == ""
     assert row["paper effect"] == "+0.025 (2.5 AP)" and row["evidence"] == "results/standard/joint_training.csv"
-    assert df.loc["the router beats random routing at /50", "margin"] == pytest.approx(0.30)
+    # in AP: (c 0.80 - random 0.50) x detector 2's lead 0.04
+    random = df.loc["the router beats random routing at /50"]
+    assert random["margin"] == pytest.approx(0.012) and random["this run"] == pytest.approx(0.60 + 0.80 * 0.04)
+    assert random["paper effect"] == "+0.0065 (0.65 AP)"  # (0.76 - 0.5) x 2.5 AP
     # c(0.5) 0.80 against the paper's 0.76 (bar 0.71)
     assert df.loc["/50 keeps about three quarters of detector 2's gain", "margin"] == pytest.approx(
         0.80 - (claims.PAPER_C50 - claims.C50_TOLERANCE)
@@ -83,13 +86,22 @@ def test_c50_needs_a_lead_beyond_noise(tmp_path):
     row = df.loc["/50 keeps about three quarters of detector 2's gain"]
     assert row["verdict"] == "not testable" and "0.010" in row["note"]
     assert df.loc["/50 keeps about three quarters of detector 2's gain (paper's router)", "verdict"] == "not testable"
-    assert df.loc["the router beats random routing at /50", "margin"] == pytest.approx(0.92)  # its sign still counts
+    # in AP the comparison keeps its sign and scale: (1.30 - 0.38) x 0.010
+    assert df.loc["the router beats random routing at /50", "margin"] == pytest.approx(0.0092)
+
+
+def test_a_negative_lead_does_not_turn_the_router_comparisons_around(tmp_path):
+    # the quick run: detector 2 trails by 0.005, so a higher c(0.5) is a lower AP
+    df = by_claim(claims.claims_table(results(tmp_path / "q", ap1=0.300, ap2=0.295, c50=0.50, rand=0.54, esc=-0.35)))
+    random, escalation = (df.loc[f"the router beats {b} at /50"] for b in ("random routing", "confidence escalation"))
+    assert random["margin"] == pytest.approx(0.0002) and random["margin"] > 0  # AP 0.2975 against 0.2973
+    assert escalation["margin"] == pytest.approx(-0.00425) and escalation["margin"] < 0  # against 0.30175
 
 
 def test_a_router_worse_than_random_over_seeds_is_contradicted(tmp_path):
     seeds = [results(tmp_path / f"s{i}", c50=c, rand=0.53) for i, c in enumerate([0.46, 0.45, 0.47])]
     row = by_claim(claims.claims_table(seeds)).loc["the router beats random routing at /50"]
-    assert row["verdict"] == "contradicted" and row["margin"] == pytest.approx(-0.07)
+    assert row["verdict"] == "contradicted" and row["margin"] == pytest.approx(-0.07 * 0.04)
     assert row["qualifier"] == "excludes the paper's effect"  # the paper's c(0.5) beats random by about 0.26
 
 

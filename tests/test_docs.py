@@ -106,18 +106,18 @@ def test_the_router_sentence_puts_both_routers_side_by_side_from_the_scorecard()
         {
             **base,
             "claim": docs.ROUTER_CLAIM,
-            "this run": 0.81,
-            "margin": 0.31,
-            "ci95 lo": 0.2,
-            "ci95 hi": 0.42,
+            "this run": 0.672,
+            "margin": 0.0081,
+            "ci95 lo": 0.002,
+            "ci95 hi": 0.0142,
             "runs": 7,
             "verdict": "reproduced",
         },
         {
             **base,
             "claim": docs.ROUTER_CLAIM + docs.PAPER_ROUTER,
-            "this run": 0.68,
-            "margin": 0.18,
+            "this run": 0.668,
+            "margin": 0.0049,
             "ci95 lo": None,
             "ci95 hi": None,
             "runs": 1,
@@ -126,9 +126,10 @@ def test_the_router_sentence_puts_both_routers_side_by_side_from_the_scorecard()
     ]
     text = docs.routers_in_words(pd.DataFrame(rows))
     assert (
-        "default router keeps c(0.5) = 0.81, +0.31 against random routing [+0.20, +0.42] (7 runs, reproduced)" in text
+        "default router's Dy /50 reaches 0.672 AP, +0.81 AP points over random routing [+0.20, +1.42] "
+        "(7 runs, reproduced)" in text
     )
-    assert "paper's router keeps c(0.5) = 0.68, +0.18 against random routing (1 run)" in text  # no verdict word
+    assert "paper's router's Dy /50 reaches 0.668 AP, +0.49 AP points over random routing (1 run)" in text
     assert "paper's router: not measured" in docs.routers_in_words(pd.DataFrame(rows[:1]))
 
 

@@ -208,7 +208,11 @@ def test_budget_sets_every_claim_at_twice_the_epochs_beside_the_seeds_own(tmp_pa
     lead = df.loc["detector 2 beats detector 1"]
     assert lead["margin (15 epochs)"] == pytest.approx(0.04) and lead["margin (30 epochs)"] == pytest.approx(-0.01)
     assert lead["sign differs"]
-    assert not df.loc["the router beats random routing at /50", "sign differs"]  # 0.8 vs 0.5 at both budgets
+    # c(0.5) 0.8 against random's 0.5 at both budgets, but in AP the router is below random once detector 2 trails
+    router = df.loc["the router beats random routing at /50"]
+    assert router["margin (15 epochs)"] == pytest.approx(0.3 * 0.04) and router["sign differs"]
+    assert router["margin (30 epochs)"] == pytest.approx(0.3 * -0.01)
+    assert not df.loc["hard images are the crowded, small, occluded, cluttered ones", "sign differs"]  # 0.9 at both
 
 
 def test_the_trainer_comparison_runs_the_campaigns_own_jobs():

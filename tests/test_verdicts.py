@@ -181,15 +181,24 @@ def test_dominance_with_one_static_model(tmp_path):
 def test_the_papers_router_row_present_and_missing(tmp_path):
     def runs(tmp, rows):
         tables = [{"router": list(r), "c(0.5)": list(r.values())} for r in rows]
-        return seeds(tmp, "capture_ratio", tables)
+        folders = seeds(tmp, "capture_ratio", tables)
+        for f in folders:  # detector 2 leads by 0.04
+            pd.DataFrame({"detector": ["detector 1", "detector 2"], "AP": [0.60, 0.64]}).to_csv(
+                f / "joint_training.csv", index=False
+            )
+        return folders
 
     paper = f"{RANDOM} (paper's router)"
     present = runs(
         tmp_path / "a", [{"learned": c, "paper's router": c + 0.1, "random": 0.5} for c in (0.7, 0.72, 0.74)]
     )
     df = claims.claims_table(present, [c for c in claims.CLAIMS if c.name in (RANDOM, paper)]).set_index("claim")
-    assert df.loc[RANDOM, "margin"] == pytest.approx(0.22) and df.loc[paper, "margin"] == pytest.approx(0.32)
-    assert (df["verdict"] == "reproduced").all() and (df["paper effect"] == "+0.26").all()
+    # in AP: c(0.5) over random's, times detector 2's lead
+    lead = 0.04
+    assert df.loc[RANDOM, "margin"] == pytest.approx(0.22 * lead) and df.loc[paper, "margin"] == pytest.approx(
+        0.32 * lead
+    )
+    assert (df["verdict"] == "reproduced").all() and (df["paper effect"] == "+0.0065 (0.65 AP)").all()
     missing = runs(tmp_path / "b", [{"learned": c, "random": 0.5} for c in (0.7, 0.72, 0.74)])
     row = score(missing, paper)
     assert row["verdict"] == "not testable" and 'has no row router = "paper\'s router"' in row["note"]

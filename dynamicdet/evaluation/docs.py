@@ -115,8 +115,8 @@ PAPER_ROUTER = " (paper's router)"
 
 
 def routers_in_words(df: pd.DataFrame) -> str:
-    """One sentence: the default router and the paper's side by side at /50 (c(0.5) and its lead over random
-    routing, with the interval and the number of runs), from the scorecard's two rows of that claim."""
+    """One sentence: the default router and the paper's side by side at /50 (Dy /50's AP and its lead over random
+    routing in AP points, with the interval and the number of runs), from the scorecard's two rows of that claim."""
     rows = df.set_index("claim")
     parts = []
     for name, claim in (("the default router", ROUTER_CLAIM), ("the paper's router", ROUTER_CLAIM + PAPER_ROUTER)):
@@ -124,9 +124,9 @@ def routers_in_words(df: pd.DataFrame) -> str:
             parts.append(f"{name}: not measured")
             continue
         r = rows.loc[claim]
-        text = f"{name} keeps c(0.5) = {r['this run']:.2f}, {r['margin']:+.2f} against random routing"
+        text = f"{name}'s Dy /50 reaches {r['this run']:.3f} AP, {100 * r['margin']:+.2f} AP points over random routing"
         if pd.notna(r["ci95 lo"]):
-            text += f" [{r['ci95 lo']:+.2f}, {r['ci95 hi']:+.2f}]"
+            text += f" [{100 * r['ci95 lo']:+.2f}, {100 * r['ci95 hi']:+.2f}]"
         runs, verdict = int(r["runs"]), str(r["verdict"])
         verdict = "" if verdict in ("one run", "two runs") else f", {verdict}"
         parts.append(text + f" ({runs} run{'s' if runs != 1 else ''}{verdict})")

@@ -157,10 +157,17 @@ def effect_text(rule: Rule) -> str:
     """The paper's effect in the margin's units: ``"+0.025 (2.5 AP)"``; ``"not reported"``."""
     if not math.isfinite(rule.effect):
         return "not reported"
-    text = f"{rule.effect:+.3f} ({100 * rule.effect:.1f} AP)" if rule.ap else f"{rule.effect:+.2f}"
+    text = _ap_text(rule.effect) if rule.ap else f"{rule.effect:+.2f}"
     if rule.kind == "frontier" and math.isfinite(rule.effect_log):
-        text += f"; log cost {rule.effect_log:+.3f} ({100 * rule.effect_log:.1f} AP)"
+        text += f"; log cost {_ap_text(rule.effect_log)}"
     return text
+
+
+def _ap_text(x: float) -> str:
+    """An AP difference as a fraction and in points: ``"+0.025 (2.5 AP)"``; under 1 AP point, one more digit
+    when three decimals would round it (the paper's 0.65-AP lead over random routing: ``"+0.0065 (0.65 AP)"``)."""
+    d = 4 if abs(x) < 0.01 and abs(round(x, 3) - x) > 1e-9 else 3
+    return f"{x:+.{d}f} ({100 * x:.{d - 2}f} AP)"
 
 
 def _blank() -> dict:
