@@ -15,7 +15,6 @@ notebook shows its own rows at its end (:func:`notebook_claims`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,26 +23,28 @@ import pandas as pd
 
 from dynamicdet import paths
 from dynamicdet.evaluation import evidence
-from dynamicdet.evaluation.evidence import PAPER, Claim, NotTestable, Rule, Run, to_markdown
+from dynamicdet.evaluation.evidence import (
+    C50_TOLERANCE,
+    MIN_LEAD,
+    PAPER,
+    PAPER_C50,
+    PAPER_GAIN,
+    PAPER_OVER_RANDOM,
+    PAPER_RANDOM_50,
+    Claim,
+    NotTestable,
+    Rule,
+    Run,
+    seed_folders,
+    to_markdown,
+)
+from dynamicdet.evaluation.results import capture_in_words  # noqa: F401 (notebooks import it from here)
 from dynamicdet.files import write_csv, write_text
 from dynamicdet.metrics import dominance, static_frontier
 
-# c(0.5) = (AP(0.5) - AP_1) / (AP_2 - AP_1), with the static YOLOv7 as the easy route: (53.3 - 51.4) / (53.9 - 51.4)
-PAPER_C50 = (PAPER["Dy /50"][2] - PAPER["YOLOv7"][2]) / (PAPER["Dy /100"][2] - PAPER["YOLOv7"][2])
-C50_TOLERANCE = 0.05  # c(0.5) counts as the paper's when it is at most this far below it
-# detector 2's gain: Dy /100 - YOLOv7 = 53.9 - 51.4 = 2.5 AP = +0.025
-PAPER_GAIN = (PAPER["Dy /100"][2] - PAPER["YOLOv7"][2]) / 100
-# random routing keeps about half of the gain at /50 (c(0.5) = 0.5 for a linear mix of the two detectors' AP), so
-# the paper's c(0.5) beats it by about 0.76 - 0.5 = +0.26 (the paper reports no random routing: an implied effect)
-PAPER_OVER_RANDOM = PAPER_C50 - 0.5
-# in AP: random routing at /50 would reach 51.4 + 0.5 x 2.5 = 52.65, so Dy /50 (53.3) beats it by 0.26 x 2.5 = 0.65 AP
-PAPER_RANDOM_50 = PAPER["YOLOv7"][2] + 0.5 * (PAPER["Dy /100"][2] - PAPER["YOLOv7"][2])
 EQUIVALENCE_MARGIN = 0.01  # "as good as": within +-0.01 AP, the paper's 1-point scale (its gaps are 0.2 to 2.5 AP)
 BALANCE_TOLERANCE = 0.1  # the adaptive offset balances the routes: val share of phi > 0.5 within 0.5 +- this
 DIFFICULTY_BAR = 0.5  # Spearman(phi, generator difficulty) that counts as "hard = many small occluded objects"
-# c(k) = (AP(k) - AP_1) / (AP_2 - AP_1) is read as a share only when detector 2 leads by more than this: the
-# lead moved by 0.023 between 1 and 2 torch threads at quick (results/quick_tuning/thread_count.csv)
-MIN_LEAD = 0.02
 LEARNED_AP = 0.05  # a two-stage model under this AP has not learned: its claims are not testable here
 HEADLINE_STATIC = "yolov8ns (static)"  # the static YOLOv8 width within 10% of Dy /100's GFLOPs (the paper's YOLOv7-X)
 # router -> its row in capture_ratio.csv, router_variants.csv and its column in difficulty_correlation.csv
@@ -109,36 +110,6 @@ def _capture(who: str, baseline: str) -> Callable[[Path], Run]:
         return Run(ap1 + mine * (ap2 - ap1), (mine - base) * (ap2 - ap1))
 
     return measure
-
-
-def capture_in_words(c50: dict[str, float], ap1: float, ap2: float) -> str:
-    """Routings compared at /50 in one or two sentences for a notebook: each one's AP(0.5) (from its c(0.5) and
-    the two detectors' AP) and c(0.5), then how the first (the router) ranks against the others, in AP. When
-    detector 2 leads by less than :data:`MIN_LEAD`, c(k) is said to be no share of a gain (a ratio of a
-    difference within noise) and only the AP is read.
-
-    Args:
-        c50: ``{"the default router": c(0.5), "random routing": c(0.5), ...}``, the router first.
-        ap1, ap2: the AP of detector 1 (/0) and detector 2 (/100).
-    """
-    lead = ap2 - ap1
-    # AP(0.5) = AP_1 + c(0.5) (AP_2 - AP_1)
-    ap = {name: ap1 + c * lead for name, c in c50.items()}
-    each = ", ".join(f"{name} {ap[name]:.4f} (c(0.5) {c:.2f})" for name, c in c50.items())
-    if lead < MIN_LEAD:
-        text = (
-            f"Detector 2 leads detector 1 by {lead:+.4f} AP in this run, under {MIN_LEAD}: c(k), a share of that "
-            f"lead, measures nothing here, so the routings are compared in AP. At /50, AP: {each}. "
-        )
-    else:
-        text = f"At /50, AP (and c(0.5), the share of detector 2's lead of {lead:.4f} AP kept): {each}. "
-    (router, mine), others = next(iter(ap.items())), list(ap.items())[1:]
-    above = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine > a]
-    below = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine <= a]
-    parts = ([f"above {' and '.join(above)}"] if above else []) + (
-        [f"not above {' and '.join(below)}"] if below else []
-    )
-    return text + f"In AP, {router} is " + "; ".join(parts) + "."
 
 
 def _c50(who: str) -> Callable[[Path], Run]:
@@ -402,19 +373,6 @@ def claims_table(
     """
     folders = [folders] if isinstance(folders, Path) else list(folders)
     return pd.DataFrame([evidence.score(c, folders, base) for c in claims or CLAIMS], columns=evidence.COLUMNS)
-
-
-def seed_folders(out: Path) -> list[Path]:
-    """The seeds' folders of a results folder (``<out>/seeds/seed<k>/``, as ``seeds_provenance.json``
-    lists them; ``python -m dynamicdet.experiments.seeds tables``), or [] without seeds."""
-    record = out / "seeds_provenance.json"
-    if not record.exists():
-        return []
-    folders = [out / "seeds" / f"seed{k}" for k in json.loads(record.read_text())["seeds"]]
-    missing = [f for f in folders if not f.is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{record}: seed folders missing: {[str(f) for f in missing]}")
-    return folders
 
 
 def write_claims(config: str, folders: list[Path] | None = None) -> pd.DataFrame:

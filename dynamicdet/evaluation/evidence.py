@@ -23,6 +23,7 @@ A claim (:class:`Claim`) is measured once per results folder (one per training s
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,20 @@ PAPER = {
     "Dy /100": (181.7, 83, 53.9),
     "YOLOv7-X": (189.9, 105, 53.1),
 }
+
+# c(0.5) = (AP(0.5) - AP_1) / (AP_2 - AP_1), with the static YOLOv7 as the easy route: (53.3 - 51.4) / (53.9 - 51.4)
+PAPER_C50 = (PAPER["Dy /50"][2] - PAPER["YOLOv7"][2]) / (PAPER["Dy /100"][2] - PAPER["YOLOv7"][2])
+C50_TOLERANCE = 0.05  # c(0.5) counts as the paper's when it is at most this far below it
+# detector 2's gain: Dy /100 - YOLOv7 = 53.9 - 51.4 = 2.5 AP = +0.025
+PAPER_GAIN = (PAPER["Dy /100"][2] - PAPER["YOLOv7"][2]) / 100
+# random routing keeps about half of the gain at /50 (c(0.5) = 0.5 for a linear mix of the two detectors' AP), so
+# the paper's c(0.5) beats it by about 0.76 - 0.5 = +0.26 (the paper reports no random routing: an implied effect)
+PAPER_OVER_RANDOM = PAPER_C50 - 0.5
+# in AP: random routing at /50 would reach 51.4 + 0.5 x 2.5 = 52.65, so Dy /50 (53.3) beats it by 0.26 x 2.5 = 0.65 AP
+PAPER_RANDOM_50 = PAPER["YOLOv7"][2] + 0.5 * (PAPER["Dy /100"][2] - PAPER["YOLOv7"][2])
+# c(k) = (AP(k) - AP_1) / (AP_2 - AP_1) is read as a share only when detector 2 leads by more than this: the
+# lead moved by 0.023 between 1 and 2 torch threads at quick (results/quick_tuning/thread_count.csv)
+MIN_LEAD = 0.02
 INTERVALS = (
     "Intervals: Student-t 95% over seeds; Spearman via Fisher z; shares via logit; "
     "equivalence: TOST at 90% (the 90% interval shown); frontier gaps linear in cost, then in log cost."
@@ -340,3 +355,16 @@ def to_markdown(df: pd.DataFrame) -> str:
     ]
     cols = ["claim", "paper", "paper effect", "this run", "margin", "verdict", "evidence"]
     return out[cols].to_markdown(index=False) + "\n\n" + INTERVALS + "\n"
+
+
+def seed_folders(out: Path) -> list[Path]:
+    """The seeds' folders of a results folder (``<out>/seeds/seed<k>/``, as ``seeds_provenance.json``
+    lists them; ``python -m dynamicdet.experiments.seeds tables``), or [] without seeds."""
+    record = out / "seeds_provenance.json"
+    if not record.exists():
+        return []
+    folders = [out / "seeds" / f"seed{k}" for k in json.loads(record.read_text())["seeds"]]
+    missing = [f for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{record}: seed folders missing: {[str(f) for f in missing]}")
+    return folders

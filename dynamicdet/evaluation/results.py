@@ -24,6 +24,7 @@ import seaborn as sns
 
 from dynamicdet import paths
 from dynamicdet.config import Config, load_config
+from dynamicdet.evaluation.evidence import MIN_LEAD
 from dynamicdet.evaluation.speed import environment
 from dynamicdet.files import write_csv, write_text
 
@@ -228,3 +229,33 @@ def verdict_text(row: pd.Series) -> str:
             f"({level}% interval {fmt(lo, 3, signed=True)} to {fmt(hi, 3, signed=True)})"
         )
     return text
+
+
+def capture_in_words(c50: dict[str, float], ap1: float, ap2: float) -> str:
+    """Routings compared at /50 in one or two sentences for a notebook: each one's AP(0.5) (from its c(0.5) and
+    the two detectors' AP) and c(0.5), then how the first (the router) ranks against the others, in AP. When
+    detector 2 leads by less than :data:`MIN_LEAD`, c(k) is said to be no share of a gain (a ratio of a
+    difference within noise) and only the AP is read.
+
+    Args:
+        c50: ``{"the default router": c(0.5), "random routing": c(0.5), ...}``, the router first.
+        ap1, ap2: the AP of detector 1 (/0) and detector 2 (/100).
+    """
+    lead = ap2 - ap1
+    # AP(0.5) = AP_1 + c(0.5) (AP_2 - AP_1)
+    ap = {name: ap1 + c * lead for name, c in c50.items()}
+    each = ", ".join(f"{name} {ap[name]:.4f} (c(0.5) {c:.2f})" for name, c in c50.items())
+    if lead < MIN_LEAD:
+        text = (
+            f"Detector 2 leads detector 1 by {lead:+.4f} AP in this run, under {MIN_LEAD}: c(k), a share of that "
+            f"lead, measures nothing here, so the routings are compared in AP. At /50, AP: {each}. "
+        )
+    else:
+        text = f"At /50, AP (and c(0.5), the share of detector 2's lead of {lead:.4f} AP kept): {each}. "
+    (router, mine), others = next(iter(ap.items())), list(ap.items())[1:]
+    above = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine > a]
+    below = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine <= a]
+    parts = ([f"above {' and '.join(above)}"] if above else []) + (
+        [f"not above {' and '.join(below)}"] if below else []
+    )
+    return text + f"In AP, {router} is " + "; ".join(parts) + "."
