@@ -9,6 +9,11 @@ Each stage is cached by config, so the notebooks reuse what the pipeline compute
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +103,31 @@ def publish_notebooks(config: str = "standard") -> list[Path]:
         nbformat.write(doc, nb)
         written.append(nb)
     return written
+
+
+def check_notebooks(config: str, args: tuple[str, ...] = ()) -> int:
+    """``make nbval``: strict ``pytest --nbval`` on the notebooks a run executed (``results/<config>/notebooks/``).
+
+    nbval executes every notebook again, and the notebooks save their tables and figures (05 re-times its
+    latencies). The second execution writes into a scratch copy of ``results/`` (``DYNAMICDET_RESULTS``), so the
+    run's own tables stay the ones its notebooks show. Volatile outputs are sanitised by
+    ``tools/nbval_sanitize.cfg``.
+
+    Returns:
+        pytest's exit code (0: every output matched).
+    """
+    notebooks = paths.results_dir(config) / "notebooks"
+    if not any(notebooks.glob("*.ipynb")):
+        raise FileNotFoundError(f"{notebooks}: no executed notebooks; run `make reproduce CONFIG={config}` first")
+    sanitize = paths.REPO_ROOT / "tools" / "nbval_sanitize.cfg"
+    if not sanitize.is_file():
+        raise FileNotFoundError(f"{sanitize}: nbval's sanitiser ships with a checkout, not the package")
+    with tempfile.TemporaryDirectory(prefix="dynamicdet-nbval-") as scratch:
+        shutil.copytree(paths.results_dir(), Path(scratch) / "results")
+        env = {**os.environ, "DYNAMICDET_RESULTS": str(Path(scratch) / "results")}
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval"]
+        cmd += ["--nbval-sanitize-with", str(sanitize), *args, str(notebooks)]
+        return subprocess.run(cmd, env=env, cwd=notebooks).returncode
 
 
 def _cell_sources(doc) -> list[tuple[str, str]]:

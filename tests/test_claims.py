@@ -302,7 +302,10 @@ def test_notebook_claims_are_the_scorecards_rows_over_the_seeds_where_the_folder
     assert claims.to_markdown(rows) == claims.to_markdown(written[written["notebook"] == "02"])  # as claims.csv
     assert "over 3 seeds, margin +0.030 (95% interval" in verdict_text(rows.iloc[0])
     assert over_seeds(rows.iloc[0]) == " on average over 3 seeds"
-    assert over_seeds(claims.notebook_claims("standard", "08").iloc[0]) == ""  # trained once: this run's own
+    once = claims.notebook_claims("standard", "08").iloc[0]
+    assert over_seeds(once) == ""  # trained once: this run's own
+    # measured once is a status, not an outcome: the words say there is no verdict
+    assert verdict_text(once) == "measured in *one run*, no verdict (a verdict needs 3 seeds)"
     equivalent = claims.notebook_claims("standard", "06").set_index("claim").iloc[0]
     assert "90% interval" in verdict_text(equivalent)  # an equivalence claim: TOST's 90% interval
 
@@ -327,3 +330,21 @@ def test_the_router_claims_read_a_notebooks_descriptive_row_labels(tmp_path):
     assert df.loc[balance, "this run"] == pytest.approx(0.52)
     assert df.loc[f"{balance} (paper's router)", "this run"] == pytest.approx(0.77)
     assert df.loc["the router beats random routing at /50 (paper's router)", "verdict"] == "one run"
+
+
+def test_routings_in_words_name_a_routes_fraction_and_quote_the_paper_only_where_c_means_something():
+    # detector 2 leads by 0.10: c(0.5) 0.70 -> AP 0.470, random 0.50 -> 0.450
+    text = claims.capture_in_words(
+        {"the router": 0.70, "random routing": 0.50}, 0.40, 0.50, hard_fraction={"the router": 0.48}, paper_c50=0.76
+    )
+    assert "the router 0.4700" in text and "random routing 0.4500" in text
+    assert "(The paper: c(0.5) = 0.76.)" in text
+    # a fraction of 0.48 instead of 0.50: named, with what it can account for
+    assert "sent 0.48 of images" in text and "sent 0.48 rather than 0.50" in text and "|k - 0.5| times the lead" in text
+    assert "the router is above random routing (by +0.0200)" in text
+    # a lead under MIN_LEAD: c(k) measures nothing, the paper's c is not quoted, fractions of exactly half not named
+    small = claims.capture_in_words(
+        {"the router": 0.2, "random routing": 0.6}, 0.40, 0.405, hard_fraction={"the router": 0.5}, paper_c50=0.76
+    )
+    assert "measures nothing" in small and "The paper" not in small and "sent" not in small
+    assert "not above random routing (by -0.0020)" in small

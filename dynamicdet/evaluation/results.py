@@ -27,6 +27,7 @@ from dynamicdet.config import Config, load_config
 from dynamicdet.evaluation.evidence import MIN_LEAD
 from dynamicdet.evaluation.speed import environment
 from dynamicdet.files import write_csv, write_text
+from dynamicdet.metrics import MIN_RUNS
 
 STYLE = {"context": "notebook", "style": "whitegrid", "palette": "deep"}
 
@@ -217,8 +218,8 @@ def verdict_text(row: pd.Series) -> str:
     verdict = row["verdict"]
     if verdict == "not testable":
         return f"*not testable* in this run ({row['note']})"
-    if verdict in ("one run", "two runs"):
-        return f"*{verdict}* (a verdict needs three seeds)"
+    if verdict in ("one run", "two runs"):  # a status, not an outcome: said so, the margin read in the text
+        return f"measured in *{verdict}*, no verdict (a verdict needs {MIN_RUNS} seeds)"
     qualifier = row.get("qualifier", "")
     text = f"*{verdict}*" + (f" ({qualifier})" if isinstance(qualifier, str) and qualifier else "")
     level = "90" if pd.notna(row.get("ci90 lo")) else "95"  # an equivalence claim's interval is its 90% one
@@ -231,20 +232,36 @@ def verdict_text(row: pd.Series) -> str:
     return text
 
 
-def capture_in_words(c50: dict[str, float], ap1: float, ap2: float) -> str:
+def capture_in_words(
+    c50: dict[str, float],
+    ap1: float,
+    ap2: float,
+    hard_fraction: dict[str, float] | None = None,
+    paper_c50: float | None = None,
+) -> str:
     """Routings compared at /50 in one or two sentences for a notebook: each one's AP(0.5) (from its c(0.5) and
     the two detectors' AP) and c(0.5), then how the first (the router) ranks against the others, in AP. When
     detector 2 leads by less than :data:`MIN_LEAD`, c(k) is said to be no share of a gain (a ratio of a
-    difference within noise) and only the AP is read.
+    difference within noise), only the AP is read and the paper's c(0.5) is not quoted.
 
     Args:
         c50: ``{"the default router": c(0.5), "random routing": c(0.5), ...}``, the router first.
         ap1, ap2: the AP of detector 1 (/0) and detector 2 (/100).
+        hard_fraction: the fraction of val images each routing actually sent to detector 2 at /50, where it is
+            not exactly one half (``route()`` at a calibrated threshold); named beside the routing, with what a
+            difference in fraction can account for.
+        paper_c50: the paper's c(0.5), quoted when c(k) means something in this run.
     """
     lead = ap2 - ap1
+    hard_fraction = {n: k for n, k in (hard_fraction or {}).items() if n in c50 and abs(k - 0.5) > 0.005}
     # AP(0.5) = AP_1 + c(0.5) (AP_2 - AP_1)
     ap = {name: ap1 + c * lead for name, c in c50.items()}
-    each = ", ".join(f"{name} {ap[name]:.4f} (c(0.5) {c:.2f})" for name, c in c50.items())
+    each = ", ".join(
+        f"{name} {ap[name]:.4f} (c(0.5) {c:.2f}"
+        + (f"; it sent {hard_fraction[name]:.2f} of images to detector 2" if name in hard_fraction else "")
+        + ")"
+        for name, c in c50.items()
+    )
     if lead < MIN_LEAD:
         text = (
             f"Detector 2 leads detector 1 by {lead:+.4f} AP in this run, under {MIN_LEAD}: c(k), a share of that "
@@ -252,6 +269,16 @@ def capture_in_words(c50: dict[str, float], ap1: float, ap2: float) -> str:
         )
     else:
         text = f"At /50, AP (and c(0.5), the share of detector 2's lead of {lead:.4f} AP kept): {each}. "
+        if paper_c50 is not None:
+            text += f"(The paper: c(0.5) = {paper_c50:.2f}.) "
+    for name, k in hard_fraction.items():
+        # random routing at fraction k: AP(k) = AP_1 + k (AP_2 - AP_1); a fraction off by (k - 0.5) moves AP by
+        # (k - 0.5) (AP_2 - AP_1) before any ranking
+        text += (
+            f"{name[0].upper() + name[1:]} sent {k:.2f} rather than 0.50 of images to detector 2 (a threshold "
+            "set beforehand), the others exactly half: an AP difference within |k - 0.5| times the lead can be "
+            "the fraction rather than the ranking. "
+        )
     (router, mine), others = next(iter(ap.items())), list(ap.items())[1:]
     above = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine > a]
     below = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine <= a]
