@@ -381,3 +381,70 @@ def test_the_frontier_by_cost_has_one_row_per_cost_and_dynamic_row():
     assert np.allclose(f.loc[f["cost"] == "GFLOPs", "cost value"], [1.0, 2.0])
     table["AP"] = [0.6, 0.75, 0.6, 0.8]
     assert np.allclose(frontier_by_cost(table, 8).query("model == 'Dy /100'")["gap"], 0.05)
+
+
+def test_ablation_jobs_train_every_row_once_and_row_g_after_the_recipes_it_chooses_from(tmp_path, monkeypatch):
+    """`step1_ablation --work`: the rows as cached jobs several processes share; row g doubles the best joint
+    recipe once every joint row (second seeds included) is trained, and a finished queue runs nothing."""
+    from types import SimpleNamespace
+
+    from dynamicdet.engine.jobs import work
+    from dynamicdet.experiments import step1_ablation as ab
+
+    def key(cfg):
+        t, m = cfg.train, cfg.model
+        return (m.dual, t.clip, t.detach_links, t.seed, t.epochs, cfg.eval.static_epochs)
+
+    done, order = set(), []
+
+    def train(cfg, resume, progress):
+        t = cfg.train
+        order.append(("joint" if cfg.model.dual else "static", t.clip, t.detach_links, t.seed, t.epochs))
+        done.add(key(cfg))
+
+    def reference(cfg, scales, progress):
+        order.append(("ultralytics", cfg.eval.static_epochs))
+        done.add(("ultralytics", *key(cfg)))
+
+    ap = {"none": 0.5, "per_detector": 0.4, "joint": 0.3}  # row e (no clip) is the best
+    monkeypatch.setattr(ab, "train_step1", train)
+    monkeypatch.setattr(ab, "ultralytics_reference", reference)
+    monkeypatch.setattr(ab, "STEP1", SimpleNamespace(done=lambda cfg: key(cfg) in done))
+    monkeypatch.setattr(
+        ab, "REFERENCE_ROW", SimpleNamespace(done=lambda cfg, model: ("ultralytics", *key(cfg)) in done)
+    )
+    monkeypatch.setattr(
+        ab, "_trained_row", lambda row, recipe, cfg: {"row": row, "AP det1": ap[cfg.train.clip], "AP det2": 0.6}
+    )
+    base = load_config("smoke")
+    epochs, seed = base.train.epochs, base.train.seed
+    jobs = ab.ablation_jobs(base, ab.NOTEBOOK_ROWS, {"c": seed + 1, "e": seed + 1})
+    assert len({j.name for j in jobs}) == len(jobs)
+    g = next(j for j in jobs if j.name.endswith("-g"))
+    assert not g.ready() and not g.done()  # waits for the joint rows (and says not done without reading them)
+    work(jobs, tmp_path / "locks", poll_s=0, log=lambda m: None)
+    trained = [o for o in order if o[0] == "joint"]
+    assert len(trained) == 5 + 2 + 1 and len(set(trained)) == len(trained)  # c-f2, c and e again, g: once each
+    assert trained[-1] == ("joint", "none", False, seed, 2 * epochs)  # g: the best recipe (e, no clip) at 2x epochs
+    assert ("joint", "joint", False, seed + 1, epochs) in trained  # row c's second seed
+    assert [(o[3], o[4]) for o in order if o[0] == "static"] == [(seed, epochs)]  # row b, once
+    assert sorted(o for o in order if o[0] == "ultralytics") == [("ultralytics", epochs), ("ultralytics", 2 * epochs)]
+    assert all(j.done() for j in jobs)
+    assert work(jobs, tmp_path / "locks", poll_s=0, log=lambda m: None) == []
+
+
+def test_notebook_09s_parameters_are_the_ablation_jobs_runs():
+    # `step1_ablation --work` trains what notebook 09's reference run tabulates: the same rows, seeds, confirmation
+    import nbformat
+
+    from dynamicdet import paths
+    from dynamicdet.experiments import step1_ablation as ab
+
+    nb = nbformat.read(paths.NOTEBOOKS_DIR / "09_step1_ablation.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict = {}
+    exec(cell.source, {}, values)
+    assert tuple(values["rows"].split(",")) == ab.NOTEBOOK_ROWS
+    assert {r: values["second_seed"] for r in values["second_seed_rows"].split(",")} == ab.SECOND_SEED
+    assert (values["confirm_config"], tuple(values["confirm_rows"].split(","))) == ab.CONFIRM
+    assert values["config"] == "ablation"

@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
 
 import pandas as pd
 
+from dynamicdet import paths
 from dynamicdet.config import Config, load_config
-from dynamicdet.engine.runs import STEP1
+from dynamicdet.engine.jobs import Job, work
+from dynamicdet.engine.runs import REFERENCE_ROW, STEP1
 from dynamicdet.engine.step1 import train_step1
 from dynamicdet.evaluation.results import provenance, save_table
 from dynamicdet.experiments.static_models import ultralytics_reference
@@ -75,6 +78,11 @@ def grad_norm_log(base: str | Config, row: str, seed: int | None = None) -> pd.D
 
 def _joint_row(row: str, recipe: str, cfg: Config, progress: bool) -> dict:
     train_step1(cfg, resume=True, progress=progress)
+    return _trained_row(row, recipe, cfg)
+
+
+def _trained_row(row: str, recipe: str, cfg: Config) -> dict:
+    """The table row of a trained step-1 run (its last validation and gradient-norm logs)."""
     metrics = pd.read_csv(STEP1.path(cfg) / "step1_metrics.csv")
     norms = pd.read_csv(STEP1.path(cfg) / "step1_grad_norms.csv")
     last = metrics.iloc[-1]
@@ -96,10 +104,15 @@ def _joint_row(row: str, recipe: str, cfg: Config, progress: bool) -> dict:
     return out
 
 
-def _static_row(row: str, cfg: Config, progress: bool) -> dict:
+def _reference_config(cfg: Config) -> Config:
+    """``cfg`` with the static model trained for as many epochs as the joint rows (row a's config)."""
     s = copy.deepcopy(cfg)
     s.eval.static_epochs = cfg.train.epochs
-    r = ultralytics_reference(s, [cfg.model.scale], progress=progress).iloc[0]
+    return s
+
+
+def _static_row(row: str, cfg: Config, progress: bool) -> dict:
+    r = ultralytics_reference(_reference_config(cfg), [cfg.model.scale], progress=progress).iloc[0]
     return {
         "row": row,
         "recipe": "static, ultralytics' trainer",
@@ -156,11 +169,7 @@ def ablation_table(
         out.append(_joint_row(row, RECIPES[row][0], row_config(base, row, seed=seed), progress))
     if "g" in rows:
         cfg0 = variant(base, {}, seed=seeds[0])
-        joint = pd.DataFrame([r for r in out if r["row"] in JOINT_ROWS])
-        if best is None:
-            # mean over seeds of (AP det1 + AP det2) / 2
-            score = ((joint["AP det1"] + joint["AP det2"]) / 2).groupby(joint["row"]).mean()
-            best = str(score.idxmax())
+        best = best or best_joint([r for r in out if r["row"] in JOINT_ROWS])
         recipe, overrides = RECIPES[best]
         out.append(_joint_row("g", f"{recipe}, 2x epochs", variant(cfg0, overrides, epochs_factor=2), progress))
         out.append(
@@ -170,6 +179,63 @@ def ablation_table(
             }
         )
     return pd.DataFrame(out)
+
+
+def best_joint(records: list[dict]) -> str:
+    """The joint recipe row g doubles: the highest mean over seeds of (AP det1 + AP det2) / 2."""
+    joint = pd.DataFrame(records)
+    # mean over seeds of (AP det1 + AP det2) / 2
+    score = ((joint["AP det1"] + joint["AP det2"]) / 2).groupby(joint["row"]).mean()
+    return str(score.idxmax())
+
+
+# notebook 09's reference run (its parameters cell holds the same values; tested): the rows, the rows trained
+# with a second seed, and the rows confirmed at the standard size
+NOTEBOOK_ROWS = ("a", "b", *JOINT_ROWS, "g")
+SECOND_SEED = {"c": 1, "e": 1}
+CONFIRM = ("standard", ("a", "b", "c", "d", "e"))
+
+
+def ablation_jobs(
+    base: str | Config, rows: tuple[str, ...] = NOTEBOOK_ROWS, second_seed: dict[str, int] | None = None
+) -> list[Job]:
+    """The training of :func:`ablation_table`'s rows as a queue of cached jobs (:func:`dynamicdet.engine.jobs.work`),
+    so that several one-thread processes share them; the table then reuses every run. Row g waits for the joint
+    rows it chooses from."""
+    cfg0 = variant(base, {})
+    tag = f"step1-{cfg0.name}"
+
+    def reference(name: str, cfg: Config) -> Job:
+        ref = _reference_config(cfg)
+        return Job(
+            name,
+            lambda: ultralytics_reference(ref, [cfg.model.scale], progress=False),
+            lambda: REFERENCE_ROW.done(ref, model=f"{cfg.model.family}{cfg.model.scale}"),
+        )
+
+    def step1(name: str, cfg: Callable[[], Config], ready: Callable[[], bool] = lambda: True) -> Job:
+        """A step-1 run; ``cfg`` makes its config when asked (row g's is known once the joint rows are)."""
+        return Job(
+            name, lambda: train_step1(cfg(), resume=True, progress=False), lambda: ready() and STEP1.done(cfg()), ready
+        )
+
+    first = [(r, row_config(cfg0, r)) for r in rows if r in RECIPES]
+    again = [(r, row_config(base, r, seed=seed)) for r, seed in (second_seed or {}).items()]
+    jobs = [reference(f"{tag}-a", cfg0)] if "a" in rows else []
+    jobs += [step1(f"{tag}-{r}-seed{c.train.seed}", lambda c=c: c) for r, c in first + again]
+    joint = [(r, c) for r, c in first + again if r in JOINT_ROWS]
+    if "g" in rows:
+
+        def trained() -> bool:
+            return all(STEP1.done(c) for _, c in joint)
+
+        def doubled() -> Config:  # the best joint recipe at twice the epochs (known once the joint rows are)
+            best = best_joint([_trained_row(r, RECIPES[r][0], c) for r, c in joint])
+            return variant(cfg0, RECIPES[best][1], epochs_factor=2)
+
+        jobs.append(step1(f"{tag}-g", doubled, ready=trained))
+        jobs.append(reference(f"{tag}-g-a", variant(cfg0, {}, epochs_factor=2)))
+    return jobs
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +257,16 @@ def main(argv=None) -> int:
     p.add_argument("--best", default=None, help="the joint row that row g doubles (default: the best listed)")
     p.add_argument("--results", default="ablation", help="a config name: results/<results>/ (notebook 09's)")
     p.add_argument("--name", default=None, help="table name (default: step1_ablation_<config>_<rows>)")
+    p.add_argument(
+        "--work",
+        action="store_true",
+        help="train every run notebook 09's reference needs (its rows, second seeds and standard-size rows) as a "
+        "queue of jobs that processes started the same way share (one per core, OMP_NUM_THREADS=1); then "
+        "`make ablation` reuses them",
+    )
     a = p.parse_args(argv)
+    if a.work:
+        return work_notebook_runs()
     rows = tuple(r for r in a.rows.split(",") if r)
     unknown = set(rows) - {"a", "g", *RECIPES}
     if unknown:
@@ -211,6 +286,20 @@ def main(argv=None) -> int:
     }
     provenance(a.results, folder.to_dict(), {name: record})
     print(table.to_string())
+    return 0
+
+
+def work_notebook_runs() -> int:
+    """``--work``: one worker of notebook 09's training (:data:`NOTEBOOK_ROWS` with :data:`SECOND_SEED` on the
+    ``ablation`` config, :data:`CONFIRM`'s rows at the standard size)."""
+    from dynamicdet.experiments.seeds.campaign import generate_data  # deferred: the seeds package imports this one
+
+    base, (confirm, confirm_rows) = load_config("ablation"), CONFIRM
+    for cfg in (base, load_config(confirm)):
+        generate_data(cfg)
+    jobs = ablation_jobs(base, NOTEBOOK_ROWS, SECOND_SEED) + ablation_jobs(confirm, confirm_rows)
+    ran = work(jobs, paths.runs_dir() / "locks", log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    print(f"ran {len(ran)} job(s); every run of notebook 09 is trained: `make ablation` tabulates them")
     return 0
 
 
