@@ -348,3 +348,29 @@ def test_routings_in_words_name_a_routes_fraction_and_quote_the_paper_only_where
     )
     assert "measures nothing" in small and "The paper" not in small and "sent" not in small
     assert "not above random routing (by -0.0020)" in small
+
+
+def test_the_scorecard_says_where_a_margin_changes_sign_at_twice_the_epochs(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path))
+    out = results(tmp_path / "standard", ap2=0.70)
+    for i in range(3):  # detector 2 ahead on every seed at the config's epochs
+        results(out / "seeds" / f"seed{i}", ap1=0.60, ap2=0.64)
+    (out / "seeds_provenance.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    written = by_claim(claims.write_claims("standard"))
+    assert "sign differs at 2x epochs" not in written  # no seed0-2x tables: nothing to compare
+    results(out / "seeds" / "seed0-2x", ap1=0.70, ap2=0.69)  # behind at twice the epochs
+    written = by_claim(claims.write_claims("standard"))
+    flags = written["sign differs at 2x epochs"]
+    assert (
+        flags["detector 2 beats detector 1"]
+        and not flags["hard images are the crowded, small, occluded, cluttered ones"]
+    )
+    text = (out / "claims.md").read_text()
+    assert text.count("at 2x epochs (first seed, one run) the margin changes sign") == flags.sum() >= 1
+    # the notebooks' rows read the same, and a bool column read back from the CSV keeps its meaning
+    rows = claims.notebook_claims("standard", "02")
+    back = pd.read_csv(out / "claims.csv", dtype={"notebook": str})
+    assert claims.to_markdown(rows) == claims.to_markdown(back[back["notebook"] == "02"])
+    assert "margin changes sign" in claims.to_markdown(rows)

@@ -358,18 +358,12 @@ CLAIMS: list[Claim] = [
 def claims_table(
     folders: list[Path] | Path, claims: list[Claim] | None = None, base: Path | None = None
 ) -> pd.DataFrame:
-    """The scorecard of one run (a results folder) or of several seeds of one config.
+    """The scorecard of one run (a results folder) or of several seeds of one config: one row per claim
+    (:func:`~.evidence.score`, columns :data:`~.evidence.COLUMNS`: the paper's value and effect, this run's mean
+    value and margin with its intervals, ``runs``, ``verdict``, ``qualifier``, ``evidence``, ``note``).
 
     ``base``: the config's own results folder, where the claims trained once per config
     (``seeded=False``) are tested when ``folders`` are seeds (default: the first folder).
-
-    Returns:
-        One row per claim (:func:`~.evidence.score`), the columns :data:`~.evidence.COLUMNS`:
-        ``claim``, ``notebook``, ``paper``, ``paper effect`` (in the margin's units; AP also in
-        points), ``bar``, ``this run`` (the mean value over the runs), ``margin`` (mean of value -
-        bar), ``std``, ``ci95 lo``, ``ci95 hi``, ``ci90 lo``, ``ci90 hi`` (equivalence claims),
-        ``runs``, ``verdict`` (reproduced, contradicted, not decided, one run, two runs, not
-        testable), ``qualifier``, ``evidence`` (``results/<folder>/<table>.csv``) and ``note``.
     """
     folders = [folders] if isinstance(folders, Path) else list(folders)
     return pd.DataFrame([evidence.score(c, folders, base) for c in claims or CLAIMS], columns=evidence.COLUMNS)
@@ -380,19 +374,27 @@ def write_claims(config: str, folders: list[Path] | None = None) -> pd.DataFrame
     folder has seeds (:func:`seed_folders`), else from the folder's own tables."""
     out = paths.results_dir(config)
     folders = folders or seed_folders(out) or [out]
-    df = claims_table(folders, base=out)
+    df = with_budget(claims_table(folders, base=out), folders)
     write_csv(df, out / "claims.csv")
     write_text(to_markdown(df), out / "claims.md")
     return df
 
 
-def notebook_claims(config: str, notebook: str) -> pd.DataFrame:
-    """The rows of one notebook (``"06"``) of the scorecard of ``results/<config>/``, as ``claims.csv`` has them:
-    over the seeds when the folder has them (:func:`seed_folders`), else from the folder's own tables (one run).
+def with_budget(df: pd.DataFrame, folders: list[Path]) -> pd.DataFrame:
+    """``df`` (over seeds ``folders``) + ``sign differs at 2x epochs`` where the first seed has a ``-2x`` folder:
+    whether each margin on that seed changes sign at twice the epochs (one run each: a sign, not a verdict)."""
+    longer = folders[0].with_name(f"{folders[0].name}-2x")
+    if len(folders) > 1 and longer.is_dir():
+        a, b = claims_table([folders[0]]), claims_table([longer])
+        df["sign differs at 2x epochs"] = (a["margin"] * b["margin"] < 0).to_numpy()
+    return df
 
-    Returns:
-        The scorecard's columns (:data:`~.evidence.COLUMNS`), one row per claim the notebook tests;
-        :func:`to_markdown` shows them.
-    """
+
+def notebook_claims(config: str, notebook: str) -> pd.DataFrame:
+    """The rows of one notebook (``"06"``) of the scorecard of ``results/<config>/`` as ``claims.csv`` has them
+    (:func:`write_claims`: over the folder's seeds when it has them, else its own tables); :func:`to_markdown`
+    shows them."""
     out = paths.results_dir(config)
-    return claims_table(seed_folders(out) or [out], [c for c in CLAIMS if c.notebook == notebook], base=out)
+    folders = seed_folders(out) or [out]
+    df = with_budget(claims_table(folders, base=out), folders)
+    return df[df["notebook"] == notebook].reset_index(drop=True)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from dynamicdet import paths
 from dynamicdet.evaluation.claims import to_markdown
+from dynamicdet.evaluation.evidence import is_true
 from dynamicdet.files import write_text
 
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -103,7 +104,7 @@ def claims_in_words(df: pd.DataFrame) -> str:
         effect = "" if str(row["paper effect"]) == "not reported" else f", effect {row['paper effect']}"
         budget = (
             " At twice the epochs (seed 0) the margin changes sign."
-            if row.get("sign differs at 2x epochs") is True
+            if is_true(row.get("sign differs at 2x epochs"))
             else ""
         )
         lines.append(f"- **{row['claim']}**: paper {row['paper']}{effect}; {here}. *{verdict}*{note}.{budget}")

@@ -349,12 +349,20 @@ def to_markdown(df: pd.DataFrame) -> str:
         )
     ]
     out["this run"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in out["this run"]]
+    budget = out["sign differs at 2x epochs"] if "sign differs at 2x epochs" in out else [False] * len(out)
     out["verdict"] = [
-        ": ".join(t for t in (_text(v), _text(q)) if t) + (f" ({_text(n)})" if _text(n) else "")
-        for v, q, n in zip(out["verdict"], out["qualifier"], out["note"], strict=True)
+        ": ".join(t for t in (_text(v), _text(q)) if t)
+        + (f" ({_text(n)})" if _text(n) else "")
+        + ("; at 2x epochs (first seed, one run) the margin changes sign" if is_true(b) else "")
+        for v, q, n, b in zip(out["verdict"], out["qualifier"], out["note"], budget, strict=True)
     ]
     cols = ["claim", "paper", "paper effect", "this run", "margin", "verdict", "evidence"]
     return out[cols].to_markdown(index=False) + "\n\n" + INTERVALS + "\n"
+
+
+def is_true(flag: object) -> bool:
+    """A flag read from a table: True, numpy's True (a bool column) or the string "True"; NaN is not."""
+    return isinstance(flag, (bool, np.bool_, str)) and str(flag) == "True"
 
 
 def seed_folders(out: Path) -> list[Path]:

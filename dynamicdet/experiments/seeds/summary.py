@@ -10,7 +10,7 @@ import pandas as pd
 
 from dynamicdet import paths
 from dynamicdet.config import load_config
-from dynamicdet.evaluation.claims import claims_table, to_markdown
+from dynamicdet.evaluation.claims import claims_table, to_markdown, with_budget
 from dynamicdet.evaluation.results import run_stamp
 from dynamicdet.experiments.seeds.campaign import SEEDS, seed_folder
 from dynamicdet.experiments.tradeoffs import ONNX_COLUMN, cost_columns, frontier_by_cost
@@ -266,7 +266,7 @@ def budget(config: str, seed: int, out: Path | None = None) -> pd.DataFrame | No
             f"margin ({2 * epochs} epochs)": b["margin"],
         }
     )
-    df["sign differs"] = np.sign(a["margin"]) * np.sign(b["margin"]) < 0
+    df["sign differs"] = a["margin"] * b["margin"] < 0
     return df
 
 
@@ -291,14 +291,16 @@ def write_seed_results(
         note = f"\n{GAP_NOTE}\n" if name == "trainer_gap" else ""
         write_text(table.to_markdown(index=False, floatfmt=fmt) + "\n" + note, out / f"{name}.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
-    record["command"] = f"python -m dynamicdet.experiments.seeds tables --config {config}"
+    record["command"] = (
+        f"python -m dynamicdet.experiments.seeds tables --config {config} --seeds {' '.join(map(str, seeds))}"
+    )
     write_json(record, out / "seeds_provenance.json", indent=2)
-    df = claims_table([seed_folder(config, s, out) for s in seeds], base=out)
+    folders = [seed_folder(config, s, out) for s in seeds]
+    df = with_budget(claims_table(folders, base=out), folders)  # + where a margin changes sign at 2x epochs
     longer = budget(config, seeds[0], out)
-    if longer is not None:  # where a verdict's margin changes sign with twice the epochs (seed 0, one run each)
+    if longer is not None:  # every claim's margin on the first seed at both budgets (one run each)
         write_csv(longer, out / "budget.csv")
         write_text(longer.to_markdown(index=False, floatfmt="+.3f") + "\n", out / "budget.md")
-        df["sign differs at 2x epochs"] = longer["sign differs"].to_numpy()
     write_csv(df, out / "claims.csv")
     write_text(to_markdown(df), out / "claims.md")
     return df
