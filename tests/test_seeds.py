@@ -25,6 +25,7 @@ def test_a_seed_changes_train_seed_only():
 def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     from dynamicdet.engine.jobs import work
     from dynamicdet.experiments.seeds import campaign, seed_config, seed_folder, seed_tables, write_seed_results
+    from dynamicdet.experiments.seeds.tables import anchor_far_end
 
     jobs = campaign("smoke", [0, 1], few=1, longer=False, two_stage=False)
     names = [j.name for j in jobs]
@@ -41,6 +42,7 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     assert all(j.done() for j in jobs)
     for seed in (0, 1):
         seed_tables("smoke", seed, out=tmp_path, timing_seed=0)
+    assert anchor_far_end("smoke", [0, 1], tmp_path) == ["yolov8n (static) -> seed1"]  # seed 0's far end
     w0, w1 = (torch.load(STEP1.path(seed_config("smoke", s)) / "step1.pt", weights_only=False) for s in (0, 1))
     key = next(k for k in w0["model"] if k.endswith("weight"))
     assert not torch.equal(w0["model"][key], w1["model"][key])  # another seed, other weights
@@ -53,8 +55,13 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     # the paper's router is scored beside the default, and the static model at Dy /100's cost is absent at smoke
     assert df["claim"].str.contains("paper's router").any()
     table = pd.read_csv(tmp_path / "seeds.csv")
-    # per seed: the five Dy rows, and the static model on seed 0 only (smoke's one scale is the far end)
-    assert table.groupby("seed")["model"].count().to_dict() == {0: 6, 1: 5}
+    # per seed: the five Dy rows and the static model (trained on seed 0 only: smoke's one scale is the far end)
+    assert table.groupby("seed")["model"].count().to_dict() == {0: 6, 1: 6}
+    # latency depends on the network, not the seed: timed once (on seed 0), every seed carries the same times
+    for col in ("latency_ms_b1", "latency_ms_b4", "latency_ms_onnx_b1"):
+        times = table.pivot_table(index="model", columns="seed", values=col)
+        assert len(times) == 6 and np.array_equal(times[0], times[1]), col
+    assert "k_measured" in table  # the fraction each /k achieved, beside k
     assert {"GFLOPs", "latency_ms_b1", "latency_ms_b4", "latency_ms_onnx_b1", "AP"} <= set(table.columns)
     summary = pd.read_csv(tmp_path / "seeds_summary.csv", dtype={"seed": str})
     assert list(summary["seed"]) == ["0", "1", "mean", "std", "ci95 lo", "ci95 hi"]
@@ -103,9 +110,35 @@ def test_seeds_frontier_gives_each_gap_an_interval_and_its_verdict(tmp_path):
     assert lat["mean"] == pytest.approx(-0.07) and lat["verdict"] == "contradicted"  # below in both interpolations
     assert not lat["checks passed"]  # seed 2's latency table flagged the row
     assert df.loc[("CPU latency, batch 1 (torch)", "Dy /0"), "checks passed"]
+    assert flops["bracketed"]  # 1.5 GFLOPs lies between the static models' 1 and 3 on every seed
     _variable_speed(seed_folder("standard", 1, tmp_path), 0.58, statics=1)  # one static model: no line
     one = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
     assert one.loc[("GFLOPs", "Dy /50"), "verdict"] == "not testable"
+    assert not one.loc[("GFLOPs", "Dy /50"), "bracketed"]
+
+
+def test_the_far_end_static_model_anchors_the_seeds_that_did_not_train_it(tmp_path):
+    """yolov8s trains on the first seeds only: the others take its costs and its mean AP, marked as not theirs,
+    so that every seed's frontier brackets Dy /100 instead of extrapolating past yolov8ns."""
+    from dynamicdet.experiments.seeds import seed_folder, seeds_frontier
+    from dynamicdet.experiments.seeds.tables import TRAINED, anchor_far_end
+
+    for seed, statics in ((0, 2), (1, 2), (2, 1)):  # seed 2: yolov8n only
+        _variable_speed(seed_folder("standard", seed, tmp_path), 0.58, statics=statics)
+    one = seed_folder("standard", 1, tmp_path) / "variable_speed.csv"
+    t = pd.read_csv(one)
+    t.loc[t["model"] == "yolov8s (static)", "AP"] = 0.72  # seed 0: 0.70, seed 1: 0.72 -> mean 0.71
+    t.to_csv(one, index=False)
+    before = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
+    assert not before["bracketed"].any()  # seed 2's one static model draws no line
+    assert anchor_far_end("standard", [0, 1, 2], tmp_path) == ["yolov8s (static) -> seed2"]
+    assert anchor_far_end("standard", [0, 1, 2], tmp_path) == ["yolov8s (static) -> seed2"]  # redone, not doubled
+    two = pd.read_csv(seed_folder("standard", 2, tmp_path) / "variable_speed.csv").set_index("model")
+    assert len(two) == 5 and two.loc["yolov8s (static)", "AP"] == pytest.approx(0.71)
+    assert two.loc["yolov8s (static)", ["GFLOPs", "latency_ms_b1"]].tolist() == [3.0, 30.0]  # its costs
+    assert two[TRAINED].tolist() == [True, True, True, True, False]
+    after = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
+    assert after["bracketed"].all()
 
 
 def test_run_summary_reads_the_gain_difficulty_spearman_of_a_pipeline_run(tmp_path):

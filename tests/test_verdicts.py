@@ -217,3 +217,17 @@ def test_headline_cost_ratio_and_runs_where_dy_costs_more(tmp_path):
     assert row["paper effect"] == "+0.002 (0.2 AP)" and "0.75x the cost" in row["paper"]
     cheap = score(speed(tmp_path / "cheap", rows[:1]), HEADLINE)
     assert cheap["verdict"] == "one run" and "costs more" not in cheap["note"]
+
+
+def test_a_headline_where_dy_costs_more_in_every_run_is_contradicted_whatever_its_ap(tmp_path):
+    # "more AP at less cost": Dy /50 1.2x yolov8ns's cost in every run, with more AP in every run
+    rows = [{"Dy /50": (1.2, 0.65 + d), "yolov8ns (static)": (1.0, 0.64)} for d in (0.01, 0.012, 0.011)]
+    row = score(speed(tmp_path, rows), HEADLINE)
+    assert row["verdict"] == "contradicted" and row["margin"] == pytest.approx(0.021)
+    assert row["qualifier"].startswith("Dy costs more in every run (1.20x); its AP margin alone: reproduced")
+    # within the timing precision of equal cost (+2%): the AP decides, the note says it costs more
+    tie = [{"Dy /50": (1.015, 0.65 + d), "yolov8ns (static)": (1.0, 0.64)} for d in (0.01, 0.012, 0.011)]
+    row = score(speed(tmp_path / "tie", tie), HEADLINE)
+    assert row["verdict"] == "reproduced" and "costs more in 3 of 3 runs" in row["note"]
+    # one run that costs more: a margin, no verdict
+    assert score(speed(tmp_path / "one", rows[:1]), HEADLINE)["verdict"] == "one run"

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dynamicdet import paths
-from dynamicdet.metrics import RUN_WORDS, equivalence, interval, static_frontier, superiority
+from dynamicdet.metrics import MIN_RUNS, RUN_WORDS, equivalence, interval, static_frontier, superiority
 
 # The paper's COCO test-dev table (DESIGN.md section 1; V100, batch 1, fp16): model -> (GFLOPs, FPS, AP in points)
 PAPER = {
@@ -62,6 +62,10 @@ INTERVALS = (
     "Intervals: Student-t 95% over seeds; Spearman via Fisher z; shares via logit; "
     "equivalence: TOST at 90% (the 90% interval shown); frontier gaps linear in cost, then in log cost."
 )
+
+
+# a headline claim's cost ratio above 1 + this in every run is "costs more" (latencies are timed to +-2%, 95%)
+COST_TIE = 0.02
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,11 @@ def judge(runs: list[Run], rule: Rule) -> dict:
         note = f"cost Dy / static {ratios.mean():.2f}x (mean of {len(runs)} run{'s' * (len(runs) > 1)})"
         more = int((ratios > 1).sum())
         out["note"] = note + (f"; costs more in {more} of {len(runs)} runs" if more else "")
+        if (ratios > 1 + COST_TIE).all() and len(runs) >= MIN_RUNS:
+            # "more AP at less cost" fails on cost whatever the AP: the static model is the cheaper one
+            ap_words = ": ".join(t for t in (out["verdict"], out["qualifier"]) if t)
+            out["verdict"] = "contradicted"
+            out["qualifier"] = f"Dy costs more in every run ({ratios.mean():.2f}x); its AP margin alone: {ap_words}"
     return out
 
 

@@ -310,10 +310,17 @@ def onnx_latency(t: Trained, res: Tradeoff, static: pd.DataFrame, tries: int = 3
                 sess = _static_session(t, scale, Path(tmp), threads)
                 fns[name] = lambda x, s=sess: s.run(None, {"images": x.detach().cpu().numpy()})
                 same = name if scale == t.cfg.model.scale else same
+        precision: dict = {}  # with eval.latency_tolerance: each row's 95% interval relative to its time
         timed = time_latency_table(
             passes={
                 "latency_ms_b1": partial(
-                    stream_latency, t=t, fns=fns, images=stream, batch=1, segment=TIMING_SEGMENT_IMAGES
+                    stream_latency,
+                    t=t,
+                    fns=fns,
+                    images=stream,
+                    batch=1,
+                    segment=TIMING_SEGMENT_IMAGES,
+                    precision=precision,
                 )
             },
             rows=names,
@@ -326,6 +333,8 @@ def onnx_latency(t: Trained, res: Tradeoff, static: pd.DataFrame, tries: int = 3
             label="onnxruntime latency table",
         )
     df = timed.table.rename(columns={"latency_ms_b1": ONNX_COLUMN, "consistent": "consistent_onnx"})
+    if precision:
+        df["ci95_rel_onnx_b1"] = [precision.get(n, np.nan) for n in names]
     write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
     return df
@@ -337,8 +346,9 @@ def frontier_by_cost(table: pd.DataFrame, batch: int) -> pd.DataFrame:
     Returns:
         One row per cost measure and Dy row: ``cost``, ``model``, ``cost value``, ``AP``,
         ``AP_frontier``, ``gap`` (AP - AP_frontier, >= 0: on or above the frontier; NaN with
-        fewer than two static models or without that cost column) and ``gap (log cost)`` (the frontier
-        interpolated linearly in log cost).
+        fewer than two static models or without that cost column), ``gap (log cost)`` (the frontier
+        interpolated linearly in log cost) and ``bracketed`` (the point's cost lies between the cheapest and
+        the costliest static model's: its gap interpolates, not extrapolates).
     """
     static = table[table["model"].str.endswith("(static)")]
     dy = table[~table["model"].str.endswith("(static)")]
@@ -348,6 +358,8 @@ def frontier_by_cost(table: pd.DataFrame, batch: int) -> pd.DataFrame:
             continue
         f = static_frontier(points=dy, static=static, cost=col).rename(columns={col: "cost value"})
         f["gap (log cost)"] = static_frontier(points=dy, static=static, cost=col, log_cost=True)["gap"]
+        ends = static[col].astype(float)
+        f["bracketed"] = (len(static) >= 2) & f["cost value"].astype(float).between(ends.min(), ends.max())
         f.insert(0, "cost", cost)
         parts.append(f)
     return pd.concat(parts, ignore_index=True)

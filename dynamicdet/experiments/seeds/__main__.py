@@ -27,7 +27,7 @@ from dynamicdet.experiments.seeds.campaign import (
     trainer_jobs,
 )
 from dynamicdet.experiments.seeds.summary import GAP_NOTE, gap_table, write_seed_results
-from dynamicdet.experiments.seeds.tables import seed_tables
+from dynamicdet.experiments.seeds.tables import anchor_far_end, seed_tables
 from dynamicdet.experiments.static_models import static_config
 from dynamicdet.files import write_csv, write_json, write_text
 
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seed_tables(args.config, seed, args.out, timing=not args.no_timing, timing_seed=args.seeds[0])
         print(f"seed {seed}: tables written to {seed_folder(args.config, seed, args.out)}", flush=True)
+    for line in anchor_far_end(args.config, args.seeds, args.out):  # the far end's AP: its seeds' mean
+        print(f"anchored {line}", flush=True)
     if TRADEOFF.done(seed_config(args.config, args.seeds[0], longer=True)):  # the convergence check's models
         seed_tables(args.config, args.seeds[0], args.out, not args.no_timing, timing_seed=args.seeds[0], longer=True)
     df = write_seed_results(args.config, tuple(args.seeds), args.out, round(time.time() - t0, 1))

@@ -27,7 +27,7 @@ def seeds_table(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = 
         cap = pd.read_csv(folder / "capture_ratio.csv").set_index("router")
         ck = [c for c in cap.columns if c.startswith("c(")]
         for _, r in vs.iterrows():
-            row = {"seed": seed, **{c: r[c] for c in vs.columns if c not in ("k_measured",)}}
+            row = {"seed": seed, **{c: r[c] for c in vs.columns}}  # k_measured: the fraction achieved beside k
             if r["model"] == "Dy /50":  # the routers' c(0.5), on the row they describe
                 row.update({f"{c} {name}": cap.loc[name, c] for name in cap.index for c in ck if c == "c(0.5)"})
             rows.append(row)
@@ -85,10 +85,25 @@ def _gain_difficulty(folder: Path) -> float:
 def seeds_summary(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
     """One row per seed of :func:`run_summary`, then their mean, std and 95% interval."""
     df = pd.DataFrame([{"seed": str(s), **run_summary(seed_folder(config, s, out))} for s in seeds])
-    stats = {name: interval(df[name].to_numpy(float)) for name in df.columns[1:]}
+    # a correlation's interval through Fisher's z stays inside [-1, 1] (SUMMARY_NOTE)
+    stats = {
+        name: interval(df[name].to_numpy(float), transform="fisher" if name.startswith("spearman") else None)
+        for name in df.columns[1:]
+    }
     for i, label in enumerate(("mean", "std", "ci95 lo", "ci95 hi")):
         df.loc[len(df)] = {"seed": label, **{name: v[i] for name, v in stats.items()}}
     return df
+
+
+SUMMARY_NOTE = (
+    "mean, std and Student-t 95% interval over the seeds; the Spearman correlations' interval through Fisher's z "
+    "(z = atanh r), so it stays inside [-1, 1]; c(0.5) is a ratio with no bound."
+)
+FRONTIER_NOTE = (
+    "gap = AP - the static frontier's AP at the point's cost (the frontier linear in cost; `(log cost)` columns: "
+    "in log cost); mean, std and Student-t 95% interval over the seeds; bracketed: the point's cost lies between "
+    "the static models' on every seed."
+)
 
 
 def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None = None) -> pd.DataFrame:
@@ -103,7 +118,8 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
     Returns:
         One row per cost and Dy row: ``cost``, ``model``, ``gap seed <k>`` per seed, ``mean``,
         ``std``, ``ci95 lo``, ``ci95 hi``, ``verdict``, ``checks passed`` (the latency costs:
-        every seed's latency table marked that row and the static models consistent).
+        every seed's latency table marked that row and the static models consistent), ``bracketed`` (on every
+        seed, the point's cost lies between the static models': its gap interpolates).
     """
     batch = load_config(config).eval.batch
     flags = {
@@ -113,6 +129,7 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
     gaps: dict[tuple[str, str], dict[int, float]] = {}
     log_gaps: dict[tuple[str, str], dict[int, float]] = {}
     checked: dict[tuple[str, str], bool] = {}
+    bracketed: dict[tuple[str, str], bool] = {}
     for seed in seeds:
         vs = pd.read_csv(seed_folder(config, seed, out) / "variable_speed.csv")
         static_ok = vs[vs["model"].str.endswith("(static)")]
@@ -125,6 +142,7 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
             if flag is not None:
                 ok = flag in vs and bool(vs.loc[vs["model"] == r["model"], flag].all() and static_ok[flag].all())
             checked[key] = checked.get(key, True) and ok
+            bracketed[key] = bracketed.get(key, True) and bool(r["bracketed"])
     rows = []
     for (cost, model), by_seed in gaps.items():
         g = np.array([by_seed.get(s, math.nan) for s in seeds], dtype=float)
@@ -148,6 +166,7 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
                 "ci95 hi (log cost)": hi_log,
                 "verdict": linear if linear == log else f"not decided: linear in cost {linear}, in log cost {log}",
                 "checks passed": checked[(cost, model)],
+                "bracketed": bracketed[(cost, model)],
             }
         )
     return pd.DataFrame(rows)
@@ -288,7 +307,8 @@ def write_seed_results(
     ):
         table = make(config, seeds, out)
         write_csv(table, out / f"{name}.csv")
-        note = f"\n{GAP_NOTE}\n" if name == "trainer_gap" else ""
+        note = {"trainer_gap": GAP_NOTE, "seeds_summary": SUMMARY_NOTE, "seeds_frontier": FRONTIER_NOTE}.get(name)
+        note = f"\n{note}\n" if note else ""
         write_text(table.to_markdown(index=False, floatfmt=fmt) + "\n" + note, out / f"{name}.md")
     record = {**run_stamp(load_config(config).to_dict()), "seeds": list(seeds), "tables_wall_s": wall_s}
     record["command"] = (

@@ -98,6 +98,45 @@ def seed_tables(
     return tables
 
 
+AP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TRAINED = "trained on this seed"  # variable_speed.csv: False on a static row anchored from other seeds
+
+
+def anchor_far_end(config: str, seeds: list[int], out: Path | None = None) -> list[str]:
+    """Give every seed the static models that only some seeds trained (the far end of the frontier, e.g.
+    yolov8s on the first ``--few`` seeds), so that the static models bracket Dy /0 ... /100 on every seed.
+
+    The anchored row of a seed's ``variable_speed.csv`` takes the model's costs (the same on every seed:
+    GFLOPs are counted, latencies timed once per architecture) and its AP columns averaged over the seeds
+    that trained it; column ``trained on this seed`` marks it False. Run after :func:`seed_tables` of every seed.
+
+    Returns:
+        ``"<model> -> seed<k>"`` for each row added.
+    """
+    paths_ = {seed: seed_folder(config, seed, out) / "variable_speed.csv" for seed in seeds}
+    tables = {}
+    for seed, p in paths_.items():  # a row written by seed_tables is the seed's own (an earlier anchor is redone)
+        t = pd.read_csv(p)
+        t = t[t[TRAINED].astype(str) != "False"].copy() if TRAINED in t else t
+        tables[seed] = t.assign(**{TRAINED: True})
+    static = {m for t in tables.values() for m in t["model"] if str(m).endswith("(static)")}
+    added = []
+    for model in sorted(static):
+        have = [t[t["model"] == model] for t in tables.values() if (t["model"] == model).any()]
+        anchor = have[0].copy()
+        for col in [c for c in AP_COLUMNS if c in anchor]:
+            # the far end's AP: its mean over the seeds that trained it
+            anchor[col] = float(pd.concat(h[col] for h in have).mean())
+        anchor[TRAINED] = False
+        for seed, t in tables.items():
+            if not (t["model"] == model).any():
+                tables[seed] = pd.concat([t, anchor], ignore_index=True)
+                added.append(f"{model} -> seed{seed}")
+    for seed, t in tables.items():
+        write_csv(t, paths_[seed])
+    return added
+
+
 def learning_curves(cfg: Config) -> pd.DataFrame:
     """Val AP per epoch of every model of a seed trained by our step-1 loop (its ``step1_metrics.csv``).
 
