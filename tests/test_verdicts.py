@@ -157,6 +157,19 @@ def test_frontier_agreeing_in_both_costs_decides(tmp_path):
     assert row["qualifier"] == "excludes the paper's effect (lies above it)"  # above the paper's +0.011 in both
 
 
+def test_a_frontier_gap_is_never_extrapolated_past_the_static_models(tmp_path):
+    # statics at 1 and 1.5 GFLOPs, Dy /50 at 2: a gap would extend the last segment past yolov8ns
+    rows = [
+        {"Dy /50": (2.0, ap), "yolov8n (static)": (1.0, 0.6), "yolov8ns (static)": (1.5, 0.65)}
+        for ap in (0.70, 0.71, 0.69)
+    ]
+    row = score(speed(tmp_path / "past", rows), FRONTIER)
+    assert row["verdict"] == "not testable" and "lies beyond the static models' GFLOPs (1-1.5)" in row["note"]
+    # dominated needs no line: a cheaper, better static model decides even out of range
+    worse = [{**r, "Dy /50": (2.0, 0.62)} for r in rows]
+    assert score(speed(tmp_path / "dominated", worse), FRONTIER)["verdict"] == "contradicted"
+
+
 def test_dominance_with_one_static_model(tmp_path):
     # yolov8n is cheaper than Dy /50 and better in every run: below any frontier, no line needed
     rows = [{"Dy /50": (0.88, ap), "yolov8n (static)": (0.73, 0.70)} for ap in (0.65, 0.66, 0.64)]

@@ -1,16 +1,11 @@
 """The claims scorecard: which of the paper's claims this run reproduces, by how much, from which file.
 
-Each claim (:data:`CLAIMS`) is a function of one results folder (``results/<config>/``, or one
-seed's ``results/<config>/seeds/seed<k>/``) that returns what the run shows: its value and its
-margin over a *bar* (value - bar, >= 0 when the claim holds in that run). Over the seeds'
-folders, :mod:`dynamicdet.evaluation.evidence` applies one standard of evidence: a verdict needs
-three runs (the two-stage claims, trained once per config, are one run); superiority claims are
-reproduced, contradicted or not decided by their 95% interval, against 0 and the paper's effect;
-"as good as" claims are equivalence tests; frontier claims check dominance first, then the gap
-linear in cost and in log cost. ``not testable``: the run cannot test the claim (the note says why).
-
-``make reproduce`` writes ``results/<config>/claims.{csv,md}`` and prints it; each
-notebook shows its own rows at its end (:func:`notebook_claims`).
+Each claim (:data:`CLAIMS`) is a function of one results folder (``results/<config>/``, or one seed's
+``results/<config>/seeds/seed<k>/``) that returns what the run shows: its value and its margin over a *bar*
+(value - bar, >= 0 when the claim holds in that run). Over the seeds' folders, :mod:`.evidence` applies one
+standard of evidence (three runs for a verdict; intervals against 0 and the paper's effect; equivalence tests
+for "as good as"; dominance, then the gap linear in cost and in log cost, for the frontier). ``make reproduce``
+writes ``results/<config>/claims.{csv,md}``; each notebook shows its own rows (:func:`notebook_claims`).
 """
 
 from __future__ import annotations
@@ -177,6 +172,11 @@ def _frontier(dy: str, cost: str) -> Callable[[Path], Run]:
         lin = float(static_frontier(points=points, static=static, cost=col)["gap"].iloc[0])
         log = float(static_frontier(points=points, static=static, cost=col, log_cost=True)["gap"].iloc[0])
         dom = dominance(points=points, static=static, cost=col).iloc[0]
+        c, ends = float(points[col].iloc[0]), static[col].astype(float)
+        if len(static) >= 2 and not dom["dominated_by"] and not ends.min() <= c <= ends.max():
+            raise NotTestable(
+                f"{dy} ({c:.3g}) lies beyond the static models' {col} ({ends.min():.3g}-{ends.max():.3g})"
+            )
         return Run(lin, lin, log, dom["dominated_by"], dom["dominates"], len(static))
 
     return measure
