@@ -340,7 +340,12 @@ def test_routings_in_words_name_a_routes_fraction_and_quote_the_paper_only_where
     assert "the router 0.4700" in text and "random routing 0.4500" in text
     assert "(The paper: c(0.5) = 0.76.)" in text
     # a fraction of 0.48 instead of 0.50: named, with what it can account for
-    assert "sent 0.48 of images" in text and "sent 0.48 rather than 0.50" in text and "|k - 0.5| times the lead" in text
+    assert "sent 0.480 of images" in text and "sent 0.480 rather than 0.500" in text
+    assert "The other routings split exactly half: an AP difference within |k - 0.5| times the lead" in text
+    # one image of 200 off half is named, to the image
+    assert "sent 0.495 of images" in claims.capture_in_words(
+        {"the router": 0.70, "random routing": 0.50}, 0.40, 0.50, hard_fraction={"the router": 0.495}
+    )
     assert "the router is above random routing (by +0.0200)" in text
     # a lead under MIN_LEAD: c(k) measures nothing, the paper's c is not quoted, fractions of exactly half not named
     small = claims.capture_in_words(
@@ -374,3 +379,16 @@ def test_the_scorecard_says_where_a_margin_changes_sign_at_twice_the_epochs(tmp_
     back = pd.read_csv(out / "claims.csv", dtype={"notebook": str})
     assert claims.to_markdown(rows) == claims.to_markdown(back[back["notebook"] == "02"])
     assert "margin changes sign" in claims.to_markdown(rows)
+
+
+def test_the_evidence_column_names_the_file_under_results_wherever_the_results_root_is(tmp_path, monkeypatch):
+    # `make nbval` executes the notebooks on a scratch copy of results/ outside the checkout: same evidence text
+    import json
+
+    monkeypatch.setenv("DYNAMICDET_RESULTS", str(tmp_path / "scratch" / "results"))
+    out = results(tmp_path / "scratch" / "results" / "standard")
+    for i in range(3):
+        results(out / "seeds" / f"seed{i}")
+    (out / "seeds_provenance.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    df = by_claim(claims.write_claims("standard"))
+    assert df.loc["detector 2 beats detector 1", "evidence"] == "results/standard/seeds/seed0/joint_training.csv"

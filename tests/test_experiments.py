@@ -400,14 +400,17 @@ def test_ablation_jobs_train_every_row_once_and_row_g_after_the_recipes_it_choos
 
     done, order = set(), []
 
-    def train(cfg, resume, progress):
+    def train(cfg, resume, progress):  # as train_step1: a finished run is reused, not trained again
         t = cfg.train
-        order.append(("joint" if cfg.model.dual else "static", t.clip, t.detach_links, t.seed, t.epochs))
+        if key(cfg) not in done:
+            order.append(("joint" if cfg.model.dual else "static", t.clip, t.detach_links, t.seed, t.epochs))
         done.add(key(cfg))
 
     def reference(cfg, scales, progress):
-        order.append(("ultralytics", cfg.eval.static_epochs))
+        if ("ultralytics", *key(cfg)) not in done:
+            order.append(("ultralytics", cfg.eval.static_epochs))
         done.add(("ultralytics", *key(cfg)))
+        return pd.DataFrame({"AP": [0.5], "train_wall_s": [1.0]})
 
     ap = {"none": 0.5, "per_detector": 0.4, "joint": 0.3}  # row e (no clip) is the best
     monkeypatch.setattr(ab, "train_step1", train)
@@ -434,6 +437,10 @@ def test_ablation_jobs_train_every_row_once_and_row_g_after_the_recipes_it_choos
     assert sorted(o for o in order if o[0] == "ultralytics") == [("ultralytics", epochs), ("ultralytics", 2 * epochs)]
     assert all(j.done() for j in jobs)
     assert work(jobs, tmp_path / "locks", poll_s=0, log=lambda m: None) == []
+    # the notebook's table then finds every run trained: it trains nothing more, and doubles the same recipe
+    trained_before = list(order)
+    table = ab.ablation_table(base, ab.NOTEBOOK_ROWS, second_seed={"c": seed + 1, "e": seed + 1}, progress=False)
+    assert order == trained_before and len(table) == len(jobs)  # one table row per job
 
 
 def test_notebook_09s_parameters_are_the_ablation_jobs_runs():

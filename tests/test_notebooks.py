@@ -297,3 +297,21 @@ def test_notebooks_default_to_the_main_jobs_config():
         params = [c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])][0]
         default = re.search(r'^config = "(\w+)"', params.source, flags=re.M).group(1)
         assert default == main_job, f"{nb.name}: parameters default config {default!r}, Makefile's CONFIG {main_job!r}"
+
+
+def test_the_sanitiser_maps_a_results_path_and_its_scratch_copy_to_one_text():
+    """`make nbval` executes into a scratch copy of results/: a cell that shows a saved file's path must read the
+    same in the run's notebook and in the second execution (sections applied in the file's order, as nbval does)."""
+    from nbval.plugin import get_sanitize_patterns  # nbval's own reading of the file: (regex, replace) in order
+
+    patterns = get_sanitize_patterns((paths.REPO_ROOT / "tools" / "nbval_sanitize.cfg").read_text())
+
+    def sanitise(text):
+        for regex, replace in patterns:
+            text = re.sub(regex, replace, text)
+        return text
+
+    run = sanitise("PosixPath('/work/main/results/quick/tradeoff.png')")
+    again = sanitise("PosixPath('/tmp/dynamicdet-nbval-k2x9/results/quick/tradeoff.png')")
+    assert run == again == "PosixPath('<RESULTS>/quick/tradeoff.png')"
+    assert sanitise("/tmp/tmpab12/x.json") == "<TMP>"  # other temporary paths as before

@@ -42,7 +42,7 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     assert all(j.done() for j in jobs)
     for seed in (0, 1):
         seed_tables("smoke", seed, out=tmp_path, timing_seed=0)
-    assert anchor_far_end("smoke", [0, 1], tmp_path) == ["yolov8n (static) -> seed1"]  # seed 0's far end
+    assert anchor_far_end("smoke", [0, 1], tmp_path) == []  # smoke's one static scale is no frontier to anchor
     w0, w1 = (torch.load(STEP1.path(seed_config("smoke", s)) / "step1.pt", weights_only=False) for s in (0, 1))
     key = next(k for k in w0["model"] if k.endswith("weight"))
     assert not torch.equal(w0["model"][key], w1["model"][key])  # another seed, other weights
@@ -55,12 +55,12 @@ def test_two_seeds_train_table_and_score_with_intervals(smoke_cfg, tmp_path):
     # the paper's router is scored beside the default, and the static model at Dy /100's cost is absent at smoke
     assert df["claim"].str.contains("paper's router").any()
     table = pd.read_csv(tmp_path / "seeds.csv")
-    # per seed: the five Dy rows and the static model (trained on seed 0 only: smoke's one scale is the far end)
-    assert table.groupby("seed")["model"].count().to_dict() == {0: 6, 1: 6}
+    # per seed: the five Dy rows, and the static model on seed 0 only (smoke's one scale is the far end)
+    assert table.groupby("seed")["model"].count().to_dict() == {0: 6, 1: 5}
     # latency depends on the network, not the seed: timed once (on seed 0), every seed carries the same times
     for col in ("latency_ms_b1", "latency_ms_b4", "latency_ms_onnx_b1"):
-        times = table.pivot_table(index="model", columns="seed", values=col)
-        assert len(times) == 6 and np.array_equal(times[0], times[1]), col
+        times = table.pivot_table(index="model", columns="seed", values=col).dropna()
+        assert len(times) == 5 and np.array_equal(times[0], times[1]), col
     assert "k_measured" in table  # the fraction each /k achieved, beside k
     assert {"GFLOPs", "latency_ms_b1", "latency_ms_b4", "latency_ms_onnx_b1", "AP"} <= set(table.columns)
     summary = pd.read_csv(tmp_path / "seeds_summary.csv", dtype={"seed": str})
@@ -111,6 +111,8 @@ def test_seeds_frontier_gives_each_gap_an_interval_and_its_verdict(tmp_path):
     assert not lat["checks passed"]  # seed 2's latency table flagged the row
     assert df.loc[("CPU latency, batch 1 (torch)", "Dy /0"), "checks passed"]
     assert flops["bracketed"]  # 1.5 GFLOPs lies between the static models' 1 and 3 on every seed
+    dy100 = df.loc[("CPU latency, batch 1 (torch)", "Dy /100")]  # 28 ms: within 10-30 ms
+    assert dy100["bracketed"] and not dy100["verdict"].startswith("not scored")
     _variable_speed(seed_folder("standard", 1, tmp_path), 0.58, statics=1)  # one static model: no line
     one = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
     assert one.loc[("GFLOPs", "Dy /50"), "verdict"] == "not testable"
@@ -123,7 +125,7 @@ def test_the_far_end_static_model_anchors_the_seeds_that_did_not_train_it(tmp_pa
     from dynamicdet.experiments.seeds import seed_folder, seeds_frontier
     from dynamicdet.experiments.seeds.tables import TRAINED, anchor_far_end
 
-    for seed, statics in ((0, 2), (1, 2), (2, 1)):  # seed 2: yolov8n only
+    for seed, statics in ((0, 2), (1, 2), (2, 1), (3, 0)):  # seed 2: yolov8n only; seed 3: no static model
         _variable_speed(seed_folder("standard", seed, tmp_path), 0.58, statics=statics)
     one = seed_folder("standard", 1, tmp_path) / "variable_speed.csv"
     t = pd.read_csv(one)
@@ -139,6 +141,21 @@ def test_the_far_end_static_model_anchors_the_seeds_that_did_not_train_it(tmp_pa
     assert two[TRAINED].tolist() == [True, True, True, True, False]
     after = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"])
     assert after["bracketed"].all()
+    # a point beyond the static models on a seed gets no verdict from an extrapolated gap
+    far = pd.read_csv(seed_folder("standard", 0, tmp_path) / "variable_speed.csv")
+    far.loc[far["model"] == "Dy /100", "GFLOPs"] = 3.5
+    far.to_csv(seed_folder("standard", 0, tmp_path) / "variable_speed.csv", index=False)
+    beyond = seeds_frontier("standard", (0, 1, 2), tmp_path).set_index(["cost", "model"]).loc[("GFLOPs", "Dy /100")]
+    assert not beyond["bracketed"] and beyond["verdict"].startswith("not scored: outside the static models'")
+    # only the far end is anchored: seed 3 gets yolov8s, never another seed's yolov8n (detector 1's own twin)
+    assert anchor_far_end("standard", [3], tmp_path) == ["yolov8s (static) -> seed3"]
+    three = pd.read_csv(seed_folder("standard", 3, tmp_path) / "variable_speed.csv").set_index("model")
+    assert "yolov8n (static)" not in three.index and three.loc["yolov8s (static)", "AP"] == pytest.approx(0.71)
+    # a subset of the seeds anchors with the mean of every seed folder that trained it, and keeps what is there
+    assert anchor_far_end("standard", [2], tmp_path) == ["yolov8s (static) -> seed2"]
+    again = pd.read_csv(seed_folder("standard", 2, tmp_path) / "variable_speed.csv").set_index("model")
+    assert again.loc["yolov8s (static)", "AP"] == pytest.approx(0.71)
+    assert anchor_far_end("smoke", [0], tmp_path) == []  # one static scale: no far end to anchor
 
 
 def test_run_summary_reads_the_gain_difficulty_spearman_of_a_pipeline_run(tmp_path):
@@ -319,3 +336,16 @@ def test_gap_writes_both_trainers_aps_per_seed_from_the_campaigns_caches(tmp_pat
     record = json.loads((tmp_path / "out" / "smoke-workers2_provenance.json").read_text())
     assert record["command"].endswith("--seeds 0 --train workers=2") and record["train"] == {"workers": 2}
     assert ran[-2:] == ["seed0-workers2-static-n", "seed0-workers2-ultralytics-n"]
+
+
+def test_seeds_summary_keeps_a_correlations_interval_inside_its_range(tmp_path):
+    from test_claims import results
+
+    from dynamicdet.experiments.seeds import seed_folder, seeds_summary
+
+    rho = (0.97, 0.98, 0.95)  # a plain t-interval reaches 0.967 + 4.303 x 0.0153 / sqrt(3) = 1.005
+    for seed, r in enumerate(rho):
+        results(seed_folder("standard", seed, tmp_path), rho=r)
+    df = seeds_summary("standard", (0, 1, 2), tmp_path).set_index("seed")["spearman phi~difficulty"].astype(float)
+    assert df["mean"] == pytest.approx(np.mean(rho)) and df["ci95 lo"] < df["mean"] < df["ci95 hi"] <= 1
+    assert np.mean(rho) + 4.302653 * np.std(rho, ddof=1) / np.sqrt(3) > 1

@@ -236,3 +236,29 @@ def test_precise_timing_adds_rounds_until_every_interval_is_within_the_tolerance
     with pytest.warns(UserWarning, match=r"timing stopped at 10 rounds above \+-2% \(95%\): \{'a'"):
         vs.stream_latency(t, {"a": lambda x: x, "b": lambda x: x}, [torch.zeros(1, 3, 8, 8)] * 2, precision=loose)
     assert loose["a"] > 0.02 and loose["b"] == 0.0  # the loose figure's interval is kept, not dropped
+
+
+def test_a_kept_timing_carries_its_own_intervals():
+    """Precise timing: each figure's 95% interval stays with the attempt the table keeps (the one with the most
+    passed checks, not necessarily the last)."""
+    import warnings
+
+    from dynamicdet.evaluation.speed import time_latency_table
+
+    attempts = iter(
+        [
+            ({"Dy /0": 10.0, "Dy /50": 17.0, "Dy /100": 20.0}, {"Dy /0": 0.01, "Dy /50": 0.01, "Dy /100": 0.01}),
+            ({"Dy /0": 10.0, "Dy /50": 40.0, "Dy /100": 20.0}, {"Dy /0": 0.5, "Dy /50": 0.5, "Dy /100": 0.5}),
+        ]
+    )  # the first breaks the linear mix only; the second also the monotone order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the kept table still fails a check: said in a warning
+        timed = time_latency_table(
+            passes={"latency_ms_b1": lambda: next(attempts)},
+            rows=["Dy /0", "Dy /50", "Dy /100"],
+            k_timed={"Dy /0": 0.0, "Dy /50": 0.5, "Dy /100": 1.0},
+            same_static=None,
+            tries=2,
+        )
+    assert timed.table["latency_ms_b1"].tolist() == [10.0, 17.0, 20.0]  # the first attempt is kept
+    assert timed.table["ci95_rel_b1"].tolist() == [0.01, 0.01, 0.01]  # with its own intervals

@@ -164,10 +164,14 @@ def test_a_frontier_gap_is_never_extrapolated_past_the_static_models(tmp_path):
         for ap in (0.70, 0.71, 0.69)
     ]
     row = score(speed(tmp_path / "past", rows), FRONTIER)
-    assert row["verdict"] == "not testable" and "lies beyond the static models' GFLOPs (1-1.5)" in row["note"]
+    assert row["verdict"] == "not testable" and "is not within the static models' GFLOPs (1-1.5)" in row["note"]
     # dominated needs no line: a cheaper, better static model decides even out of range
     worse = [{**r, "Dy /50": (2.0, 0.62)} for r in rows]
     assert score(speed(tmp_path / "dominated", worse), FRONTIER)["verdict"] == "contradicted"
+    # cheaper than every static model and more accurate than the cheapest: above any rising frontier
+    cheap = [{**r, "Dy /50": (0.8, ap)} for r, ap in zip(rows, (0.62, 0.63, 0.61), strict=True)]
+    row = score(speed(tmp_path / "cheap", cheap), FRONTIER)
+    assert row["verdict"] == "reproduced" and "dominates yolov8n (static)" in row["note"]
 
 
 def test_dominance_with_one_static_model(tmp_path):
@@ -238,9 +242,22 @@ def test_a_headline_where_dy_costs_more_in_every_run_is_contradicted_whatever_it
     row = score(speed(tmp_path, rows), HEADLINE)
     assert row["verdict"] == "contradicted" and row["margin"] == pytest.approx(0.021)
     assert row["qualifier"].startswith("Dy costs more in every run (1.20x); its AP margin alone: reproduced")
-    # within the timing precision of equal cost (+2%): the AP decides, the note says it costs more
+    # 1.5% more: GFLOPs are counted exactly (it costs more); a latency within its +-2% timing precision is a tie,
+    # where the AP decides and the note says it costs more
     tie = [{"Dy /50": (1.015, 0.65 + d), "yolov8ns (static)": (1.0, 0.64)} for d in (0.01, 0.012, 0.011)]
-    row = score(speed(tmp_path / "tie", tie), HEADLINE)
+    assert score(speed(tmp_path / "tie", tie), HEADLINE)["verdict"] == "contradicted"
+    timed = [
+        {
+            "model": list(r),
+            "GFLOPs": [1.0, 1.0],
+            "latency_ms_b1": [c for c, _ in r.values()],
+            "AP": [a for _, a in r.values()],
+        }
+        for r in tie
+    ]
+    row = score(
+        seeds(tmp_path / "timed", "variable_speed", timed), HEADLINE.replace("by GFLOPs", "by latency (batch 1)")
+    )
     assert row["verdict"] == "reproduced" and "costs more in 3 of 3 runs" in row["note"]
     # one run that costs more: a margin, no verdict
     assert score(speed(tmp_path / "one", rows[:1]), HEADLINE)["verdict"] == "one run"

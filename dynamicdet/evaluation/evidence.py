@@ -82,6 +82,8 @@ class Rule:
             With a transform, the interval is of the value and ``bar`` is subtracted after.
         bar: with a transform, the fixed number the value is compared with (margin = value - bar).
         bound: equivalence: the margin must lie within +-bound.
+        cost_tie: headline: a cost ratio above 1 + this in every run is "costs more" (a latency: its timing
+            precision, :data:`COST_TIE`; GFLOPs, counted exactly: 0).
     """
 
     kind: str = "superiority"
@@ -91,6 +93,7 @@ class Rule:
     transform: str | None = None
     bar: float = 0.0
     bound: float = math.nan
+    cost_tie: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,7 @@ def judge(runs: list[Run], rule: Rule) -> dict:
         note = f"cost Dy / static {ratios.mean():.2f}x (mean of {len(runs)} run{'s' * (len(runs) > 1)})"
         more = int((ratios > 1).sum())
         out["note"] = note + (f"; costs more in {more} of {len(runs)} runs" if more else "")
-        if (ratios > 1 + COST_TIE).all() and len(runs) >= MIN_RUNS:
+        if (ratios > 1 + rule.cost_tie).all() and len(runs) >= MIN_RUNS:
             # "more AP at less cost" fails on cost whatever the AP: the static model is the cheaper one
             ap_words = ": ".join(t for t in (out["verdict"], out["qualifier"]) if t)
             out["verdict"] = "contradicted"
@@ -328,8 +331,9 @@ def score(claim: Claim, folders: list[Path], base: Path | None = None) -> dict:
 
 
 def _relative(folder: Path) -> Path:
+    """``results/<config>/...`` whatever the results root (``DYNAMICDET_RESULTS`` moves it, e.g. ``make nbval``)."""
     try:
-        return folder.resolve().relative_to(paths.REPO_ROOT)
+        return Path("results") / folder.resolve().relative_to(paths.results_dir().resolve())
     except ValueError:
         return Path("results") / folder.name
 

@@ -253,12 +253,12 @@ def capture_in_words(
         paper_c50: the paper's c(0.5), quoted when c(k) means something in this run.
     """
     lead = ap2 - ap1
-    hard_fraction = {n: k for n, k in (hard_fraction or {}).items() if n in c50 and abs(k - 0.5) > 0.005}
+    hard_fraction = {n: k for n, k in (hard_fraction or {}).items() if n in c50 and abs(k - 0.5) > 1e-6}
     # AP(0.5) = AP_1 + c(0.5) (AP_2 - AP_1)
     ap = {name: ap1 + c * lead for name, c in c50.items()}
     each = ", ".join(
         f"{name} {ap[name]:.4f} (c(0.5) {c:.2f}"
-        + (f"; it sent {hard_fraction[name]:.2f} of images to detector 2" if name in hard_fraction else "")
+        + (f"; it sent {hard_fraction[name]:.3f} of images to detector 2" if name in hard_fraction else "")
         + ")"
         for name, c in c50.items()
     )
@@ -275,9 +275,14 @@ def capture_in_words(
         # random routing at fraction k: AP(k) = AP_1 + k (AP_2 - AP_1); a fraction off by (k - 0.5) moves AP by
         # (k - 0.5) (AP_2 - AP_1) before any ranking
         text += (
-            f"{name[0].upper() + name[1:]} sent {k:.2f} rather than 0.50 of images to detector 2 (a threshold "
-            "set beforehand), the others exactly half: an AP difference within |k - 0.5| times the lead can be "
-            "the fraction rather than the ranking. "
+            f"{name[0].upper() + name[1:]} sent {k:.3f} rather than 0.500 of images to detector 2 (a threshold "
+            "set beforehand). "
+        )
+    if hard_fraction:
+        others = "the other routings" if len(hard_fraction) == 1 else "the routings not named so"
+        text += (
+            f"{others[0].upper() + others[1:]} split exactly half: an AP difference within |k - 0.5| times the "
+            "lead can be the fraction rather than the ranking. "
         )
     (router, mine), others = next(iter(ap.items())), list(ap.items())[1:]
     above = [f"{n} (by {mine - a:+.4f})" for n, a in others if mine > a]

@@ -42,7 +42,7 @@ from dynamicdet.evaluation.cost import route_gflops
 from dynamicdet.evaluation.speed import time_latency_table
 from dynamicdet.experiments.static_models import load_static
 from dynamicdet.experiments.trained import Trained, evaluate_dets, predict_val, route_detections, routed_evaluator
-from dynamicdet.experiments.variable_speed import TIMING_SEGMENT_IMAGES, stream_latency, timing_stream
+from dynamicdet.experiments.variable_speed import TIMING_SEGMENT_IMAGES, timed_with_interval, timing_stream
 from dynamicdet.files import save_torch, write_csv
 from dynamicdet.metrics import mix, static_frontier
 from dynamicdet.modeling import routing
@@ -310,17 +310,10 @@ def onnx_latency(t: Trained, res: Tradeoff, static: pd.DataFrame, tries: int = 3
                 sess = _static_session(t, scale, Path(tmp), threads)
                 fns[name] = lambda x, s=sess: s.run(None, {"images": x.detach().cpu().numpy()})
                 same = name if scale == t.cfg.model.scale else same
-        precision: dict = {}  # with eval.latency_tolerance: each row's 95% interval relative to its time
         timed = time_latency_table(
             passes={
                 "latency_ms_b1": partial(
-                    stream_latency,
-                    t=t,
-                    fns=fns,
-                    images=stream,
-                    batch=1,
-                    segment=TIMING_SEGMENT_IMAGES,
-                    precision=precision,
+                    timed_with_interval, t=t, fns=fns, images=stream, batch=1, segment=TIMING_SEGMENT_IMAGES
                 )
             },
             rows=names,
@@ -332,9 +325,9 @@ def onnx_latency(t: Trained, res: Tradeoff, static: pd.DataFrame, tries: int = 3
             same_network_decides=False,
             label="onnxruntime latency table",
         )
-    df = timed.table.rename(columns={"latency_ms_b1": ONNX_COLUMN, "consistent": "consistent_onnx"})
-    if precision:
-        df["ci95_rel_onnx_b1"] = [precision.get(n, np.nan) for n in names]
+    df = timed.table.rename(
+        columns={"latency_ms_b1": ONNX_COLUMN, "consistent": "consistent_onnx", "ci95_rel_b1": "ci95_rel_onnx_b1"}
+    )
     write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
     return df

@@ -123,6 +123,14 @@ def stream_latency(
     return {name: float(np.mean(v)) for name, v in times.items()}
 
 
+def timed_with_interval(**kwargs) -> tuple[dict, dict]:
+    """:func:`stream_latency` as ``({name: ms per image}, {name: relative half-width of its 95% interval})``
+    (the second empty without ``eval.latency_tolerance``): a pass of
+    :func:`~dynamicdet.evaluation.speed.time_latency_table` that keeps each timing's interval with it."""
+    half: dict = {}
+    return stream_latency(**kwargs, precision=half), half
+
+
 def relative_half_width(rounds: np.ndarray) -> float:
     """Half-width of the Student-t 95% interval of the mean of ``rounds`` (R,), relative to the mean."""
     from scipy import stats  # deferred: scipy.stats takes about 1.5 s to import and only precise timing needs it
@@ -301,27 +309,22 @@ def latency_table(t: Trained, res, static: pd.DataFrame, progress: bool = True, 
     stream, z = timing_stream(t)
     k_timed = {m: float((z >= tau).mean()) for m, tau in zip(table["model"], table["tau"], strict=True)}
     # one cost measure per batch size: every model over the stream, interleaved every few images
-    precision: dict[str, dict] = {f"latency_ms_b{b}": {} for b in sorted({1, e.batch})}
     passes = {
-        col: partial(
-            stream_latency,
+        f"latency_ms_b{b}": partial(
+            timed_with_interval,
             t=t,
             fns=fns,
             images=stream,
-            batch=int(col.removeprefix("latency_ms_b")),
-            segment=max(1, TIMING_SEGMENT_IMAGES // int(col.removeprefix("latency_ms_b"))),
-            precision=precision[col],
+            batch=b,
+            segment=max(1, TIMING_SEGMENT_IMAGES // b),
         )
-        for col in precision
+        for b in sorted({1, e.batch})
     }
     timed = time_latency_table(
         passes=passes, rows=names, k_timed=k_timed, same_static=same, tries=tries, progress=progress
     )
     df = timed.table
     df.insert(1, "k_timed", [k_timed.get(n, np.nan) for n in names])
-    if e.latency_tolerance:  # the 95% interval of each figure, relative to it (precise timing)
-        for col, half in precision.items():
-            df[f"ci95_rel_{col.removeprefix('latency_ms_')}"] = [half.get(n, np.nan) for n in names]
     write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
     return df

@@ -164,7 +164,13 @@ def seeds_frontier(config: str, seeds: tuple[int, ...] = SEEDS, out: Path | None
                 "mean (log cost)": float(np.mean(g_log)) if testable else math.nan,
                 "ci95 lo (log cost)": lo_log,
                 "ci95 hi (log cost)": hi_log,
-                "verdict": linear if linear == log else f"not decided: linear in cost {linear}, in log cost {log}",
+                "verdict": (
+                    "not scored: outside the static models' cost range on some seed (the gap extrapolates)"
+                    if testable and not bracketed[(cost, model)]
+                    else linear
+                    if linear == log
+                    else f"not decided: linear in cost {linear}, in log cost {log}"
+                ),
                 "checks passed": checked[(cost, model)],
                 "bracketed": bracketed[(cost, model)],
             }

@@ -103,37 +103,46 @@ TRAINED = "trained on this seed"  # variable_speed.csv: False on a static row an
 
 
 def anchor_far_end(config: str, seeds: list[int], out: Path | None = None) -> list[str]:
-    """Give every seed the static models that only some seeds trained (the far end of the frontier, e.g.
-    yolov8s on the first ``--few`` seeds), so that the static models bracket Dy /0 ... /100 on every seed.
+    """Give every seed the far end of the frontier (the last of two or more ``eval.static_scales``, e.g.
+    yolov8s, which the campaign trains on the first ``--few`` seeds only), so that the static models bracket
+    Dy /0 ... /100 on every seed. Only the far end: every other static model is the seed's own or absent.
 
     The anchored row of a seed's ``variable_speed.csv`` takes the model's costs (the same on every seed:
-    GFLOPs are counted, latencies timed once per architecture) and its AP columns averaged over the seeds
-    that trained it; column ``trained on this seed`` marks it False. Run after :func:`seed_tables` of every seed.
+    GFLOPs are counted, latencies timed once per architecture) and its AP columns averaged over every seed
+    folder on disk that trained it (so a subset of ``seeds`` anchors alike); column ``trained on this seed``
+    marks it False. Run after :func:`seed_tables` of every seed.
 
     Returns:
         ``"<model> -> seed<k>"`` for each row added.
     """
-    paths_ = {seed: seed_folder(config, seed, out) / "variable_speed.csv" for seed in seeds}
-    tables = {}
-    for seed, p in paths_.items():  # a row written by seed_tables is the seed's own (an earlier anchor is redone)
-        t = pd.read_csv(p)
-        t = t[t[TRAINED].astype(str) != "False"].copy() if TRAINED in t else t
-        tables[seed] = t.assign(**{TRAINED: True})
-    static = {m for t in tables.values() for m in t["model"] if str(m).endswith("(static)")}
+    cfg = load_config(config)
+    if len(cfg.eval.static_scales) < 2:
+        return []
+    far = f"{cfg.model.family}{cfg.eval.static_scales[-1]} (static)"
+
+    def own(t: pd.DataFrame) -> pd.DataFrame:  # the rows seed_tables wrote (an earlier anchor is redone)
+        return (t[t[TRAINED].astype(str) != "False"] if TRAINED in t else t).assign(**{TRAINED: True})
+
+    root = seed_folder(config, seeds[0], out).parent
+    everywhere = [
+        own(pd.read_csv(f / "variable_speed.csv")) for f in sorted(root.glob("seed*")) if f.name[4:].isdigit()
+    ]
+    have = [t[t["model"] == far] for t in everywhere if (t["model"] == far).any()]
+    if not have:
+        return []
+    anchor = have[0].copy()
+    for col in [c for c in AP_COLUMNS if c in anchor]:
+        # the far end's AP: its mean over the seeds that trained it
+        anchor[col] = float(pd.concat(h[col] for h in have).mean())
+    anchor[TRAINED] = False
     added = []
-    for model in sorted(static):
-        have = [t[t["model"] == model] for t in tables.values() if (t["model"] == model).any()]
-        anchor = have[0].copy()
-        for col in [c for c in AP_COLUMNS if c in anchor]:
-            # the far end's AP: its mean over the seeds that trained it
-            anchor[col] = float(pd.concat(h[col] for h in have).mean())
-        anchor[TRAINED] = False
-        for seed, t in tables.items():
-            if not (t["model"] == model).any():
-                tables[seed] = pd.concat([t, anchor], ignore_index=True)
-                added.append(f"{model} -> seed{seed}")
-    for seed, t in tables.items():
-        write_csv(t, paths_[seed])
+    for seed in seeds:
+        path = seed_folder(config, seed, out) / "variable_speed.csv"
+        t = own(pd.read_csv(path))
+        if not (t["model"] == far).any():
+            t = pd.concat([t, anchor], ignore_index=True)
+            added.append(f"{far} -> seed{seed}")
+        write_csv(t, path)
     return added
 
 
