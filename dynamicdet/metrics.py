@@ -298,4 +298,8 @@ def equivalence(values, bound: float, center: float = 0.0, transform: str | None
         return "reproduced", f"90% interval inside +-{bound:g}"
     if hi95 < -bound or lo95 > bound:
         return "contradicted", f"95% interval outside +-{bound:g}"
+    if hi90 < -bound or lo90 > bound:  # outside at 90%, not yet at 95%: say both, neither alone decides
+        return "not decided", (
+            f"90% interval [{lo90:+.3f}, {hi90:+.3f}] outside +-{bound:g}, 95% [{lo95:+.3f}, {hi95:+.3f}] reaches it"
+        )
     return "not decided", f"90% interval [{lo90:+.3f}, {hi90:+.3f}] reaches beyond +-{bound:g}"

@@ -213,7 +213,10 @@ def test_the_frontier_claims_read_their_own_cost_column(tmp_path):
     # a table without the onnxruntime column (an older run): that row alone is not testable
     vs.drop(columns=["latency_ms_onnx_b1", "consistent_onnx"]).to_csv(folder / "variable_speed.csv", index=False)
     df = by_claim(claims.claims_table(folder))
-    assert "no column" in df.loc["Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)", "note"]
+    assert (
+        "no figures in column"
+        in df.loc["Dy /50 on or above the static frontier, by onnxruntime latency (batch 1)", "note"]
+    )
 
 
 def test_the_papers_frontier_gaps_are_derived_from_its_table():

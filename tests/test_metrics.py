@@ -151,3 +151,9 @@ def test_metrics_imports_nothing_from_the_library():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "itertools", "math", "numpy", "pandas", "scipy"}
+
+
+def test_an_equivalence_interval_outside_at_90_but_not_95_percent_says_both():
+    # shares centred on 0.29 against a bound of 0.5 +- 0.1: the 90% interval lies below 0.4, the 95% one reaches it
+    verdict, words = metrics.equivalence([0.22, 0.33, 0.31], 0.1, center=0.5, transform="logit")
+    assert verdict == "not decided" and "outside +-0.1, 95% [" in words and words.endswith("reaches it")

@@ -261,3 +261,20 @@ def test_a_headline_where_dy_costs_more_in_every_run_is_contradicted_whatever_it
     assert row["verdict"] == "reproduced" and "costs more in 3 of 3 runs" in row["note"]
     # one run that costs more: a margin, no verdict
     assert score(speed(tmp_path / "one", rows[:1]), HEADLINE)["verdict"] == "one run"
+
+
+def test_a_cost_measured_on_no_row_makes_its_claims_not_testable(tmp_path):
+    # `seeds tables --no-timing` writes the latency columns empty: no verdict, no "nan" cost ratio
+    rows = [
+        {"model": ["Dy /50", "yolov8n (static)", "yolov8ns (static)"], "GFLOPs": [0.88, 0.73, 1.09],
+         "latency_ms_b1": [math.nan] * 3, "AP": [0.67, 0.65, 0.68]}
+        for _ in range(3)
+    ]  # fmt: skip
+    folders = seeds(tmp_path, "variable_speed", rows)
+    for name in (
+        HEADLINE.replace("by GFLOPs", "by latency (batch 1)"),
+        "Dy /50 on or above the static frontier, by latency (batch 1)",
+    ):
+        row = score(folders, name)
+        assert row["verdict"] == "not testable" and "has no figures in column latency_ms_b1" in row["note"], name
+    assert score(folders, HEADLINE)["verdict"] != "not testable"  # GFLOPs are counted
