@@ -164,7 +164,8 @@ class EvalConfig:
     max_det: int = 300  # detections kept per image (two-stage: torchvision box_detections_per_img)
     latency_repeats: int = 20  # timed repeats per latency figure
     latency_warmup: int = 5  # untimed warm-up runs
-    # > 0: time each latency figure until its 95% interval is within +-this fraction of it (0: fixed repeats)
+    # > 0: time each latency figure until its 95% interval relative to the models timed in the same rounds is
+    # within +-this fraction (0: fixed repeats); the absolute interval is reported beside it
     latency_tolerance: float = 0.0
     random_seeds: int = 5  # seeds of the random-routing baseline
     static_scales: list[str] = field(default_factory=lambda: ["n", "s"])  # static ultralytics baselines

@@ -222,8 +222,9 @@ def test_latency_table_times_every_row_and_feeds_the_sweep_and_table(trained_smo
     assert np.allclose(table["latency_ms_b1"], ms[table["model"]].to_numpy())
     assert np.allclose(table["FPS_b1"], 1000 / table["latency_ms_b1"])
     assert not any(c.startswith("ci95_rel_") for c in table)  # smoke times without a tolerance: no interval
-    precise = lat.assign(ci95_rel_b1=0.01)  # precise timing's interval of each figure reaches the table
+    precise = lat.assign(ci95_rel_b1=0.01, ci95_paired_b1=0.004)  # precise timing: both intervals reach the table
     assert (variable_speed_table(res, no_static, precise, b)["ci95_rel_b1"] == 0.01).all()
+    assert (variable_speed_table(res, no_static, precise, b)["ci95_paired_b1"] == 0.004).all()
     no_ends = dataclasses.replace(res, table=res.table[res.table["k"] != 1.0])
     with pytest.raises(ValueError, match="must include 0 and 1"):
         sweep_latency(no_ends, lat)

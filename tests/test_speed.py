@@ -201,8 +201,10 @@ def test_time_latency_table_times_at_least_once():
     assert calls == ["latency_ms_b1"] and not timed.table["consistent"].all()
 
 
-def test_precise_timing_adds_rounds_until_every_interval_is_within_the_tolerance(monkeypatch):
-    """eval.latency_tolerance: rounds are added until each model's 95% interval is within +-tol of its mean."""
+def test_precise_timing_adds_rounds_until_each_time_relative_to_its_round_is_within_the_tolerance(monkeypatch):
+    """eval.latency_tolerance: rounds are added until each model's time relative to the other models of its
+    rounds is known to +-tol (95%); a swing of the machine's speed, alike for every model of a round, needs
+    no more rounds; both intervals (absolute and relative to the round) are returned."""
     import types
 
     import numpy as np
@@ -212,30 +214,53 @@ def test_precise_timing_adds_rounds_until_every_interval_is_within_the_tolerance
 
     rng = np.random.default_rng(0)
     calls = []
+    own_noise = {"a": 0.10, "b": 0.0}  # "a" has a noise of its own (sd 10%); "b" only the machine's
 
     def fake_stream_times(fns, batches, device, warmup=1, repeats=3, segment=None):
         calls.append(repeats)
-        # "a" is noisy (sd 10% of its mean), "b" is steady
-        return {"a": 10 + rng.normal(0, 1.0, repeats), "b": np.full(repeats, 5.0)}
+        speed = rng.lognormal(0, 0.2, repeats)  # the machine's speed, shared by every model of a round
+        return {m: base * speed * (1 + rng.normal(0, own_noise[m], repeats)) for m, base in (("a", 10), ("b", 5))}
 
     monkeypatch.setattr(vs, "stream_times", fake_stream_times)
     cfg = load_config("smoke", {"eval": {"latency_tolerance": 0.02, "latency_repeats": 20}})
     t = types.SimpleNamespace(cfg=cfg, device="cpu", timing_model=None)
+    fns = {"a": lambda x: x, "b": lambda x: x}
     precision = {}
-    ms = vs.stream_latency(t, {"a": lambda x: x, "b": lambda x: x}, [torch.zeros(1, 3, 8, 8)] * 2, precision=precision)
-    rounds = sum(calls)
-    assert len(calls) > 1  # 5 rounds cannot pin a 10% noise to +-2%
-    assert precision["a"] <= 0.02 and precision["b"] == 0.0
+    ms = vs.stream_latency(t, fns, [torch.zeros(1, 3, 8, 8)] * 2, precision=precision)
+    assert len(calls) > 1  # 5 rounds cannot pin a 10% noise of its own to +-2%
+    assert max(precision["ci95_paired"].values()) <= 0.02
+    assert min(precision["ci95_rel"].values()) > 0.02  # the machine's swings stay in the absolute interval
+    assert sum(calls) <= vs.MAX_ROUNDS + 5 and ms["a"] / ms["b"] == pytest.approx(2, rel=0.05)
     assert vs.relative_half_width(np.array([9.0, 11.0])) == pytest.approx(
         12.706 * np.std([9, 11], ddof=1) / 2**0.5 / 10, rel=1e-3
     )
-    assert ms["b"] == 5.0 and abs(ms["a"] - 10) < 0.5 and rounds <= vs.MAX_ROUNDS + 5
+    # the machine's swings alone: the first call's rounds are enough
+    own_noise.update(a=0.0)
+    calls.clear()
+    vs.stream_latency(t, fns, [torch.zeros(1, 3, 8, 8)] * 2, precision=precision)
+    assert len(calls) == 1 and max(precision["ci95_paired"].values()) < 1e-9
     # a noise that MAX_ROUNDS cannot pin to the tolerance: timing stops there and says so
+    own_noise.update(a=0.10)
     monkeypatch.setattr(vs, "MAX_ROUNDS", 10)
     loose = {}
-    with pytest.warns(UserWarning, match=r"timing stopped at 10 rounds above \+-2% \(95%\): \{'a'"):
-        vs.stream_latency(t, {"a": lambda x: x, "b": lambda x: x}, [torch.zeros(1, 3, 8, 8)] * 2, precision=loose)
-    assert loose["a"] > 0.02 and loose["b"] == 0.0  # the loose figure's interval is kept, not dropped
+    with pytest.warns(UserWarning, match=r"timing stopped at 10 rounds above \+-2% \(95%, relative to the round\)"):
+        vs.stream_latency(t, fns, [torch.zeros(1, 3, 8, 8)] * 2, precision=loose)
+    assert loose["ci95_paired"]["a"] > 0.02  # the loose figure's interval is kept, not dropped
+
+
+def test_the_interval_relative_to_the_round_cancels_the_machines_speed():
+    """paired_half_widths: times scaled alike in each round have no relative spread; one model's own noise
+    shows in every model's relative figure, most in its own."""
+    import numpy as np
+
+    from dynamicdet.experiments.variable_speed import paired_half_widths, relative_half_width
+
+    speed = np.array([1.0, 1.3, 0.8, 1.1, 0.9])
+    same = {"a": 10 * speed, "b": 5 * speed, "c": 7 * speed}
+    assert max(paired_half_widths(same).values()) < 1e-12 and relative_half_width(same["a"]) > 0.1
+    own = dict(same, a=10 * speed * np.array([1.0, 1.1, 0.9, 1.05, 0.95]))
+    half = paired_half_widths(own)
+    assert half["a"] > half["b"] > 0 and half["b"] == pytest.approx(half["c"])
 
 
 def test_a_kept_timing_carries_its_own_intervals():
@@ -245,10 +270,11 @@ def test_a_kept_timing_carries_its_own_intervals():
 
     from dynamicdet.evaluation.speed import time_latency_table
 
+    names = ("Dy /0", "Dy /50", "Dy /100")
     attempts = iter(
         [
-            ({"Dy /0": 10.0, "Dy /50": 17.0, "Dy /100": 20.0}, {"Dy /0": 0.01, "Dy /50": 0.01, "Dy /100": 0.01}),
-            ({"Dy /0": 10.0, "Dy /50": 40.0, "Dy /100": 20.0}, {"Dy /0": 0.5, "Dy /50": 0.5, "Dy /100": 0.5}),
+            ({"Dy /0": 10.0, "Dy /50": 17.0, "Dy /100": 20.0}, {"ci95_rel": dict.fromkeys(names, 0.01)}),
+            ({"Dy /0": 10.0, "Dy /50": 40.0, "Dy /100": 20.0}, {"ci95_rel": dict.fromkeys(names, 0.5)}),
         ]
     )  # the first breaks the linear mix only; the second also the monotone order
     with warnings.catch_warnings():

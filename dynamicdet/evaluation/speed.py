@@ -270,8 +270,9 @@ def time_latency_table(
 
     Args:
         passes: cost column (``latency_ms_b<B>``: ms per image at batch B) -> one interleaved
-            timing of every model in that measure, ``{row: ms per image}``, or ``(that, {row: relative
-            half-width of its 95% interval})``, which adds column ``ci95_rel_b<B>``.
+            timing of every model in that measure, ``{row: ms per image}``, or ``(that, {kind: {row: relative
+            half-width of its 95% interval}})``, which adds a column ``<kind>_b<B>`` per kind (``ci95_rel``,
+            ``ci95_paired``: :func:`~dynamicdet.experiments.variable_speed.timed_with_interval`).
         rows: the table's rows (model names), in order.
         k_timed: Dy row -> hard fraction of the timed images (must include a 0 and a 1 row).
         same_static: the static row of Dy /0's architecture, or None.
@@ -286,10 +287,10 @@ def time_latency_table(
         out: dict = {"model": rows}
         for col, timed in tqdm(passes.items(), desc=f"{label} (try {attempt + 1})", disable=not progress):
             ms = timed()
-            ms, half = ms if isinstance(ms, tuple) else (ms, {})
+            ms, intervals = ms if isinstance(ms, tuple) else (ms, {})
             out[col] = [ms[r] for r in rows]
-            if half:  # precise timing: each figure's 95% interval, relative to it, kept with its own attempt
-                out[f"ci95_rel_{col.removeprefix('latency_ms_')}"] = [half.get(r, math.nan) for r in rows]
+            for kind, half in intervals.items():  # precise timing: each figure's intervals, kept with its attempt
+                out[f"{kind}_{col.removeprefix('latency_ms_')}"] = [half.get(r, math.nan) for r in rows]
         return pd.DataFrame(out)
 
     def check(df: pd.DataFrame) -> pd.DataFrame:

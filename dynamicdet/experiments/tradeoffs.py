@@ -326,7 +326,12 @@ def onnx_latency(t: Trained, res: Tradeoff, static: pd.DataFrame, tries: int = 3
             label="onnxruntime latency table",
         )
     df = timed.table.rename(
-        columns={"latency_ms_b1": ONNX_COLUMN, "consistent": "consistent_onnx", "ci95_rel_b1": "ci95_rel_onnx_b1"}
+        columns={
+            "latency_ms_b1": ONNX_COLUMN,
+            "consistent": "consistent_onnx",
+            "ci95_rel_b1": "ci95_rel_onnx_b1",
+            "ci95_paired_b1": "ci95_paired_onnx_b1",
+        }
     )
     write_csv(timed.checks, path.with_name(path.stem + "_checks.csv"))
     write_csv(df, path)
