@@ -444,6 +444,22 @@ def test_ablation_jobs_train_every_row_once_and_row_g_after_the_recipes_it_choos
     assert order == trained_before and len(table) == len(jobs)  # one table row per job
 
 
+def test_row_a_is_the_seed_campaigns_ultralytics_reference_where_the_epochs_already_agree():
+    """Row a trains ultralytics' yolov8n for the joint rows' epochs; where eval.static_epochs already gives that
+    many (standard: 0, i.e. train.epochs), its config, hence its cache, is the campaign's reference run's."""
+    from dynamicdet.engine.runs import REFERENCE_ROW
+    from dynamicdet.experiments import step1_ablation as ab
+    from dynamicdet.experiments.seeds.campaign import seed_config
+
+    standard = ab.variant("standard", {})
+    assert REFERENCE_ROW.path(ab._reference_config(standard), model="yolov8n") == REFERENCE_ROW.path(
+        seed_config("standard", standard.train.seed), model="yolov8n"
+    )
+    smoke = load_config("smoke")  # static models train 1 epoch there: row a needs its own run
+    assert smoke.eval.static_epochs != smoke.train.epochs
+    assert ab._reference_config(smoke).eval.static_epochs == smoke.train.epochs
+
+
 def test_notebook_09s_parameters_are_the_ablation_jobs_runs():
     # `step1_ablation --work` trains what notebook 09's reference run tabulates: the same rows, seeds, confirmation
     import nbformat

@@ -35,7 +35,7 @@ from dynamicdet.engine.jobs import Job, work
 from dynamicdet.engine.runs import REFERENCE_ROW, STEP1
 from dynamicdet.engine.step1 import train_step1
 from dynamicdet.evaluation.results import provenance, save_table
-from dynamicdet.experiments.static_models import ultralytics_reference
+from dynamicdet.experiments.static_models import static_epochs, ultralytics_reference
 
 # row -> (recipe, overrides of the base config)
 RECIPES: dict[str, tuple[str, dict]] = {
@@ -105,9 +105,12 @@ def _trained_row(row: str, recipe: str, cfg: Config) -> dict:
 
 
 def _reference_config(cfg: Config) -> Config:
-    """``cfg`` with the static model trained for as many epochs as the joint rows (row a's config)."""
+    """``cfg`` with the static model trained for as many epochs as the joint rows (row a's config). Where
+    ``eval.static_epochs`` already gives that many, ``cfg`` is left as it is: the run is then the seed
+    campaign's ultralytics reference of the same seed (one cache, trained once)."""
     s = copy.deepcopy(cfg)
-    s.eval.static_epochs = cfg.train.epochs
+    if static_epochs(cfg) != cfg.train.epochs:
+        s.eval.static_epochs = cfg.train.epochs
     return s
 
 
