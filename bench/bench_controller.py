@@ -20,7 +20,7 @@ def bench_controller(cfg: Config, rounds: int = 3) -> list[dict]:
     """Item 6: threshold from a target latency, then measured route() latency on val images.
 
     Figures are medians over ``rounds`` rounds of :func:`experiments.target_latency` (the
-    shared machine's speed can double from one minute to the next: docs/design.md, timing noise).
+    shared machine's speed swings from minute to minute: docs/design.md, timing noise).
     """
     demo = target_latency(trained(cfg, progress=False), rounds=rounds, progress=False, segment=SEGMENT)
     rows = []

@@ -340,7 +340,7 @@ def route_latencies(
     The hard route does strictly more work than the easy one; when noise says otherwise
     the four are measured again with doubled repeats, up to ``retries`` times. A range
     that stays inverted is returned with ``"noisy": True`` and a warning: timing noise
-    never fails the caller (a shared machine's speed can double within minutes: docs/design.md, timing noise).
+    never fails the caller (a shared machine's speed swings from minute to minute: docs/design.md, timing noise).
     """
     device = torch.device(device)
     m = prepare_for_timing(model, device)

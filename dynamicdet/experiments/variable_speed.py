@@ -194,7 +194,7 @@ def target_latency(
 
     ``achieved / target`` is what a user gets from a calibration taken moments before; on
     a shared machine it also carries the machine's change of speed between the two passes
-    (it can double within minutes on ours: docs/design.md, timing noise), hence the rounds.
+    (it swings from minute to minute on ours: docs/design.md, timing noise), hence the rounds.
     ``achieved / model`` compares with
     lat_easy + k_s (lat_hard - lat_easy) from the easy and hard passes over the same segment s
     of the same timing round (k_s: that segment's fraction of hard images): the accuracy of the
