@@ -82,8 +82,43 @@ def test_the_scorecard_in_words_counts_verdicts_and_speaks_ap_in_points():
     assert text.startswith("Of the 3 claims in scope: 1 reproduced, 1 not decided, 1 not testable.")
     assert "here +5.4 AP [-5.1, +15.9] (95%) over 3 runs" in text  # AP margins in AP points
     assert "here +0.286 [+0.130, +0.442] (95%) over 3 runs" in text  # a capture ratio stays a fraction
-    assert "*not testable* (no generator difficulty (real data))" in text
+    assert "- **hard images**: paper qualitative; *not testable* (no generator difficulty (real data))." in text
     assert text.count("At twice the epochs (seed 0) the margin changes sign.") == 1
+
+
+def test_a_claim_in_several_cost_measures_or_for_both_routers_is_one_line_of_the_scorecard():
+    import pandas as pd
+
+    from dynamicdet.evaluation.docs import PAPER_ROUTER, ROUTER_CLAIM, claims_in_words
+
+    nan = float("nan")
+    frontier = "Dy /50 on or above the static frontier"
+    df = pd.DataFrame(
+        {
+            "claim": [ROUTER_CLAIM, ROUTER_CLAIM + PAPER_ROUTER, f"{frontier}, by GFLOPs", f"{frontier}, by latency"],
+            "paper": ["c(0.5) 0.76", "c(0.5) 0.76", "53.3 at 143G", "53.3 at 96 FPS"],
+            "paper effect": ["+0.0065 (0.65 AP)"] * 2 + ["+0.011 (1.1 AP)", "-0.018 (-1.8 AP)"],
+            "bar": [""] * 4,
+            "margin": [0.012, -0.004, 0.003, nan],
+            "ci95 lo": [0.002, -0.009, -0.001, nan],
+            "ci95 hi": [0.022, 0.001, 0.007, nan],
+            "runs": [7, 7, 7, 7],
+            "verdict": ["reproduced", "not decided", "not decided", "not testable"],
+            "qualifier": [nan, "excludes the paper's effect", nan, nan],
+            "note": [nan, nan, nan, "no latency"],
+        }
+    )
+    text = claims_in_words(df)
+    assert text.startswith("Of the 4 claims in scope: 1 reproduced, 2 not decided, 1 not testable.")
+    bullets = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert len(bullets) == 2  # one line per claim
+    routers, costs = bullets
+    # one paper text for both routers: said once, then each router's margin and verdict
+    assert routers.startswith(f"- **{ROUTER_CLAIM}**: paper c(0.5) 0.76, effect +0.0065 (0.65 AP). The default router:")
+    assert routers.count("paper c(0.5)") == 1 and "The paper's router: here -0.4 AP [-0.9, +0.1] (95%)" in routers
+    # a paper figure per cost measure: each measure's sentence keeps its own
+    assert "By GFLOPs: paper 53.3 at 143G, effect +0.011 (1.1 AP); here +0.3 AP" in costs
+    assert "By latency: paper 53.3 at 96 FPS, effect -0.018 (-1.8 AP); *not testable* (no latency)." in costs
 
 
 def test_readme_is_a_project_page_not_a_run_log():

@@ -76,38 +76,71 @@ def _points(row: dict) -> bool:
     return "AP" in str(row["paper effect"]) or "AP" in str(row["bar"])
 
 
+def _claim_parts(row: dict) -> tuple[str, str]:
+    """One scorecard row in words: ``(what the paper reports, this run's margin with its verdict)``."""
+    margin = ""
+    if pd.notna(row["margin"]):
+        scale = 100 if _points(row) else 1
+        unit = " AP" if scale == 100 else ""
+        fmt = "+.1f" if scale == 100 else "+.3f"
+        margin = f"{row['margin'] * scale:{fmt}}{unit}"
+        lo, hi = ("ci90 lo", "ci90 hi") if pd.notna(row.get("ci90 lo")) else ("ci95 lo", "ci95 hi")
+        if pd.notna(row[lo]):
+            level = "90%" if lo.startswith("ci90") else "95%"
+            margin += f" [{row[lo] * scale:{fmt}}, {row[hi] * scale:{fmt}}] ({level})"
+        margin += f" over {int(row['runs'])} run{'s' if row['runs'] != 1 else ''}"
+    verdict = str(row["verdict"]) + (f": {row['qualifier']}" if pd.notna(row["qualifier"]) else "")
+    note = f" ({row['note']})" if pd.notna(row["note"]) and row["verdict"] == "not testable" else ""
+    here = f"here {margin}. " if margin else ""
+    effect = "" if str(row["paper effect"]) == "not reported" else f", effect {row['paper effect']}"
+    budget = (
+        " At twice the epochs (seed 0) the margin changes sign."
+        if is_true(row.get("sign differs at 2x epochs"))
+        else ""
+    )
+    return f"paper {row['paper']}{effect}", f"{here}*{verdict}*{note}.{budget}"
+
+
+def _claim_group(claim: str) -> tuple[str, str]:
+    """``(the claim, its variant)``: one claim in several cost measures (``..., by GFLOPs``) or by the paper's
+    router (``... (paper's router)``) is one line; the variant is ``""`` for the default router."""
+    if claim.endswith(PAPER_ROUTER):
+        return claim.removesuffix(PAPER_ROUTER), "the paper's router"
+    stem, by, cost = claim.partition(", by ")
+    return stem, by.strip(", ") + " " + cost if by else ""
+
+
 def claims_in_words(df: pd.DataFrame) -> str:
     """The scorecard (``claims.csv``) as a count of verdicts and one line per claim in plain words.
 
     Each line: the claim, what the paper reports, this run's margin with its interval and number of
-    runs (AP margins also in AP points, the paper's unit), and the verdict with its qualifier.
+    runs (AP margins also in AP points, the paper's unit), and the verdict with its qualifier; a claim
+    scored in several cost measures or for both routers gives one sentence per measure or router.
     """
     counts = df["verdict"].value_counts()
     parts = [f"{counts[v]} {v}" for v in VERDICT_ORDER if v in counts]
     lines = [f"Of the {len(df)} claims in scope: " + ", ".join(parts) + ".", ""]
+    groups: dict[str, list[tuple[str, str, str]]] = {}
     for r in df.itertuples(index=False):
         row = dict(zip(df.columns, r, strict=True))
-        margin = ""
-        if pd.notna(row["margin"]):
-            scale = 100 if _points(row) else 1
-            unit = " AP" if scale == 100 else ""
-            fmt = "+.1f" if scale == 100 else "+.3f"
-            margin = f"{row['margin'] * scale:{fmt}}{unit}"
-            lo, hi = ("ci90 lo", "ci90 hi") if pd.notna(row.get("ci90 lo")) else ("ci95 lo", "ci95 hi")
-            if pd.notna(row[lo]):
-                level = "90%" if lo.startswith("ci90") else "95%"
-                margin += f" [{row[lo] * scale:{fmt}}, {row[hi] * scale:{fmt}}] ({level})"
-            margin += f" over {int(row['runs'])} run{'s' if row['runs'] != 1 else ''}"
-        verdict = str(row["verdict"]) + (f": {row['qualifier']}" if pd.notna(row["qualifier"]) else "")
-        note = f" ({row['note']})" if pd.notna(row["note"]) and row["verdict"] == "not testable" else ""
-        here = f"here {margin}" if margin else "here"
-        effect = "" if str(row["paper effect"]) == "not reported" else f", effect {row['paper effect']}"
-        budget = (
-            " At twice the epochs (seed 0) the margin changes sign."
-            if is_true(row.get("sign differs at 2x epochs"))
-            else ""
-        )
-        lines.append(f"- **{row['claim']}**: paper {row['paper']}{effect}; {here}. *{verdict}*{note}.{budget}")
+        stem, variant = _claim_group(str(row["claim"]))
+        groups.setdefault(stem, []).append((variant, *_claim_parts(row)))
+    for stem, rows in groups.items():
+        if len(rows) == 1:
+            variant, paper, here = rows[0]
+            name = (
+                f"{stem}{PAPER_ROUTER}"
+                if variant == "the paper's router"
+                else (f"{stem}, {variant}" if variant else stem)
+            )
+            lines.append(f"- **{name}**: {paper}; {here}")
+            continue
+        same_paper = len({paper for _, paper, _ in rows}) == 1
+        text = f"- **{stem}**" + (f": {rows[0][1]}." if same_paper else ".")
+        for variant, paper, here in rows:
+            label = variant or "the default router"
+            text += f" {label[0].upper()}{label[1:]}: " + (here if same_paper else f"{paper}; {here}")
+        lines.append(text)
     return "\n".join(lines) + "\n"
 
 
