@@ -253,7 +253,7 @@ def test_the_interval_relative_to_the_round_cancels_the_machines_speed():
     shows in every model's relative figure, most in its own."""
     import numpy as np
 
-    from dynamicdet.experiments.variable_speed import paired_half_widths, relative_half_width
+    from dynamicdet.evaluation.speed import paired_half_widths, relative_half_width
 
     speed = np.array([1.0, 1.3, 0.8, 1.1, 0.9])
     same = {"a": 10 * speed, "b": 5 * speed, "c": 7 * speed}

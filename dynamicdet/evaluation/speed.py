@@ -118,6 +118,35 @@ def paired_ratio(num, den) -> dict:
     return {"ratio": float(np.median(r)), "lo": float(r.min()), "hi": float(r.max()), "rounds": len(r)}
 
 
+def relative_half_width(rounds: np.ndarray) -> float:
+    """Half-width of the Student-t 95% interval of the mean of ``rounds`` (R,), relative to the mean."""
+    from scipy import stats  # deferred: scipy.stats takes about 1.5 s to import and only precise timing needs it
+
+    r = np.asarray(rounds, dtype=float)
+    if len(r) < 2:
+        return math.inf
+    # t_{0.975, R-1} sd / sqrt(R) / mean
+    return float(stats.t.ppf(0.975, len(r) - 1) * r.std(ddof=1) / math.sqrt(len(r)) / r.mean())
+
+
+def paired_half_widths(times: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each model's 95% interval relative to the others timed in the same rounds.
+
+    Args:
+        times: ``{name: (R,) ms per image of each round}``, the rounds of every entry paired (timed together).
+
+    Returns:
+        ``{name: relative half-width}`` of the mean of ``times[name] / g``, where ``g`` (R,) is each round's
+        speed: the geometric mean of every model's time in that round. A swing of the machine's speed
+        scales every model of a round alike and leaves these ratios unchanged; the precision of a
+        comparison of two rows is about the root sum of squares of their two figures.
+    """
+    logs = np.log(np.stack([np.asarray(v, dtype=float) for v in times.values()]))  # (models, R)
+    # g_r = exp(mean_m log t_{m,r}); each model's time relative to its round: t_{m,r} / g_r
+    relative = np.exp(logs - logs.mean(axis=0))
+    return {name: relative_half_width(r) for name, r in zip(times, relative, strict=True)}
+
+
 def segment_times(
     fns: dict[str, Callable[[torch.Tensor], object]],
     batches: list[torch.Tensor],

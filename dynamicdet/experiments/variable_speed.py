@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,14 @@ from tqdm.auto import tqdm
 
 from dynamicdet.engine.runs import LATENCY
 from dynamicdet.engine.validate import val_loader
-from dynamicdet.evaluation.speed import prepare_for_timing, segment_times, stream_times, time_latency_table
+from dynamicdet.evaluation.speed import (
+    paired_half_widths,
+    prepare_for_timing,
+    relative_half_width,
+    segment_times,
+    stream_times,
+    time_latency_table,
+)
 from dynamicdet.experiments.static_models import load_static
 from dynamicdet.experiments.trained import Trained
 from dynamicdet.files import write_csv
@@ -138,35 +144,6 @@ def timed_with_interval(**kwargs) -> tuple[dict, dict]:
     :func:`~dynamicdet.evaluation.speed.time_latency_table` that keeps each timing's intervals with it."""
     intervals: dict = {}
     return stream_latency(**kwargs, precision=intervals), intervals
-
-
-def relative_half_width(rounds: np.ndarray) -> float:
-    """Half-width of the Student-t 95% interval of the mean of ``rounds`` (R,), relative to the mean."""
-    from scipy import stats  # deferred: scipy.stats takes about 1.5 s to import and only precise timing needs it
-
-    r = np.asarray(rounds, dtype=float)
-    if len(r) < 2:
-        return math.inf
-    # t_{0.975, R-1} sd / sqrt(R) / mean
-    return float(stats.t.ppf(0.975, len(r) - 1) * r.std(ddof=1) / math.sqrt(len(r)) / r.mean())
-
-
-def paired_half_widths(times: dict[str, np.ndarray]) -> dict[str, float]:
-    """Each model's 95% interval relative to the others timed in the same rounds.
-
-    Args:
-        times: ``{name: (R,) ms per image of each round}``, the rounds of every entry paired (timed together).
-
-    Returns:
-        ``{name: relative half-width}`` of the mean of ``times[name] / g``, where ``g`` (R,) is each round's
-        speed: the geometric mean of every model's time in that round. A swing of the machine's speed
-        scales every model of a round alike and leaves these ratios unchanged; the precision of a
-        comparison of two rows is about the root sum of squares of their two figures.
-    """
-    logs = np.log(np.stack([np.asarray(v, dtype=float) for v in times.values()]))  # (models, R)
-    # g_r = exp(mean_m log t_{m,r}); each model's time relative to its round: t_{m,r} / g_r
-    relative = np.exp(logs - logs.mean(axis=0))
-    return {name: relative_half_width(r) for name, r in zip(times, relative, strict=True)}
 
 
 def target_latency(
