@@ -241,7 +241,23 @@ def test_a_headline_where_dy_costs_more_in_every_run_is_contradicted_whatever_it
     rows = [{"Dy /50": (1.2, 0.65 + d), "yolov8ns (static)": (1.0, 0.64)} for d in (0.01, 0.012, 0.011)]
     row = score(speed(tmp_path, rows), HEADLINE)
     assert row["verdict"] == "contradicted" and row["margin"] == pytest.approx(0.021)
-    assert row["qualifier"].startswith("Dy costs more in every run (1.20x); its AP margin alone: reproduced")
+    # the paper's Dy /50 costs less than YOLOv7-X in GFLOPs (0.75x); by latency at batch 1 it costs more (1.09x);
+    # at batch 8 the paper reports no cost: the qualifier says which
+    assert row["qualifier"].startswith(
+        "Dy costs more in every run (1.20x), the paper's less (0.75x); its AP margin alone: reproduced"
+    )
+    by = {
+        "latency (batch 1)": "as the paper's does (1.09x)",
+        "latency (batch 8)": "at a cost the paper does not report",
+    }
+    for cost, words in by.items():
+        timed = [
+            {"model": list(r), "GFLOPs": [1.0, 1.0], f"latency_ms_b{cost[-2]}": [c for c, _ in r.values()],
+             "AP": [a for _, a in r.values()]}
+            for r in rows
+        ]  # fmt: skip
+        q = score(seeds(tmp_path / cost, "variable_speed", timed), HEADLINE.replace("GFLOPs", cost))["qualifier"]
+        assert q.startswith(f"Dy costs more in every run (1.20x), {words}; its AP margin alone: reproduced"), q
     # 1.5% more: GFLOPs are counted exactly (it costs more); a latency within its +-2% timing precision is a tie,
     # where the AP decides and the note says it costs more
     tie = [{"Dy /50": (1.015, 0.65 + d), "yolov8ns (static)": (1.0, 0.64)} for d in (0.01, 0.012, 0.011)]

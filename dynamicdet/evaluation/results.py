@@ -11,6 +11,7 @@ scorecard verdicts of its "What this shows" cell.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from dynamicdet import paths
 from dynamicdet.config import Config, load_config
-from dynamicdet.evaluation.evidence import MIN_LEAD
+from dynamicdet.evaluation.evidence import INTERVALS, MIN_LEAD, is_true
 from dynamicdet.evaluation.speed import environment
 from dynamicdet.files import write_csv, write_text
 from dynamicdet.metrics import MIN_RUNS
@@ -291,3 +293,38 @@ def capture_in_words(
         [f"not above {' and '.join(below)}"] if below else []
     )
     return text + f"In AP, {router} is " + "; ".join(parts) + "."
+
+
+def _text(v) -> str:
+    return "" if pd.isna(v) else str(v)  # empty strings come back from a CSV as NaN
+
+
+def _margin_text(m: float, lo: float, hi: float, level: str = "") -> str:
+    if not np.isfinite(m):
+        return ""
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]{level}" if np.isfinite(lo) else f"{m:+.3f}"
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The scorecard as a Markdown table, the verdict and its qualifier in plain words, and under it how
+    the intervals were computed (the 95% interval; an equivalence claim's 90% one)."""
+    if "qualifier" not in df:
+        raise ValueError("a scorecard written before these verdict rules (no 'qualifier' column): regenerate it")
+    out = df.copy()
+    get = {c: out[c] if c in out else pd.Series(math.nan, index=out.index) for c in ("ci90 lo", "ci90 hi")}
+    out["margin"] = [
+        _margin_text(m, l90, h90, " (90%)") if np.isfinite(l90) else _margin_text(m, lo, hi)
+        for m, lo, hi, l90, h90 in zip(
+            out["margin"], out["ci95 lo"], out["ci95 hi"], get["ci90 lo"], get["ci90 hi"], strict=True
+        )
+    ]
+    out["this run"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in out["this run"]]
+    budget = out["sign differs at 2x epochs"] if "sign differs at 2x epochs" in out else [False] * len(out)
+    out["verdict"] = [
+        ": ".join(t for t in (_text(v), _text(q)) if t)
+        + (f" ({_text(n)})" if _text(n) else "")
+        + ("; at 2x epochs (first seed, one run) the margin changes sign" if is_true(b) else "")
+        for v, q, n, b in zip(out["verdict"], out["qualifier"], out["note"], budget, strict=True)
+    ]
+    cols = ["claim", "paper", "paper effect", "this run", "margin", "verdict", "evidence"]
+    return out[cols].to_markdown(index=False) + "\n\n" + INTERVALS + "\n"
